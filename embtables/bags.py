@@ -1,0 +1,181 @@
+"""`Bags`: the jagged id layout that flows through remap -> store -> combine, and its validated construction.
+
+The layout is the one `KeyedJaggedTensor` and FBGEMM's table-batched kernels share: features are major, bags
+minor. For F features and batch B, `offsets` has F*B + 1 entries and bag (f, b) holds
+`values[offsets[f*B + b] : offsets[f*B + b + 1]]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+from torchrec import KeyedJaggedTensor
+
+
+@dataclass
+class Bags:
+    """Jagged ids of F features (logical features or physical lookups) for one batch.
+
+    Args:
+        values: (N,) int64 ids, feature-major.
+        offsets: (F*B + 1,) int64 bag boundaries into `values`.
+        weights: (N,) float per-id weights, or None.
+        counts: F Python ints, ids per feature (sum N).
+        batch_size: B.
+    """
+
+    values: Tensor
+    offsets: Tensor
+    weights: Tensor | None
+    counts: list[int]
+    batch_size: int
+
+    @property
+    def num_features(self) -> int:
+        return len(self.counts)
+
+    def lengths(self) -> Tensor:
+        """(F, B) bag lengths."""
+        return (self.offsets[1:] - self.offsets[:-1]).view(self.num_features, self.batch_size)
+
+    def per_id(self, per_feature: Tensor) -> Tensor:
+        """Expand a (F,) per-feature tensor to (N,) per-id values."""
+        counts = torch.tensor(self.counts, device=self.values.device)
+        return per_feature.repeat_interleave(counts, output_size=self.values.numel())
+
+    def feature_slice(self, start: int, stop: int) -> "Bags":
+        """Features [start, stop) as their own Bags (values and offsets rebased, no copy of values)."""
+        B = self.batch_size
+        lo, hi = sum(self.counts[:start]), sum(self.counts[:stop])
+        return Bags(
+            values=self.values[lo:hi],
+            offsets=self.offsets[start * B : stop * B + 1] - lo,
+            weights=None if self.weights is None else self.weights[lo:hi],
+            counts=self.counts[start:stop],
+            batch_size=B,
+        )
+
+    def feature_of(self, position: int) -> int:
+        """Index of the feature that holds value `position`."""
+        total = 0
+        for f, c in enumerate(self.counts):
+            total += c
+            if position < total:
+                return f
+        raise IndexError(position)
+
+
+def concat(parts: Sequence[Bags]) -> Bags:
+    """Concatenate Bags feature-wise (all with the same batch size)."""
+    B = parts[0].batch_size
+    values = torch.cat([p.values for p in parts])
+    shifts, total = [], 0
+    for p in parts:
+        shifts.append(total)
+        total += p.values.numel()
+    offsets = torch.cat(
+        [p.offsets[:-1] + s for p, s in zip(parts, shifts)] + [parts[-1].offsets[-1:] + shifts[-1]]
+    )
+    has_w = [p.weights is not None for p in parts]
+    if any(has_w) and not all(has_w):
+        raise ValueError("concat: either every part has weights or none has")
+    weights = torch.cat([p.weights for p in parts]) if all(has_w) else None  # type: ignore[misc]
+    return Bags(values, offsets, weights, [c for p in parts for c in p.counts], B)
+
+
+def bags_from_kjt(kjt: KeyedJaggedTensor, feature_names: Sequence[str], where: str) -> Bags:
+    """Select and order `feature_names` from a KJT and validate it.
+
+    Args:
+        kjt: raw ids, any key order; keys not in `feature_names` are ignored (as torchrec does).
+        feature_names: the F features to keep, in output order.
+        where: name of the calling module, for error messages.
+
+    Raises:
+        TypeError: the input is not a KJT, or its ids are not integers, or its weights are not floats.
+        ValueError: a configured feature is missing, a bag length is negative (offsets decrease), the offsets
+            do not end at the number of ids, or weights have the wrong length.
+    """
+    if not isinstance(kjt, KeyedJaggedTensor):
+        raise TypeError(f"{where}: expected a torchrec.KeyedJaggedTensor, got {type(kjt).__name__}")
+    keys = kjt.keys()
+    missing = [f for f in feature_names if f not in keys]
+    if missing:
+        raise ValueError(f"{where}: features {missing} are configured but missing from the input (it has {keys})")
+    if kjt.variable_stride_per_key():
+        raise ValueError(f"{where}: variable batch size per feature is not supported")
+    if list(keys) != list(feature_names):
+        kjt = kjt.permute([keys.index(f) for f in feature_names])
+    values = kjt.values()
+    if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
+        raise TypeError(f"{where}: ids must be integers, got dtype {values.dtype}")
+    values = values.long()
+    F, B = len(feature_names), kjt.stride()
+    lengths = kjt.lengths()
+    if lengths.numel() != F * B:
+        raise ValueError(f"{where}: lengths has {lengths.numel()} entries, expected features x batch = {F} x {B}")
+    negative = lengths < 0
+    if bool(negative.any()):
+        i = int(negative.nonzero()[0])
+        raise ValueError(
+            f"{where}: offsets of feature {feature_names[i // B]!r} decrease at bag {i % B} (length {int(lengths[i])})"
+        )
+    offsets = kjt.offsets().long()
+    if int(offsets[0]) != 0 or int(offsets[-1]) != values.numel():
+        raise ValueError(
+            f"{where}: offsets must start at 0 and end at the number of ids {values.numel()}, "
+            f"got {int(offsets[0])}..{int(offsets[-1])}"
+        )
+    weights = kjt.weights_or_none()
+    if weights is not None:
+        if not weights.is_floating_point():
+            raise TypeError(f"{where}: weights must be floating point, got {weights.dtype}")
+        if weights.numel() != values.numel():
+            raise ValueError(f"{where}: {weights.numel()} weights for {values.numel()} ids")
+    counts = lengths.view(F, B).sum(1).tolist()
+    return Bags(values, offsets, weights, counts, B)
+
+
+def bags_from_tensors(
+    input: Tensor, offsets: Tensor | None, per_sample_weights: Tensor | None, include_last_offset: bool, where: str
+) -> Bags:
+    """One feature's Bags from `torch.nn.EmbeddingBag`'s forward arguments, validated like torch does."""
+    if input.is_floating_point() or input.dtype == torch.bool:
+        raise TypeError(f"{where}: input must hold integer ids, got dtype {input.dtype}")
+    if input.dim() == 2:
+        if offsets is not None:
+            raise ValueError(f"{where}: offsets must be None when input is 2-D (B, L)")
+        B, L = input.shape
+        values = input.reshape(-1).long()
+        full_offsets = torch.arange(0, B * L + 1, L, device=input.device) if L > 0 else torch.zeros(B + 1, dtype=torch.long, device=input.device)
+        if per_sample_weights is not None and per_sample_weights.shape != input.shape:
+            raise ValueError(f"{where}: per_sample_weights has shape {tuple(per_sample_weights.shape)}, input {tuple(input.shape)}")
+    elif input.dim() == 1:
+        if offsets is None:
+            raise ValueError(f"{where}: offsets are required when input is 1-D")
+        if offsets.dim() != 1 or offsets.is_floating_point():
+            raise TypeError(f"{where}: offsets must be a 1-D integer tensor")
+        values = input.long()
+        offsets = offsets.long()
+        if include_last_offset:
+            full_offsets = offsets
+        else:
+            full_offsets = torch.cat([offsets, offsets.new_tensor([values.numel()])])
+        if full_offsets.numel() < 1 or int(full_offsets[0]) != 0:
+            raise ValueError(f"{where}: offsets[0] must be 0")
+        if bool((full_offsets[1:] < full_offsets[:-1]).any()):
+            i = int((full_offsets[1:] < full_offsets[:-1]).nonzero()[0])
+            raise ValueError(f"{where}: offsets must be non-decreasing; offsets[{i + 1}] < offsets[{i}]")
+        if int(full_offsets[-1]) != values.numel():
+            raise ValueError(f"{where}: the last offset {int(full_offsets[-1])} must equal the number of ids {values.numel()}")
+        if per_sample_weights is not None and per_sample_weights.shape != input.shape:
+            raise ValueError(f"{where}: per_sample_weights has {per_sample_weights.numel()} entries for {values.numel()} ids")
+    else:
+        raise ValueError(f"{where}: input must be 1-D (with offsets) or 2-D (B, L), got {input.dim()}-D")
+    weights = None if per_sample_weights is None else per_sample_weights.reshape(-1)
+    if weights is not None and not weights.is_floating_point():
+        raise TypeError(f"{where}: per_sample_weights must be floating point")
+    return Bags(values, full_offsets, weights, [values.numel()], full_offsets.numel() - 1)

@@ -1,0 +1,201 @@
+"""`Collection`, `build_collection` and `plan`: the public entry points that tie method, store and KJT I/O."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torchrec import JaggedTensor, KeyedJaggedTensor, KeyedTensor
+
+from embtables.bags import Bags, bags_from_kjt
+from embtables.config import SparseOptimizer, TableConfig
+from embtables.method import Method
+from embtables.plan import Plan, Target
+from embtables.registry import get_method
+from embtables.store import Store, store_class
+
+
+class Collection(nn.Module):
+    """A compressed drop-in for `torchrec.EmbeddingBagCollection` (pooled tables) or
+    `torchrec.EmbeddingCollection` (tables with `pooling="none"`). Build it with `et.build_collection`.
+
+    Forward: a `KeyedJaggedTensor` of raw ids with (at least) the configured features ->
+        pooled:   `KeyedTensor` with keys `feature_names` and values (B, sum of `output_dims`)
+        unpooled: dict feature -> `JaggedTensor` with values (N_f, D) and the input's lengths
+
+    Args:
+        method: the compression method holding the plan, remap and combine.
+        store: the backend holding the physical tables.
+
+    Example:
+        >>> import torch, embtables as et
+        >>> from torchrec import KeyedJaggedTensor
+        >>> tables = [et.TableConfig("C1", 1000, 16), et.TableConfig("C2", 50, 16, pooling="mean")]
+        >>> ebc = et.build_collection(tables, method="hash", budget=0.5)
+        >>> kjt = KeyedJaggedTensor(["C1", "C2"], torch.tensor([3, 999, 7, 1]), lengths=torch.tensor([2, 0, 1, 1]))
+        >>> ebc(kjt).values().shape  # (B=2, 16 + 16)
+        torch.Size([2, 32])
+    """
+
+    def __init__(self, method: Method, store: Store) -> None:
+        super().__init__()
+        self.method = method
+        self.store = store
+        self.plan: Plan = method.plan
+        self.tables = method.tables
+        self.feature_names: list[str] = method.feature_names
+        self.pooled = method.pooled
+        self._dims = method.output_dims()
+        mean = [self.tables[t].pooling == "mean" for t in method.feature_table]
+        self._any_mean = any(mean)
+        self.register_buffer("_mean", torch.tensor(mean, dtype=torch.bool), persistent=False)
+        self.register_buffer("_dims_t", torch.tensor(self._dims), persistent=False)
+
+    @property
+    def output_dims(self) -> dict[str, int]:
+        """Output width per feature, in output order (the contract models rely on)."""
+        return dict(zip(self.feature_names, self._dims))
+
+    def memory_bytes(self) -> int:
+        """Every byte needed to serve: physical table weights plus the method's state; optimizer state excluded."""
+        return self.store.weight_bytes() + self.method.state_bytes()
+
+    def sparse_optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer for the physical tables, or None when the backend fuses it into backward (fbgemm)."""
+        return self.store.make_optimizer()
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor | dict[str, JaggedTensor]:
+        bags = bags_from_kjt(features, self.feature_names, type(self).__name__)
+        out = self.lookup(bags)
+        if self.pooled:
+            return KeyedTensor(keys=self.feature_names, length_per_key=self._dims, values=out)
+        lengths = bags.lengths()
+        return {
+            f: JaggedTensor(values=v, lengths=lengths[i])
+            for i, (f, v) in enumerate(zip(self.feature_names, out.split(bags.counts)))
+        }
+
+    def lookup(self, bags: Bags) -> Tensor:
+        """Validated logical bags -> (B, sum D_out) pooled, or (N, D) rows when unpooled."""
+        if bags.weights is not None:
+            if not self.pooled:
+                raise ValueError("per-id weights are only defined for pooled tables (pooling='sum')")
+            if self._any_mean:
+                names = [f for f, m in zip(self.feature_names, self._mean.tolist()) if m]
+                raise ValueError(f"per-id weights need pooling='sum'; features {names} use 'mean'")
+        physical = self.method.remap(bags)
+        pooled, rows = self.store(physical)
+        out = self.method.combine(pooled, rows, bags)  # (B, sum D_out) or (N, D)
+        if self._any_mean:
+            lengths = bags.lengths().t()  # (B, F)
+            div = torch.where(self._mean, lengths.clamp(min=1), torch.ones_like(lengths)).to(out.dtype)
+            out = out / div.repeat_interleave(self._dims_t, dim=1, output_size=out.shape[1])
+        return out
+
+
+def _check_tables(tables: Sequence[TableConfig]) -> tuple[TableConfig, ...]:
+    tables = tuple(tables)
+    if not tables:
+        raise ValueError("at least one TableConfig is needed")
+    for t in tables:
+        if not isinstance(t, TableConfig):
+            raise TypeError(f"tables must be TableConfig instances, got {type(t).__name__}")
+    names = [t.name for t in tables]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"table names must be unique; repeated: {dupes}")
+    features = [f for t in tables for f in t.feature_names]
+    dupes = sorted({f for f in features if features.count(f) > 1})
+    if dupes:
+        raise ValueError(f"each feature may be read by one table only; repeated: {dupes}")
+    unpooled = {t.pooling == "none" for t in tables}
+    if len(unpooled) > 1:
+        raise ValueError(
+            "a collection holds either pooled tables (sum/mean) or unpooled ones (none), as torchrec's "
+            "EmbeddingBagCollection and EmbeddingCollection do; build two collections"
+        )
+    return tables
+
+
+def _check_budget(budget: float | None) -> None:
+    if budget is None:
+        return
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1:
+        raise ValueError(f"budget must be a fraction of the full bytes in (0, 1], got {budget!r}")
+
+
+def plan(
+    tables: Sequence[TableConfig],
+    method: str = "full",
+    budget: float | None = None,
+    *,
+    backend: str = "torch",
+    counts: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> Plan:
+    """Solve a method's parameters for `tables` and `budget` without allocating anything.
+
+    Args:
+        tables: logical tables.
+        method: a name from `et.list_methods()`.
+        budget: fraction of `et.full_bytes(tables)` the result may use, in (0, 1]; None for the method's
+            explicit options (e.g. `buckets=` for `hash`).
+        backend: `"torch"` or `"fbgemm"`; constrains dims (multiples of 4 on fbgemm).
+        counts: per-feature id counts, for frequency-based options.
+        **options: the method's options; unknown names raise TypeError.
+
+    Returns:
+        The `Plan`: physical tables, per-table parameters and exact bytes.
+
+    Raises:
+        InfeasibleBudget: (a ValueError) with `smallest_budget` when the budget cannot be met.
+
+    Example:
+        >>> import embtables as et
+        >>> p = et.plan([et.TableConfig("C1", 10_000, 16)], "hash", budget=0.1)
+        >>> p.physical_tables[0].num_embeddings, p.total_bytes
+        (999, 63944)
+    """
+    tables = _check_tables(tables)
+    _check_budget(budget)
+    cls = get_method(method)
+    opts = cls.make_options(options)
+    target = Target(backend=backend, dim_multiple=store_class(backend).dim_multiple, counts=counts)
+    return cls.solve(tables, budget, opts, target)
+
+
+def build_collection(
+    tables: Sequence[TableConfig],
+    method: str = "full",
+    budget: float | None = None,
+    *,
+    backend: str = "torch",
+    optimizer: SparseOptimizer | None = None,
+    counts: Mapping[str, Any] | None = None,
+    device: torch.device | str | None = None,
+    **options: Any,
+) -> Collection:
+    """Build a compressed embedding collection: a drop-in for `torchrec.EmbeddingBagCollection`.
+
+    Args:
+        tables: logical tables (all pooled, or all `pooling="none"`).
+        method: a name from `et.list_methods()`.
+        budget: fraction of the full fp32 bytes that `memory_bytes()` may use, in (0, 1].
+        backend: `"torch"` (reference, sparse gradients) or `"fbgemm"` (TBE kernels, fused optimizer).
+        optimizer: embedding optimizer; default row-wise Adagrad with lr 0.01.
+        counts: per-feature id counts, for frequency-based options.
+        device: where to allocate; default CPU.
+        **options: the method's options; unknown names raise TypeError.
+
+    Example:
+        >>> import embtables as et
+        >>> ebc = et.build_collection([et.TableConfig("C1", 10_000, 16)], method="hash", budget=0.1)
+        >>> ebc.memory_bytes() <= 0.1 * et.full_bytes(ebc.tables)
+        True
+    """
+    p = plan(tables, method, budget, backend=backend, counts=counts, **options)
+    device = torch.device(device or "cpu")
+    m = get_method(method).from_plan(p, counts).to(device)
+    store = store_class(backend)(p.physical_tables, p.lookups, optimizer or SparseOptimizer(), device)
+    return Collection(m, store).to(device)

@@ -1,0 +1,107 @@
+"""`Method`: the base class of every compression method.
+
+A method is three small things (see ARCHITECTURE.md):
+
+    solve    (tables, budget, options) -> Plan     pure: physical tables, lookups, parameters, exact bytes
+    remap    logical Bags -> physical Bags          pure tensor ops: hash, digits, maps, ...
+    combine  store outputs -> one vector per logical bag (pooled) or per id (unpooled)
+
+The store (torch or fbgemm) between remap and combine is shared by all methods. A method's own state
+(hash keys, maps, projections) lives in its buffers and parameters and is counted by `state_bytes()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from embtables.bags import Bags
+from embtables.config import TableConfig
+from embtables.plan import Plan, Target
+
+
+class Method(nn.Module):
+    """Base class; subclasses set `Options` (a frozen dataclass) and implement `solve` and `remap`.
+
+    The default `combine` serves methods with exactly one lookup per logical feature, in feature order.
+    """
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = type(None)
+    # False only for `full`: every other method must reach budgets below 1 from `budget=` alone
+    compresses: ClassVar[bool] = True
+
+    def __init__(self, plan: Plan) -> None:
+        super().__init__()
+        self.plan = plan
+        self.tables: tuple[TableConfig, ...] = plan.tables
+        self.feature_names: list[str] = [f for t in plan.tables for f in t.feature_names]
+        self.feature_table: list[int] = [i for i, t in enumerate(plan.tables) for _ in t.feature_names]
+        self.pooled = plan.tables[0].pooling != "none"
+
+    # ---- planning -------------------------------------------------------------------------------------
+    @classmethod
+    def make_options(cls, options: Mapping[str, Any]) -> Any:
+        """Validate option names: an unknown name raises TypeError listing the valid ones."""
+        valid = [f.name for f in dataclasses.fields(cls.Options)]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise TypeError(f"method {cls.name!r} got unknown option(s) {unknown}; valid options: {valid}")
+        return cls.Options(**options)
+
+    @classmethod
+    def solve(cls, tables: Sequence[TableConfig], budget: float | None, options: Any, target: Target) -> Plan:
+        raise NotImplementedError
+
+    @classmethod
+    def from_plan(cls, plan: Plan, counts: Mapping[str, Any] | None) -> "Method":
+        """Allocate the method's state for a solved plan (counts are given to methods that need them)."""
+        return cls(plan)
+
+    # ---- forward ----------------------------------------------------------------------------------------
+    def remap(self, bags: Bags) -> Bags:
+        raise NotImplementedError
+
+    def combine(self, pooled: Tensor | None, rows: Tensor | None, bags: Bags) -> Tensor:
+        """Store outputs -> (B, sum of output dims) sum-pooled bags, or (N, D) rows when unpooled."""
+        return pooled if self.pooled else rows  # type: ignore[return-value]
+
+    def output_dims(self) -> list[int]:
+        """Width of the output vector of each logical feature."""
+        return [self.tables[t].embedding_dim for t in self.feature_table]
+
+    def state_bytes(self) -> int:
+        """Bytes of the method's serving state: its parameters and persistent buffers (keys, maps, projections).
+
+        Non-persistent buffers are caches derived from the table shapes and are not counted.
+        """
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+
+
+def check_ids_in_range(bags: Bags, upper: Tensor, checked: Tensor, method: Method, where: str) -> None:
+    """Raise ValueError naming table, feature and value when an id of a checked feature is outside [0, upper).
+
+    Args:
+        bags: logical bags.
+        upper: (F,) int64 exclusive upper bound per feature.
+        checked: (F,) bool, which features must be in range.
+    """
+    if bags.values.numel() == 0 or not bool(checked.any()):
+        return
+    bad = ((bags.values < 0) | (bags.values >= bags.per_id(upper))) & bags.per_id(checked)
+    if bool(bad.any()):
+        pos = int(bad.nonzero()[0])
+        f = bags.feature_of(pos)
+        table = method.tables[method.feature_table[f]]
+        raise ValueError(
+            f"{where}: id {int(bags.values[pos])} of feature {method.feature_names[f]!r} is outside "
+            f"[0, {table.num_embeddings}) of table {table.name!r} (method {method.name!r})"
+        )
+
+
+def per_feature(method: Method, values: Sequence[int], dtype: torch.dtype = torch.int64) -> Tensor:
+    """A (F,) tensor from one value per logical *table*, expanded to its features."""
+    return torch.tensor([values[t] for t in method.feature_table], dtype=dtype)

@@ -1,0 +1,93 @@
+"""`Store`: one storage backend holding every physical table of a collection.
+
+The store takes physical Bags (pooled lookups first, then per-id lookups, as the plan lists them) and returns
+
+    pooled: (B, sum of dims of pooled lookups)   each bag summed (weighted by per-id weights when given)
+    rows:   (N_rows, D)                           one row per id of the per-id lookups, in order
+
+Backends differ only in how they hold and update weights; tests check they agree to float tolerance.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from embtables.bags import Bags
+from embtables.config import Lookup, PhysicalTable, SparseOptimizer
+
+
+class Store(nn.Module):
+    """Base class of storage backends.
+
+    Args:
+        tables: physical tables to allocate.
+        lookups: physical features; pooled ones first.
+        optimizer: how embedding weights are updated (fused into backward where the backend can).
+        device: where the weights live.
+    """
+
+    name: ClassVar[str] = ""
+    dim_multiple: ClassVar[int] = 1
+    fused: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        tables: Sequence[PhysicalTable],
+        lookups: Sequence[Lookup],
+        optimizer: SparseOptimizer,
+        device: torch.device,
+    ) -> None:
+        super().__init__()
+        self.tables = tuple(tables)
+        self.lookups = tuple(lookups)
+        self.optimizer = optimizer
+        self.num_pooled = sum(lk.pooled for lk in lookups)
+        for t in tables:
+            if t.embedding_dim % self.dim_multiple:
+                raise ValueError(
+                    f"{self.name} backend: table {t.name!r} has dim {t.embedding_dim}, "
+                    f"which is not a multiple of {self.dim_multiple}"
+                )
+        unused = set(range(len(tables))) - {lk.table for lk in lookups}
+        if unused:
+            raise ValueError(f"physical tables {[tables[t].name for t in sorted(unused)]} are read by no lookup")
+        pooled_tables = {lk.table for lk in lookups if lk.pooled}
+        row_tables = {lk.table for lk in lookups if not lk.pooled}
+        both = pooled_tables & row_tables
+        if both:
+            raise ValueError(f"tables {[tables[t].name for t in both]} are read both pooled and per id")
+        row_dims = {tables[t].embedding_dim for t in row_tables}
+        if len(row_dims) > 1:
+            raise ValueError(f"per-id lookups need one dim for all their tables, got {sorted(row_dims)}")
+
+    def forward(self, bags: Bags) -> tuple[Tensor | None, Tensor | None]:
+        P = self.num_pooled
+        pooled = self.pooled(bags.feature_slice(0, P)) if P else None
+        rows = self.rows(bags.feature_slice(P, bags.num_features)) if P < bags.num_features else None
+        return pooled, rows
+
+    def pooled(self, bags: Bags) -> Tensor:
+        raise NotImplementedError
+
+    def rows(self, bags: Bags) -> Tensor:
+        raise NotImplementedError
+
+    def weights(self) -> list[Tensor]:
+        """One (rows, dim) tensor per physical table; views of the storage, so writes change the store."""
+        raise NotImplementedError
+
+    def weight_bytes(self) -> int:
+        return sum(w.numel() * w.element_size() for w in self.weights())
+
+    def make_optimizer(self) -> torch.optim.Optimizer | None:
+        """An optimizer for the weights, or None when the backend applies it inside backward."""
+        return None
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Draw every table uniformly in its [init_low, init_high], in place (no temporary of table size)."""
+        for t, w in zip(self.tables, self.weights()):
+            w.uniform_(t.init_low, t.init_high, generator=generator)

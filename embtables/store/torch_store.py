@@ -1,0 +1,60 @@
+"""The `torch` backend: one `nn.Parameter` per physical table, looked up with `embedding_bag`/`embedding`
+with sparse gradients. It is the reference path the other backends are tested against."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from embtables.bags import Bags
+from embtables.config import Lookup, PhysicalTable, SparseOptimizer
+from embtables.optim import RowWiseAdagrad
+from embtables.store.base import Store
+
+
+class TorchStore(Store):
+    name = "torch"
+
+    def __init__(
+        self, tables: Sequence[PhysicalTable], lookups: Sequence[Lookup], optimizer: SparseOptimizer, device: torch.device
+    ) -> None:
+        super().__init__(tables, lookups, optimizer, device)
+        self.weight = nn.ParameterList(
+            [nn.Parameter(torch.empty(t.num_embeddings, t.embedding_dim, device=device)) for t in tables]
+        )
+        self.reset_parameters()
+
+    def pooled(self, bags: Bags) -> Tensor:
+        B = bags.batch_size
+        values = bags.values.split(bags.counts)
+        weights = bags.weights.split(bags.counts) if bags.weights is not None else [None] * len(values)
+        out = []
+        for i, lk in enumerate(self.lookups[: bags.num_features]):
+            offsets = bags.offsets[i * B : (i + 1) * B]
+            out.append(
+                F.embedding_bag(
+                    values[i], self.weight[lk.table], offsets - offsets[0], mode="sum",
+                    per_sample_weights=weights[i], sparse=True,
+                )
+            )  # (B, D)
+        return torch.cat(out, dim=1)  # (B, sum D)
+
+    def rows(self, bags: Bags) -> Tensor:
+        values = bags.values.split(bags.counts)
+        lookups = self.lookups[self.num_pooled :]
+        return torch.cat([F.embedding(v, self.weight[lk.table], sparse=True) for v, lk in zip(values, lookups)])
+
+    def weights(self) -> list[Tensor]:
+        return [w.data for w in self.weight]
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        o = self.optimizer
+        params = list(self.weight)
+        if o.name == "rowwise_adagrad":
+            return RowWiseAdagrad(params, lr=o.lr, eps=o.eps)
+        if o.name == "adagrad":
+            return torch.optim.Adagrad(params, lr=o.lr, eps=o.eps)
+        return torch.optim.SGD(params, lr=o.lr)
