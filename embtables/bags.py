@@ -41,6 +41,20 @@ class Bags:
         """(F, B) bag lengths."""
         return (self.offsets[1:] - self.offsets[:-1]).view(self.num_features, self.batch_size)
 
+    def bag_index(self) -> Tensor:
+        """(N,) index f*B + b of the bag each id belongs to."""
+        bags = torch.arange(self.offsets.numel() - 1, device=self.values.device)
+        return bags.repeat_interleave(self.offsets[1:] - self.offsets[:-1], output_size=self.values.numel())
+
+    def sum_rows(self, rows: Tensor) -> Tensor:
+        """Pool per-id rows (N, D) into bags, weighted by `weights` when present: -> (B, F*D), feature-major
+        blocks as a pooled store would return them (empty bags are zeros)."""
+        if self.weights is not None:
+            rows = rows * self.weights.unsqueeze(1).to(rows.dtype)
+        F, B, D = self.num_features, self.batch_size, rows.shape[1]
+        out = rows.new_zeros(F * B, D).index_add_(0, self.bag_index(), rows)  # (F*B, D)
+        return out.view(F, B, D).transpose(0, 1).reshape(B, F * D)  # (B, F*D)
+
     def per_id(self, per_feature: Tensor) -> Tensor:
         """Expand a (F,) per-feature tensor to (N,) per-id values."""
         counts = torch.tensor(self.counts, device=self.values.device)
