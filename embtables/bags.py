@@ -180,6 +180,8 @@ def bags_from_tensors(
             full_offsets = torch.cat([offsets, offsets.new_tensor([values.numel()])])
         if full_offsets.numel() < 1 or int(full_offsets[0]) != 0:
             raise ValueError(f"{where}: offsets[0] must be 0")
+        if int(full_offsets.max()) > values.numel():
+            raise ValueError(f"{where}: offset {int(full_offsets.max())} is beyond the last offset, the number of ids {values.numel()}")
         if bool((full_offsets[1:] < full_offsets[:-1]).any()):
             i = int((full_offsets[1:] < full_offsets[:-1]).nonzero()[0])
             raise ValueError(f"{where}: offsets must be non-decreasing; offsets[{i + 1}] < offsets[{i}]")

@@ -8,8 +8,7 @@ import embtables as et
 from embtables.hashing import derive_seed, hash_key, hash_to_range
 from tests.conftest import random_kjt
 
-CRITEO = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
-          5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
+from embtables.tablesets import CRITEO_KAGGLE_ROWS as CRITEO
 
 
 def criteo_tables(dim: int = 16) -> list[et.TableConfig]:

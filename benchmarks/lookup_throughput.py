@@ -1,0 +1,207 @@
+"""Training-step throughput (forward, backward, update) of embedding lookups on the 26 Criteo Kaggle tables.
+
+    python benchmarks/lookup_throughput.py                       # the committed table (all configs)
+    python benchmarks/lookup_throughput.py --scale 0.01 --steps 5  # quick look
+
+Every config sees the same pre-drawn batches: B ids per table, one per bag (Criteo has one value per
+feature), drawn Zipf(1)-like (P(rank k) ~ 1/k, ranks scattered over the table by a fixed permutation). One
+step = lookup of all 26 features, loss = <output, fixed random tensor>, backward, optimizer update of the
+rows touched. Samples/s is the median over repeats; ratios are to the first config, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torchrec import KeyedJaggedTensor
+
+import embtables as et
+from embtables.tablesets import criteo_kaggle_tables
+
+Step = Callable[[KeyedJaggedTensor], None]
+
+
+@dataclass
+class Setup:
+    tables: list[et.TableConfig]
+    batch_size: int
+    lr: float = 0.01
+
+
+def draw_batches(tables: list[et.TableConfig], batch_size: int, count: int, seed: int) -> list[KeyedJaggedTensor]:
+    g = torch.Generator().manual_seed(seed)
+    perms = [torch.randperm(t.num_embeddings, generator=g) for t in tables]
+    batches = []
+    for _ in range(count):
+        ids = []
+        for t, perm in zip(tables, perms):
+            u = torch.rand(batch_size, generator=g, dtype=torch.float64)
+            rank = (torch.exp(u * torch.log(torch.tensor(t.num_embeddings + 1.0))) - 1).long().clamp_(0, t.num_embeddings - 1)
+            ids.append(perm[rank])
+        lengths = torch.ones(len(tables) * batch_size, dtype=torch.long)
+        batches.append(KeyedJaggedTensor([t.name for t in tables], torch.cat(ids), lengths=lengths))
+    return batches
+
+
+def _loss_weights(batch_size: int, width: int) -> torch.Tensor:
+    return torch.randn(batch_size, width, generator=torch.Generator().manual_seed(1))
+
+
+def per_table_embedding_bags(optimizer: str) -> Callable[[Setup], Step]:
+    """What a user writes by hand: one nn.EmbeddingBag(sparse=True) per table and a sparse optimizer."""
+
+    def make(s: Setup) -> Step:
+        bags = torch.nn.ModuleList(
+            [torch.nn.EmbeddingBag(t.num_embeddings, t.embedding_dim, mode="sum", sparse=True) for t in s.tables]
+        )
+        params = list(bags.parameters())
+        opt = torch.optim.Adagrad(params, lr=s.lr) if optimizer == "adagrad" else torch.optim.SGD(params, lr=s.lr)
+        target = _loss_weights(s.batch_size, sum(t.embedding_dim for t in s.tables))
+
+        def step(kjt: KeyedJaggedTensor) -> None:
+            jts = kjt.to_dict()
+            out = torch.cat([b(jts[t.name].values(), jts[t.name].offsets()[:-1]) for b, t in zip(bags, s.tables)], 1)
+            (out * target).sum().backward()
+            opt.step()
+            opt.zero_grad()
+
+        return step
+
+    return make
+
+
+def torchrec_dmp(s: Setup) -> Step:
+    """torchrec's production path: EmbeddingBagCollection sharded by DistributedModelParallel on one CPU rank
+    (gloo), with row-wise Adagrad fused into backward (FBGEMM TBE underneath)."""
+    import torch.distributed as dist
+    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+    from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29533")
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    ebc = EmbeddingBagCollection(
+        tables=[EmbeddingBagConfig(name=t.name, num_embeddings=t.num_embeddings, embedding_dim=t.embedding_dim,
+                                   feature_names=list(t.feature_names)) for t in s.tables],
+        device=torch.device("meta"),
+    )
+    apply_optimizer_in_backward(RowWiseAdagrad, ebc.parameters(), {"lr": s.lr})
+
+    class Wrap(torch.nn.Module):
+        def __init__(self, e: torch.nn.Module) -> None:
+            super().__init__()
+            self.e = e
+
+        def forward(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
+            return self.e(kjt).values()
+
+    model = DistributedModelParallel(Wrap(ebc), device=torch.device("cpu"))
+    target = _loss_weights(s.batch_size, sum(t.embedding_dim for t in s.tables))
+
+    def step(kjt: KeyedJaggedTensor) -> None:
+        (model(kjt) * target).sum().backward()
+
+    return step
+
+
+def ours(method: str, budget: float | None, backend: str, **options: object) -> Callable[[Setup], Step]:
+    def make(s: Setup) -> Step:
+        ebc = et.build_collection(s.tables, method, budget, backend=backend,
+                                  optimizer=et.SparseOptimizer("rowwise_adagrad", lr=s.lr), **options)
+        sparse = ebc.sparse_optimizer()
+        dense_params = list(ebc.method.parameters())
+        dense = torch.optim.Adagrad(dense_params, lr=s.lr) if dense_params else None
+        target = _loss_weights(s.batch_size, sum(ebc.output_dims.values()))
+
+        def step(kjt: KeyedJaggedTensor) -> None:
+            (ebc(kjt).values() * target).sum().backward()
+            for o in (sparse, dense):
+                if o is not None:
+                    o.step()
+                    o.zero_grad()
+
+        step.memory_bytes = ebc.memory_bytes()  # type: ignore[attr-defined]
+        return step
+
+    return make
+
+
+CONFIGS: dict[str, Callable[[Setup], Step]] = {
+    "nn.EmbeddingBag x26, sparse Adagrad (by hand)": per_table_embedding_bags("adagrad"),
+    "nn.EmbeddingBag x26, sparse SGD (by hand)": per_table_embedding_bags("sgd"),
+    "torchrec DMP EmbeddingBagCollection, fused row-wise Adagrad": torchrec_dmp,
+    "embtables full, torch backend": ours("full", None, "torch"),
+    "embtables full, fbgemm backend": ours("full", None, "fbgemm"),
+    "embtables hash 0.1, fbgemm backend": ours("hash", 0.1, "fbgemm"),
+    "embtables hash 0.01, fbgemm backend": ours("hash", 0.01, "fbgemm"),
+    "embtables hash 0.01, torch backend": ours("hash", 0.01, "torch"),
+}
+
+
+def measure(make: Callable[[Setup], Step], setup: Setup, batches: list[KeyedJaggedTensor], steps: int, repeats: int) -> tuple[float, int | None]:
+    step = make(setup)
+    for kjt in batches[:3]:
+        step(kjt)
+    rates = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(steps):
+            step(batches[(r * steps + i) % len(batches)])
+        rates.append(steps * setup.batch_size / (time.perf_counter() - t0))
+    mem = getattr(step, "memory_bytes", None)
+    del step
+    gc.collect()
+    return statistics.median(rates), mem
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--scale", type=float, default=1.0, help="scale the table rows (1.0 = real Criteo Kaggle)")
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=20, help="steps per repeat")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--only", default="", help="comma-separated substrings: run only matching configs")
+    args = p.parse_args(argv)
+    tables = criteo_kaggle_tables(16, args.scale)
+    setup = Setup(tables, args.batch_size)
+    batches = draw_batches(tables, args.batch_size, count=args.steps * args.repeats, seed=0)
+    configs = {k: v for k, v in CONFIGS.items() if not args.only or any(s in k for s in args.only.split(","))}
+    full = et.full_bytes(tables)
+    print(f"command: python {' '.join(sys.argv)}")
+    print(f"machine: {machine()}")
+    print(f"tables: 26 Criteo Kaggle, {sum(t.num_embeddings for t in tables):,} rows, dim 16, "
+          f"{full / 1e9:.3f} GB; batch {args.batch_size}; median of {args.repeats} x {args.steps} steps\n")
+    print("| config | samples/s | vs first | table bytes | of full |")
+    print("|---|---|---|---|---|")
+    base = None
+    for name, make in configs.items():
+        rate, mem = measure(make, setup, batches, args.steps, args.repeats)
+        base = base or rate
+        mem_s = f"{mem:,} | {mem / full:.4g}" if mem is not None else f"{full:,} | 1"
+        print(f"| {name} | {rate:,.0f} | {rate / base:.2f}x | {mem_s} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

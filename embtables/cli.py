@@ -1,0 +1,106 @@
+"""`embtables` command line. Each subcommand lives with the code it drives and adds itself through a
+`register(subparsers)` function; this module only lists them and parses method options.
+
+    embtables plan --tables criteo-kaggle --method qr --budget 0.01
+    embtables demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import sys
+from typing import Any, Sequence
+
+# Modules that add subcommands; each defines `register(subparsers)`.
+COMMAND_MODULES = ("embtables.cli",)
+
+
+def parse_options(items: Sequence[str]) -> dict[str, Any]:
+    """`["buckets=1000", "operation=mult"]` -> `{"buckets": 1000, "operation": "mult"}` (Python literals, else str)."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: method option {item!r} must look like name=value")
+        try:
+            options[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            options[key] = raw
+    return options
+
+
+def add_method_arguments(p: argparse.ArgumentParser) -> None:
+    """The method arguments shared by `plan`, `train` and friends."""
+    p.add_argument("--method", default="full", help="a registered method (see `embtables plan --list`)")
+    p.add_argument("--budget", type=float, default=None, help="fraction of the full fp32 bytes, in (0, 1]")
+    p.add_argument("--backend", default="fbgemm", choices=["torch", "fbgemm"])
+    p.add_argument("-o", "--option", action="append", default=[], metavar="NAME=VALUE",
+                   help="a method option, e.g. -o buckets=1000 -o seed=3 (repeatable)")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    import embtables as et
+    from embtables.tablesets import TABLE_SETS
+
+    if args.list:
+        print("\n".join(et.list_methods()))
+        return 0
+    if args.tables not in TABLE_SETS:
+        raise SystemExit(f"error: unknown table set {args.tables!r}; choose one of {sorted(TABLE_SETS)}")
+    tables = TABLE_SETS[args.tables](args.dim)
+    try:
+        p = et.plan(tables, args.method, args.budget, backend=args.backend, **parse_options(args.option))
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(p.summary())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Until the sweep exists: the planner for every method at three budgets on the Criteo Kaggle tables."""
+    import embtables as et
+    from embtables.tablesets import criteo_kaggle_tables
+
+    tables = criteo_kaggle_tables(16)
+    print(f"Criteo Kaggle: 26 tables, {sum(t.num_embeddings for t in tables):,} rows, "
+          f"{et.full_bytes(tables):,} bytes at dim 16\n")
+    print("| method | budget | bytes | of full | physical tables |")
+    print("|---|---|---|---|---|")
+    for method in et.list_methods():
+        for budget in (0.1, 0.01, 0.001) if et.get_method(method).compresses else (1.0,):
+            try:
+                p = et.plan(tables, method, budget, backend="fbgemm")
+                print(f"| {method} | {budget} | {p.total_bytes:,} | {p.ratio:.4g} | {len(p.physical_tables)} |")
+            except et.InfeasibleBudget as e:
+                print(f"| {method} | {budget} | infeasible (smallest {e.smallest_budget:.3g}) | | |")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="solve a method's parameters for a budget and print them (allocates nothing)")
+    p.add_argument("--tables", default="criteo-kaggle", help="built-in table set")
+    p.add_argument("--dim", type=int, default=16)
+    p.add_argument("--list", action="store_true", help="list the registered methods and exit")
+    add_method_arguments(p)
+    p.set_defaults(run=_plan)
+    d = sub.add_parser("demo", help="the README's demo")
+    d.set_defaults(run=_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embtables", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
