@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 import embtables as et
+from embtables.runinfo import machine
 from embtables.tablesets import criteo_kaggle_tables
 
 Step = Callable[[KeyedJaggedTensor], None]
@@ -166,16 +166,6 @@ def measure(make: Callable[[Setup], Step], setup: Setup, batches: list[KeyedJagg
     return statistics.median(rates), mem
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--scale", type=float, default=1.0, help="scale the table rows (1.0 = real Criteo Kaggle)")
@@ -190,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     configs = {k: v for k, v in CONFIGS.items() if not args.only or any(s in k for s in args.only.split(","))}
     full = et.full_bytes(tables)
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"tables: 26 Criteo Kaggle, {sum(t.num_embeddings for t in tables):,} rows, dim 16, "
           f"{full / 1e9:.3f} GB; batch {args.batch_size}; median of {args.repeats} x {args.steps} steps\n")
     print("| config | samples/s | vs first | table bytes | of full |")
