@@ -64,6 +64,17 @@ class Dice(nn.Module):
         return p * x + (1 - p) * self.alpha * x
 
 
+class PReLU(nn.Module):
+    """PReLU with one slope per channel of the *last* dim (torch's nn.PReLU uses dim 1): input (..., C)."""
+
+    def __init__(self, features: int, init: float = 0.25) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.full((features,), init))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.where(x >= 0, x, self.alpha * x)
+
+
 def activation_mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
     """Linear layers with Dice or PReLU after each hidden layer, no activation after the last."""
     if activation not in ("dice", "prelu"):
@@ -72,5 +83,5 @@ def activation_mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
-            layers.append(Dice(b) if activation == "dice" else nn.PReLU(b))
+            layers.append(Dice(b) if activation == "dice" else PReLU(b))
     return nn.Sequential(*layers)

@@ -1,0 +1,386 @@
+"""Training and evaluation of DLRM / DIN on any embedding collection: `Trainer`, `train()` and `embtables train`.
+
+Dense parameters train with Adam or Adagrad; the embedding tables with their backend's optimizer: fused into
+backward on fbgemm (row-wise Adagrad by default), a sparse optimizer on torch. Validation runs every
+`eval_every` steps and at the end; the test split is evaluated at the same points so that the test metric
+*at the best validation point* is reported (selection never looks at test). Checkpoints are atomic and a
+resumed run reproduces the uninterrupted one exactly (same seed, same data order, RNG state restored).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+from torch import nn
+
+import embtables as et
+from embtables.datasets.layout import TRUTH_FILE, atomic_write, read_json, write_json
+from embtables.metrics import auc, logloss
+from embtables.runinfo import machine, peak_rss_bytes, versions
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (saved as config.json).
+
+    Args:
+        model: `"dlrm"` or `"din"`.
+        data: a data folder in the `embtables.datasets` layout.
+        method, budget, options, backend: the embedding collection (see `et.build_collection`).
+        embedding_dim: D of every logical table.
+        min_count: ids seen fewer times in training share one out-of-vocabulary row.
+        epochs, batch_size: the schedule; `max_steps` stops earlier when set.
+        dense_optimizer: `"adam"` or `"adagrad"`; dense_lr its learning rate.
+        embedding_optimizer, embedding_lr: the tables' optimizer (see `et.SparseOptimizer`).
+        eval_every: validation period in steps (0: only at the end of each epoch).
+        seed: seeds the model initialisation and the data order.
+        model_options: extra model keyword arguments (e.g. `{"pooling": "sum"}` for DIN).
+        checkpoint_every: checkpoint period in steps (0: at each evaluation and epoch end).
+    """
+
+    model: Literal["dlrm", "din"] = "dlrm"
+    data: str = ""
+    method: str = "full"
+    budget: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    backend: str = "fbgemm"
+    embedding_dim: int = 16
+    min_count: int = 1
+    epochs: int = 1
+    batch_size: int = 1024
+    max_steps: int | None = None
+    dense_optimizer: Literal["adam", "adagrad"] = "adam"
+    dense_lr: float = 1e-3
+    embedding_optimizer: Literal["rowwise_adagrad", "adagrad", "sgd"] = "rowwise_adagrad"
+    embedding_lr: float = 0.05
+    eval_every: int = 0
+    seed: int = 0
+    model_options: dict[str, Any] = field(default_factory=dict)
+    checkpoint_every: int = 0
+
+    def __post_init__(self) -> None:
+        if self.model not in ("dlrm", "din"):
+            raise ValueError(f"TrainConfig.model must be 'dlrm' or 'din', got {self.model!r}")
+        if self.dense_optimizer not in ("adam", "adagrad"):
+            raise ValueError(f"TrainConfig.dense_optimizer must be 'adam' or 'adagrad', got {self.dense_optimizer!r}")
+        for name in ("epochs", "batch_size", "embedding_dim", "min_count"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"TrainConfig.max_steps must be >= 1, got {self.max_steps}")
+        if not self.data:
+            raise ValueError("TrainConfig.data must name a data folder")
+
+
+def open_data(path: str | Path) -> Any:
+    """Open a data folder of either kind, as its summary.json says (`criteo` or `sequences`)."""
+    from embtables.datasets.layout import SUMMARY_FILE, read_json
+    from embtables.datasets.loader import CriteoData
+
+    summary = Path(path) / SUMMARY_FILE
+    kind = read_json(summary).get("kind") if summary.exists() else None
+    if kind == "sequences":
+        from embtables.datasets.sequences import SequenceData
+
+        return SequenceData(path)
+    return CriteoData(path)  # raises a clear error for anything that is not a Criteo folder
+
+
+def build_model(config: TrainConfig, data: Any) -> nn.Module:
+    """The model of `config` over collections built by `config.method` for `data`'s tables.
+
+    DLRM gets one pooled collection of every table. DIN gets the unpooled item collection (history and
+    target) and a pooled collection of the other tables; each collection meets the budget on its own.
+    """
+    from embtables.models import DIN, DLRM
+
+    tables = data.tables(config.embedding_dim, config.min_count)
+    counts = data.counts(config.min_count)
+    optimizer = et.SparseOptimizer(config.embedding_optimizer, lr=config.embedding_lr)
+
+    def collection(ts: list[et.TableConfig]) -> et.Collection:
+        return et.build_collection(ts, config.method, config.budget, backend=config.backend, optimizer=optimizer,
+                                   counts=counts, **config.options)
+
+    if config.model == "dlrm":
+        if any(t.pooling == "none" for t in tables):
+            raise ValueError(f"DLRM needs pooled tables; data {config.data!r} is of kind {data.kind!r} (use --model din)")
+        return DLRM(collection(tables), dense_in=data.dense_dim, **config.model_options)
+    items = [t for t in tables if t.pooling == "none"]
+    others = [t for t in tables if t.pooling != "none"]
+    if not items:
+        raise ValueError(f"DIN needs an unpooled item table; data {config.data!r} is of kind {data.kind!r} (use --model dlrm)")
+    return DIN(collection(items), collection(others) if others else None, dense_in=data.dense_dim,
+               **config.model_options)
+
+
+class Trainer:
+    """Trains `config.model` on `config.data` with `config.method`; usable from your own code.
+
+    Args:
+        config: the run's `TrainConfig`.
+        out: run folder for config.json, metrics.json and the checkpoint (None: keep nothing on disk).
+        data: an opened data folder (default: `open_data(config.data)`).
+        progress: show a progress bar.
+
+    Example:
+        >>> from embtables.train import TrainConfig, Trainer
+        >>> metrics = Trainer(TrainConfig(data="data/synthetic", method="hash", budget=0.01), "runs/h").fit()
+        >>> metrics["val"]["best"]["auc"]  # doctest: +SKIP
+    """
+
+    def __init__(self, config: TrainConfig, out: str | Path | None = None, data: Any = None, progress: bool = True) -> None:
+        self.config, self.progress = config, progress
+        self.out = Path(out) if out is not None else None
+        self.data = data if data is not None else open_data(config.data)
+        for split in ("train", "val"):
+            if split not in self.data.splits:
+                raise ValueError(f"{config.data}: training needs a {split!r} split; the folder has {list(self.data.splits)}")
+        torch.manual_seed(config.seed)
+        self.model = build_model(config, self.data)
+        self.collections = [m for m in self.model.modules() if isinstance(m, et.Collection)]
+        in_store = {id(p) for c in self.collections for p in c.store.parameters()}
+        dense = [p for p in self.model.parameters() if id(p) not in in_store]
+        opt_cls = torch.optim.Adam if config.dense_optimizer == "adam" else torch.optim.Adagrad
+        self.dense_optimizer = opt_cls(dense, lr=config.dense_lr)
+        self.sparse_optimizers = [o for c in self.collections if (o := c.sparse_optimizer()) is not None]
+        self.state: dict[str, Any] = dict(step=0, epoch=0, batch=0, train_seconds=0.0, train_samples=0, evals=[])
+
+    # ---- training -----------------------------------------------------------------------------------
+    def train_step(self, batch: Any) -> float:
+        """One step on a batch: forward, backward, every optimizer; returns the loss."""
+        logits = self.model(batch.dense, batch.sparse)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+        if hasattr(self.model, "regularization"):
+            loss = loss + self.model.regularization(batch.sparse)
+        for o in (self.dense_optimizer, *self.sparse_optimizers):
+            o.zero_grad()
+        loss.backward()  # the fbgemm store updates its tables here
+        for o in (self.dense_optimizer, *self.sparse_optimizers):
+            o.step()
+        return loss.item()
+
+    def fit(self, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
+        """Train to the end of the schedule (or `stop_after` steps, to simulate an interruption).
+
+        Args:
+            resume: continue from `out/checkpoint.pt` when it exists.
+            stop_after: return after this many steps in total, leaving the checkpoint of that step behind.
+        """
+        cfg = self.config
+        if resume:
+            self.load_checkpoint()
+        if self.out is not None:
+            write_json(self.out / "config.json", asdict(cfg))
+        s = self.state
+        total = self._total_steps()
+        bar = _progress(self.progress, total, s["step"])
+        while s["epoch"] < cfg.epochs and s["step"] < total:
+            batches = self.data.batches("train", cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + s["epoch"],
+                                        drop_last=True, min_count=cfg.min_count)
+            for i, batch in enumerate(batches):
+                if i < s["batch"]:
+                    continue  # resumed run: these batches were trained before the checkpoint
+                t0 = time.perf_counter()
+                loss = self.train_step(batch)
+                s["train_seconds"] += time.perf_counter() - t0
+                s["train_samples"] += batch.batch_size
+                s["step"] += 1
+                s["batch"] = i + 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{s['train_samples'] / s['train_seconds']:,.0f}")
+                done = s["step"] >= total
+                if cfg.eval_every and s["step"] % cfg.eval_every == 0 and not done:
+                    self._evaluate_all()
+                if (cfg.checkpoint_every and s["step"] % cfg.checkpoint_every == 0) or (cfg.eval_every and s["step"] % cfg.eval_every == 0):
+                    self.save_checkpoint()
+                if stop_after is not None and s["step"] >= stop_after:
+                    self.save_checkpoint()
+                    bar.close()
+                    return {}
+                if done:
+                    break
+            else:
+                s["epoch"] += 1
+                s["batch"] = 0
+                if s["epoch"] < cfg.epochs and s["step"] < total:
+                    self._evaluate_all()
+                    self.save_checkpoint()
+                continue
+            break
+        bar.close()
+        self._evaluate_all()
+        self.save_checkpoint()
+        metrics = self.metrics()
+        if self.out is not None:
+            write_json(self.out / "metrics.json", metrics)
+        return metrics
+
+    def _total_steps(self) -> int:
+        per_epoch = self.data.num_batches("train", self.config.batch_size, drop_last=True)
+        if per_epoch == 0:
+            raise ValueError(f"{self.config.data}: the train split has fewer rows than one batch of {self.config.batch_size}")
+        total = per_epoch * self.config.epochs
+        return min(total, self.config.max_steps) if self.config.max_steps else total
+
+    # ---- evaluation ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, float]:
+        """AUC, logloss and samples/s of the model on `split` (in file order, every row)."""
+        self.model.eval()
+        logits, labels = [], []
+        t0 = time.perf_counter()
+        for batch in self.data.batches(split, max(self.config.batch_size, 4096), min_count=self.config.min_count):
+            logits.append(self.model(batch.dense, batch.sparse))
+            labels.append(batch.labels)
+        seconds = time.perf_counter() - t0
+        self.model.train()
+        if not logits:
+            raise ValueError(f"{self.config.data}: split {split!r} is empty")
+        y, z = torch.cat(labels), torch.cat(logits)
+        return {"auc": auc(z, y), "logloss": logloss(z, y), "rows": int(y.numel()), "samples_per_s": y.numel() / seconds}
+
+    def _evaluate_all(self) -> None:
+        s = self.state
+        if s["evals"] and s["evals"][-1]["step"] == s["step"]:
+            return
+        record = {"step": s["step"], "val": self.evaluate("val")}
+        if "test" in self.data.splits:
+            record["test"] = self.evaluate("test")
+        s["evals"].append(record)
+
+    def metrics(self) -> dict[str, Any]:
+        """Everything metrics.json holds: last and best-on-validation metrics, sizes, speeds, versions."""
+        cfg, s = self.config, self.state
+        evals = s["evals"]
+        best = max(evals, key=lambda e: (e["val"]["auc"] if not math.isnan(e["val"]["auc"]) else -1.0))
+        full = sum(et.full_bytes(c.tables) for c in self.collections)
+        memory = sum(c.memory_bytes() for c in self.collections)
+        in_store = {id(p) for c in self.collections for p in c.store.parameters()}
+        out: dict[str, Any] = {
+            "model": cfg.model, "method": cfg.method, "budget": cfg.budget, "options": cfg.options,
+            "backend": cfg.backend, "seed": cfg.seed, "data": cfg.data,
+            "memory_bytes": memory, "full_bytes": full, "compression": memory / full,
+            "params_embedding": sum(w.numel() for c in self.collections for w in c.store.weights()),
+            "params_dense": sum(p.numel() for p in self.model.parameters() if id(p) not in in_store),
+            "steps": s["step"], "best_step": best["step"],
+            "train_samples_per_s": s["train_samples"] / max(s["train_seconds"], 1e-9),
+            "eval_samples_per_s": evals[-1]["val"]["samples_per_s"],
+            "peak_rss_bytes": peak_rss_bytes(), "machine": machine(), "versions": versions(), "evals": evals,
+        }
+        for split in ("val", "test"):
+            if split in evals[-1]:
+                out[split] = {"last": _scores(evals[-1][split]), "best": _scores(best[split])}
+        truth_file = Path(cfg.data) / TRUTH_FILE
+        if truth_file.exists():
+            splits = read_json(truth_file).get("splits", {})
+            out["bayes"] = {k: {"auc": v["bayes_auc"], "logloss": v["bayes_logloss"]} for k, v in splits.items()}
+        return out
+
+    # ---- checkpoints --------------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        if self.out is None:
+            return
+        blob = {
+            "model": self.model.state_dict(),
+            "dense_optimizer": self.dense_optimizer.state_dict(),
+            "sparse_optimizers": [o.state_dict() for o in self.sparse_optimizers],
+            "rng": torch.get_rng_state(),
+            "state": self.state,
+            "config": asdict(self.config),
+        }
+        buffer = io.BytesIO()
+        torch.save(blob, buffer)
+        atomic_write(self.out / CHECKPOINT, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+
+    def load_checkpoint(self) -> bool:
+        """Restore the run from `out/checkpoint.pt`; False when there is none."""
+        path = None if self.out is None else self.out / CHECKPOINT
+        if path is None or not path.exists():
+            return False
+        blob = torch.load(path, weights_only=False)
+        if blob["config"] != asdict(self.config):
+            raise ValueError(f"{path} was written by a different configuration; use a new --out or the same arguments")
+        self.model.load_state_dict(blob["model"])
+        self.dense_optimizer.load_state_dict(blob["dense_optimizer"])
+        for o, st in zip(self.sparse_optimizers, blob["sparse_optimizers"]):
+            o.load_state_dict(st)
+        torch.set_rng_state(blob["rng"])
+        self.state = blob["state"]
+        return True
+
+
+def _scores(e: dict[str, float]) -> dict[str, float]:
+    return {"auc": e["auc"], "logloss": e["logloss"]}
+
+
+def _progress(enabled: bool, total: int, initial: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, leave=False)
+
+
+def train(config: TrainConfig, out: str | Path | None = None, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train and evaluate one configuration; returns the metrics (also written to `out/metrics.json`)."""
+    return Trainer(config, out, progress=progress).fit(resume=resume)
+
+
+def register(sub: Any) -> None:
+    """`embtables train`."""
+    from embtables.cli import add_method_arguments
+
+    p = sub.add_parser("train", help="train DLRM or DIN with one compression method and write metrics.json")
+    p.add_argument("--model", default="dlrm", choices=["dlrm", "din"])
+    p.add_argument("--data", required=True, help="a data folder, or 'synthetic' for the built-in planted data")
+    add_method_arguments(p)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--dim", type=int, default=16, help="embedding dim D")
+    p.add_argument("--min-count", type=int, default=1)
+    p.add_argument("--dense-optimizer", default="adam", choices=["adam", "adagrad"])
+    p.add_argument("--dense-lr", type=float, default=1e-3)
+    p.add_argument("--embedding-optimizer", default="rowwise_adagrad", choices=["rowwise_adagrad", "adagrad", "sgd"])
+    p.add_argument("--embedding-lr", type=float, default=0.05)
+    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-m", "--model-option", action="append", default=[], metavar="NAME=VALUE",
+                   help="a model keyword argument, e.g. -m pooling=sum for DIN (repeatable)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    p.set_defaults(run=_run)
+
+
+def _run(args: Any) -> int:
+    from embtables.cli import parse_options
+    from embtables.datasets.builtin import resolve_data
+
+    config = TrainConfig(
+        model=args.model, data=str(resolve_data(args.data, args.model)), method=args.method, budget=args.budget,
+        options=parse_options(args.option), backend=args.backend, embedding_dim=args.dim, min_count=args.min_count,
+        epochs=args.epochs, batch_size=args.batch_size, max_steps=args.max_steps,
+        dense_optimizer=args.dense_optimizer, dense_lr=args.dense_lr, embedding_optimizer=args.embedding_optimizer,
+        embedding_lr=args.embedding_lr, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+        seed=args.seed, model_options=parse_options(args.model_option),
+    )
+    try:
+        metrics = train(config, args.out, resume=args.resume)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    summary = {k: metrics[k] for k in ("method", "budget", "memory_bytes", "compression", "train_samples_per_s")}
+    summary.update({s: metrics[s]["best"] for s in ("val", "test") if s in metrics})
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,176 @@
+"""Trainer: learning on a planted problem, exact resume, determinism, metrics.json, errors; models x methods."""
+
+import json
+
+import pytest
+import torch
+from torchrec import KeyedJaggedTensor
+
+import embtables as et
+from embtables.models import DIN, DLRM
+from embtables.train import TrainConfig, Trainer, open_data
+
+SMALL = dict(rows=6000, scale=1e-4, min_rows=20, part_rows=2000)
+MODEL = dict(bottom=(32, 16), top=(32,))
+
+
+@pytest.fixture(scope="module")
+def tiny_criteo(tmp_path_factory):
+    from embtables.datasets.synthetic import synth_criteo
+
+    path = tmp_path_factory.mktemp("syn")
+    synth_criteo(path, seed=0, **SMALL)
+    return str(path)
+
+
+def scores(evals):
+    """Eval records without their timings, which differ between runs."""
+    return [{k: ({m: v for m, v in r.items() if m != "samples_per_s"} if isinstance(r, dict) else r)
+             for k, r in e.items()} for e in evals]
+
+
+def config(data, **kw):
+    base = dict(data=data, batch_size=256, epochs=1, embedding_lr=0.05, dense_lr=3e-3, model_options=MODEL)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_loss_decreases_and_beats_chance_on_planted_data(tiny_criteo):
+    trainer = Trainer(config(tiny_criteo, epochs=4), progress=False)
+    data = trainer.data
+    losses = []
+    for epoch in range(4):
+        for batch in data.batches("train", 256, shuffle=True, seed=epoch, drop_last=True):
+            losses.append(trainer.train_step(batch))
+    assert len(losses) >= 60
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.02
+    assert trainer.evaluate("val")["auc"] > 0.6
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_criteo, tmp_path):
+    cfg = config(tiny_criteo, epochs=2, checkpoint_every=5, eval_every=9)
+    full = Trainer(cfg, tmp_path / "a", progress=False).fit()
+    assert Trainer(cfg, tmp_path / "b", progress=False).fit(stop_after=12) == {}
+    resumed = Trainer(cfg, tmp_path / "b", progress=False)
+    assert resumed.state["step"] == 0  # nothing loaded before fit(resume=True)
+    metrics = resumed.fit(resume=True)
+    assert scores(metrics["evals"]) == scores(full["evals"])
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_same_seed_same_result_and_metrics_file(tiny_criteo, tmp_path):
+    cfg = config(tiny_criteo, method="hash", budget=0.2, max_steps=10)
+    m1 = Trainer(cfg, tmp_path / "1", progress=False).fit()
+    m2 = Trainer(cfg, tmp_path / "2", progress=False).fit()
+    assert scores(m1["evals"]) == scores(m2["evals"])
+    saved = json.loads((tmp_path / "1" / "metrics.json").read_text())
+    for key in ("model", "method", "budget", "memory_bytes", "full_bytes", "params_embedding", "params_dense",
+                "train_samples_per_s", "eval_samples_per_s", "peak_rss_bytes", "seed", "versions", "bayes"):
+        assert key in saved, key
+    assert saved["memory_bytes"] <= 0.2 * saved["full_bytes"]
+    assert set(saved["val"]) == {"last", "best"} and set(saved["test"]) == {"last", "best"}
+    assert json.loads((tmp_path / "1" / "config.json").read_text())["method"] == "hash"
+
+
+def test_best_is_selected_on_validation_only(tiny_criteo):
+    trainer = Trainer(config(tiny_criteo, epochs=2, eval_every=5), progress=False)
+    metrics = trainer.fit()
+    best = max(metrics["evals"], key=lambda e: e["val"]["auc"])
+    assert metrics["best_step"] == best["step"]
+    assert metrics["test"]["best"]["auc"] == best["test"]["auc"]
+
+
+def test_resume_refuses_a_different_configuration(tiny_criteo, tmp_path):
+    Trainer(config(tiny_criteo, max_steps=3), tmp_path, progress=False).fit()
+    with pytest.raises(ValueError, match="different configuration"):
+        Trainer(config(tiny_criteo, max_steps=3, seed=1), tmp_path, progress=False).fit(resume=True)
+
+
+def test_errors_for_wrong_data_and_arguments(tiny_criteo, tmp_path):
+    with pytest.raises(ValueError, match="not a Criteo data folder"):
+        open_data(tmp_path)
+    with pytest.raises(ValueError, match="unpooled item table"):
+        Trainer(config(tiny_criteo, model="din"), progress=False)
+    with pytest.raises(ValueError, match="model"):
+        TrainConfig(model="wide", data="x")
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(data="x", batch_size=0)
+    with pytest.raises(TypeError, match="unknown option"):
+        Trainer(config(tiny_criteo, method="hash", budget=0.1, options={"bucket": 3}), progress=False)
+
+
+TABLES = [et.TableConfig("a", 500, 8), et.TableConfig("b", 40, 8, pooling="mean"), et.TableConfig("c", 3000, 8)]
+
+
+def budget_for(method):
+    return 0.2 if et.get_method(method).compresses else None
+
+
+@pytest.mark.parametrize("backend", ["torch", "fbgemm"])
+@pytest.mark.parametrize("method", et.list_methods())
+def test_dlrm_shapes_and_gradients_for_every_method(method, backend):
+    torch.manual_seed(0)
+    ebc = et.build_collection(TABLES, method, budget_for(method), backend=backend)
+    model = DLRM(ebc, dense_in=5, bottom=(16, 8), top=(16,))
+    kjt = KeyedJaggedTensor(["a", "b", "c"], torch.tensor([1, 2, 3, 4, 5, 6, 7]), lengths=torch.tensor([1, 2, 0, 1, 2, 1]))
+    logits = model(torch.randn(2, 5), kjt)
+    assert logits.shape == (2,)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.head.parameters() if p.requires_grad)
+    if backend == "torch":
+        assert any(w.grad is not None for w in ebc.store.weight)
+
+
+@pytest.mark.parametrize("pooling", ["attention", "sum"])
+@pytest.mark.parametrize("method", et.list_methods())
+def test_din_shapes_and_gradients_for_every_method(method, pooling):
+    torch.manual_seed(0)
+    items = et.build_collection([et.TableConfig("item", 3000, 8, ("hist", "target"), "none")], method, budget_for(method))
+    users = et.build_collection([et.TableConfig("user", 100, 8)], "full")
+    model = DIN(items, users, pooling=pooling, attention_hidden=(8,), mlp=(16,))
+    kjt = KeyedJaggedTensor(
+        ["hist", "target", "user"], torch.tensor([1, 2, 3, 9, 7, 8, 5, 6]), lengths=torch.tensor([3, 1, 1, 1, 1, 1])
+    )
+    logits = model(torch.zeros(2, 0), kjt)
+    assert logits.shape == (2,)
+    logits.sum().backward()
+    assert any(w.grad is not None for w in items.store.weight)
+
+
+def test_din_attention_ignores_padding():
+    """Padding positions get no weight: batching a short history with a longer one (so it is padded) does
+    not change its logit."""
+    torch.manual_seed(0)
+    items = et.build_collection([et.TableConfig("item", 50, 8, ("hist", "target"), "none")])
+    model = DIN(items, attention_hidden=(8,), mlp=(16,), activation="prelu").eval()
+    one = KeyedJaggedTensor(["hist", "target"], torch.tensor([1, 2, 3]), lengths=torch.tensor([2, 1]))
+    two = KeyedJaggedTensor(["hist", "target"], torch.tensor([1, 2, 4, 5, 6, 7, 3, 9]),
+                            lengths=torch.tensor([2, 4, 1, 1]))
+    with torch.no_grad():
+        a = model(torch.zeros(1, 0), one)
+        b = model(torch.zeros(2, 0), two)
+    torch.testing.assert_close(a[0], b[0])
+
+
+def test_dlrm_accepts_torchrec_ebc_and_scripts_its_head():
+    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+
+    ebc = EmbeddingBagCollection(tables=[EmbeddingBagConfig(name="t", num_embeddings=10, embedding_dim=4, feature_names=["f"])])
+    model = DLRM(ebc, dense_in=3, bottom=(8, 4), top=(8,))
+    kjt = KeyedJaggedTensor(["f"], torch.tensor([1, 2]), lengths=torch.tensor([1, 1]))
+    eager = model(torch.ones(2, 3), kjt)
+    scripted = torch.jit.script(model.head)
+    torch.testing.assert_close(scripted(torch.ones(2, 3), ebc(kjt).values()), eager)
+
+
+def test_dlrm_interaction_counts_pairs():
+    ebc = et.build_collection([et.TableConfig(f"t{i}", 10, 4) for i in range(3)])
+    strict = DLRM(ebc, dense_in=2, bottom=(4,), top=(8,))
+    assert strict.head.top[0].in_features == 4 + 4 * 3 // 2
+    diag = DLRM(ebc, dense_in=2, bottom=(4,), top=(8,), self_interaction=True)
+    assert diag.head.top[0].in_features == 4 + 4 * 5 // 2
+    cat = DLRM(ebc, dense_in=2, bottom=(4,), top=(8,), interaction="cat")
+    assert cat.head.top[0].in_features == 4 + 12
