@@ -72,6 +72,17 @@ class Bags:
             batch_size=B,
         )
 
+    def select(self, order: Sequence[int]) -> "Bags":
+        """The features in `order` (e.g. a permutation), values copied into that order."""
+        starts = [0]
+        for c in self.counts:
+            starts.append(starts[-1] + c)
+        pick = lambda t: torch.cat([t[starts[f] : starts[f + 1]] for f in order])  # noqa: E731
+        lengths = self.lengths()[list(order)].reshape(-1)  # (F' * B,)
+        offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+        weights = None if self.weights is None else pick(self.weights)
+        return Bags(pick(self.values), offsets, weights, [self.counts[f] for f in order], self.batch_size)
+
     def feature_of(self, position: int) -> int:
         """Index of the feature that holds value `position`."""
         total = 0

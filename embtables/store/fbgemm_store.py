@@ -4,7 +4,9 @@ optimizer fused into its backward pass (no dense gradient of any table is ever f
 Facts of FBGEMM 1.8 this relies on: the training TBE takes fp32 weights whose dims are multiples of 4; on
 CPU its optimizers are EXACT_SGD, EXACT_ADAGRAD and EXACT_ROWWISE_ADAGRAD (Adam is refused); its forward
 fails under `torch.inference_mode()` (use `torch.no_grad()`); a TBE has one pooling mode, so per-id lookups
-(PoolingMode.NONE, one dim for all tables) get a second TBE.
+(PoolingMode.NONE, one dim for all tables) get a second TBE; and its CPU row-wise Adagrad fails ("num of rows
+processed by adagrad ... does not match") unless each table's lookups are contiguous and in table order, so
+the store feeds the TBE its lookups sorted by table and puts the outputs back in lookup order.
 """
 
 from __future__ import annotations
@@ -43,8 +45,13 @@ class FbgemmStore(Store):
         super().__init__(tables, lookups, optimizer, device)
         # where each physical table lives: (group, index inside that group's TBE)
         self._where: list[tuple[str, int]] = [("", -1)] * len(tables)
-        self.pooled_tbe = self._make(tables, [lk for lk in lookups if lk.pooled], PoolingMode.SUM, "pooled", device)
-        self.rows_tbe = self._make(tables, [lk for lk in lookups if not lk.pooled], PoolingMode.NONE, "rows", device)
+        pooled = [lk for lk in lookups if lk.pooled]
+        rows = [lk for lk in lookups if not lk.pooled]
+        # lookup order fed to each TBE (sorted by table), or None when the plan's order already is
+        self._pooled_order = _table_order(pooled)
+        self._rows_order = _table_order(rows)
+        self.pooled_tbe = self._make(tables, _apply(pooled, self._pooled_order), PoolingMode.SUM, "pooled", device)
+        self.rows_tbe = self._make(tables, _apply(rows, self._rows_order), PoolingMode.NONE, "rows", device)
         self.reset_parameters()
 
     def _make(
@@ -77,11 +84,22 @@ class FbgemmStore(Store):
 
     def pooled(self, bags: Bags) -> Tensor:
         self._check_grad_mode()
-        return self.pooled_tbe(bags.values, bags.offsets, per_sample_weights=bags.weights)  # (B, sum D)
+        order = self._pooled_order
+        if order is None:
+            return self.pooled_tbe(bags.values, bags.offsets, per_sample_weights=bags.weights)  # (B, sum D)
+        sorted_bags = bags.select(order)
+        out = self.pooled_tbe(sorted_bags.values, sorted_bags.offsets, per_sample_weights=sorted_bags.weights)
+        dims = [self.tables[self.lookups[i].table].embedding_dim for i in order]
+        return _unsort(out.split(dims, dim=1), order, dim=1)  # (B, sum D) in lookup order
 
     def rows(self, bags: Bags) -> Tensor:
         self._check_grad_mode()
-        return self.rows_tbe(bags.values, bags.offsets)  # (N_rows, D)
+        order = self._rows_order
+        if order is None:
+            return self.rows_tbe(bags.values, bags.offsets)  # (N_rows, D)
+        sorted_bags = bags.select(order)
+        out = self.rows_tbe(sorted_bags.values, sorted_bags.offsets)
+        return _unsort(out.split(sorted_bags.counts, dim=0), order, dim=0)  # (N_rows, D) in lookup order
 
     def weights(self) -> list[Tensor]:
         split = {
@@ -89,3 +107,20 @@ class FbgemmStore(Store):
             "rows": self.rows_tbe.split_embedding_weights() if self.rows_tbe is not None else [],
         }
         return [split[g][i] for g, i in self._where]
+
+
+def _table_order(lookups: list[Lookup]) -> list[int] | None:
+    order = sorted(range(len(lookups)), key=lambda i: lookups[i].table)
+    return None if order == list(range(len(lookups))) else order
+
+
+def _apply(lookups: list[Lookup], order: list[int] | None) -> list[Lookup]:
+    return lookups if order is None else [lookups[i] for i in order]
+
+
+def _unsort(parts: Sequence[Tensor], order: list[int], dim: int) -> Tensor:
+    """Parts produced in `order` -> concatenated in the original order."""
+    back = [None] * len(order)
+    for part, i in zip(parts, order):
+        back[i] = part
+    return torch.cat(back, dim=dim)  # type: ignore[arg-type]

@@ -1,0 +1,231 @@
+"""`unified`: reduction to a full table, the multi-probe formula against a per-id oracle, round-robin tables,
+both backends, pooling semantics, exact bytes, the budget solver's bounds, bad options."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torchrec import KeyedJaggedTensor
+
+import embtables as et
+from embtables.hashing import derive_seed, hash_key, hash_to_range
+from tests.conftest import copy_state, random_kjt
+from tests.test_hash import CRITEO, criteo_tables
+
+INT64 = st.integers(-(2**63), 2**63 - 1)
+TABLES = [
+    et.TableConfig("a", 5000, 16, feature_names=("a1", "a2")),
+    et.TableConfig("b", 300, 8, pooling="mean"),
+    et.TableConfig("c", 3, 8),
+]
+FEATURES = ["a1", "a2", "b", "c"]
+
+
+def oracle(ebc: et.Collection, feature: int, x: int, seed: int = 0) -> torch.Tensor:
+    """e_f(x) = [E_{g mod T}[h_{f,j}(x)]]_j from the docstring, with the keys derived from the seed here."""
+    T, M = len(ebc.plan.physical_tables), ebc.plan.physical_tables[0].num_embeddings
+    chunks = [c for p in ebc.plan.params for c in p.chunks]
+    g = sum(chunks[:feature])
+    parts = []
+    for j in range(chunks[feature]):
+        row = int(hash_to_range(torch.tensor([x]), hash_key(derive_seed(seed, feature, j)), M))
+        parts.append(ebc.store.weights()[(g + j) % T][row])
+    return torch.cat(parts)
+
+
+def test_one_feature_one_chunk_without_collision_is_a_full_table():
+    n, d = 60, 8
+    for pooling in ("sum", "none"):
+        table = et.TableConfig("t", n, d, pooling=pooling)
+        uni = et.build_collection([table], "unified", rows=1 << 20)
+        full = et.build_collection([table], "full")
+        assert uni.plan.params[0].chunks == (1,) and uni.plan.physical_tables[0].embedding_dim == d
+        rows = hash_to_range(torch.arange(n), uni.method.keys[0], 1 << 20)
+        assert rows.unique().numel() == n  # no collision among these ids
+        with torch.no_grad():
+            uni.store.weights()[0][rows] = full.store.weights()[0]
+        kjt = random_kjt([table], batch_size=7, max_len=5, seed=4, weighted=pooling == "sum")
+        with torch.no_grad():
+            a, b = uni(kjt), full(kjt)
+        if pooling == "sum":
+            torch.testing.assert_close(a.values(), b.values())
+        else:
+            torch.testing.assert_close(a["t"].values(), b["t"].values())
+
+
+@pytest.mark.parametrize("num_tables", [1, 3])
+def test_chunks_are_hashed_per_feature_and_chunk_and_dealt_round_robin(num_tables):
+    ebc = et.build_collection(TABLES, "unified", rows=997, num_tables=num_tables, chunks={"b": 3}, seed=5)
+    assert [p.chunks for p in ebc.plan.params] == [(2, 2), (3,), (1,)]  # default D / gcd(16, 8)
+    assert ebc.output_dims == {"a1": 16, "a2": 16, "b": 24, "c": 8}
+    chunk_names = ["a1/c0", "a1/c1", "a2/c0", "a2/c1", "b/c0", "b/c1", "b/c2", "c/c0"]  # g = 0..7
+    assert {lk.name: lk.table for lk in ebc.plan.lookups} == {n: g % num_tables for g, n in enumerate(chunk_names)}
+    tables_in_store_order = [lk.table for lk in ebc.plan.lookups]
+    assert tables_in_store_order == sorted(tables_in_store_order)  # each table's lookups contiguous for FBGEMM
+    ids = [0, 1, 4999, -3, 2**62]
+    kjt = KeyedJaggedTensor(FEATURES, torch.tensor(ids * 4), lengths=torch.tensor([1] * 20))
+    with torch.no_grad():
+        out = ebc(kjt)
+    for f, name in enumerate(FEATURES):
+        torch.testing.assert_close(out[name], torch.stack([oracle(ebc, f, x, seed=5) for x in ids]))
+    # the same id in two features of one table reads different rows (the hash is salted by the feature)
+    assert not torch.equal(out["a1"], out["a2"])
+
+
+def test_unpooled_rows_are_the_concatenated_chunks():
+    seq = [et.TableConfig("s", 10**6, 8, feature_names=("hist", "target"), pooling="none"), et.TableConfig("u", 50, 8, pooling="none")]
+    ebc = et.build_collection(seq, "unified", rows=4000, width=4, num_tables=2)
+    assert ebc.output_dims == {"hist": 8, "target": 8, "u": 8}
+    kjt = random_kjt(seq, batch_size=4, max_len=3, seed=2)
+    with torch.no_grad():
+        out = ebc(kjt)
+    for f, name in enumerate(["hist", "target", "u"]):
+        want = torch.stack([oracle(ebc, f, x) for x in kjt[name].values().tolist()])
+        torch.testing.assert_close(out[name].values(), want)
+        assert torch.equal(out[name].lengths(), kjt[name].lengths())
+
+
+def test_several_shared_tables_train_with_rowwise_adagrad_on_both_backends():
+    opt = et.SparseOptimizer("rowwise_adagrad", lr=0.1)
+    kw = dict(budget=0.05, num_tables=3, chunks={"b": 2})
+    a, b = (et.build_collection(TABLES, "unified", backend=be, optimizer=opt, **kw) for be in ("torch", "fbgemm"))
+    copy_state(a, b)
+    sparse = a.sparse_optimizer()
+    for step in range(3):
+        kjt = random_kjt(TABLES, batch_size=8, max_len=5, seed=step, id_range=30)
+        for ebc in (a, b):
+            ebc(kjt).values().sin().sum().backward()
+        sparse.step()
+        sparse.zero_grad()
+    for wa, wb in zip(a.store.weights(), b.store.weights()):
+        torch.testing.assert_close(wa, wb, rtol=1e-5, atol=1e-6)
+
+
+def test_backends_agree_in_forward_backward_and_training():
+    opt = et.SparseOptimizer("sgd", lr=1.0)
+    kw = dict(budget=0.05, num_tables=2, chunks={"b": 2})
+    a, b = (et.build_collection(TABLES, "unified", backend=be, optimizer=opt, **kw) for be in ("torch", "fbgemm"))
+    copy_state(a, b)
+    before = [w.clone() for w in b.store.weights()]
+    kjt = random_kjt(TABLES, batch_size=8, max_len=5, seed=3, id_range=30)
+    for ebc in (a, b):
+        out = ebc(kjt).values()
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    for w_a, w0, w1 in zip(a.store.weight, before, b.store.weights()):
+        grad = w_a.grad.to_dense()
+        assert grad.abs().sum() > 0
+        torch.testing.assert_close(w0 - w1, grad, rtol=1e-5, atol=1e-5)  # fused SGD lr 1: delta = gradient
+    a.sparse_optimizer().step()
+    with torch.no_grad():
+        torch.testing.assert_close(a(kjt).values(), b(kjt).values(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options, T, w, C",
+    [({}, 1, 8, 6), ({"num_tables": 4}, 4, 8, 6), ({"width": 4}, 1, 4, 12), ({"chunks": {"c": 5}, "num_tables": 2}, 2, 8, 10)],
+)
+def test_memory_bytes_match_the_formula(options, T, w, C):
+    ebc = et.build_collection(TABLES, "unified", rows=321, **options)
+    assert ebc.memory_bytes() == ebc.plan.total_bytes == 4 * T * 321 * w + 8 * C
+    assert sum(p.bytes for p in ebc.plan.params) <= ebc.plan.total_bytes  # floored shares
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"num_tables": 3}, {"width": 4}, {"chunks": {"C3": 8, "C12": 8, "C1": 1}, "num_tables": 2}],
+    ids=str,
+)
+@pytest.mark.parametrize("budget", [0.5, 0.1, 0.01, 0.001, 0.0001])
+def test_budget_solver_hits_its_bounds_on_criteo(options, budget):
+    tables = criteo_tables()
+    p = et.plan(tables, "unified", budget=budget, backend="fbgemm", **options)
+    full = et.full_bytes(tables)
+    assert 0.9 * budget * full <= p.total_bytes <= budget * full
+    T, M, w = len(p.physical_tables), p.physical_tables[0].num_embeddings, p.physical_tables[0].embedding_dim
+    C = sum(sum(q.chunks) for q in p.params)
+    assert p.total_bytes == 4 * T * M * w + 8 * C
+    # one more row in every shared table would not fit
+    assert 4 * T * (M + 1) * w + 8 * C > budget * full
+    assert len(CRITEO) == len(p.params)
+
+
+def test_infeasible_budget_names_the_smallest():
+    tables = criteo_tables()
+    with pytest.raises(et.InfeasibleBudget) as e:
+        et.plan(tables, "unified", budget=1e-9, num_tables=2)
+    assert e.value.smallest_budget == pytest.approx((4 * 2 * 16 + 8 * 26) / et.full_bytes(tables))
+
+
+@given(
+    lengths=st.lists(st.integers(0, 5), min_size=2, max_size=10),
+    data=st.data(),
+    weighted=st.booleans(),
+)
+def test_pooling_is_the_weighted_sum_of_id_vectors(lengths, data, weighted):
+    """Ragged and empty bags of any int64 ids, two features: bag = sum_i w_i e_f(x_i); empty bags are zero."""
+    ebc = _shared()
+    B = len(lengths) // 2
+    lengths = lengths[: 2 * B]
+    n = sum(lengths)
+    ids = data.draw(st.lists(st.one_of(INT64, st.integers(0, 50)), min_size=n, max_size=n))
+    w = data.draw(st.lists(st.floats(-2, 2), min_size=n, max_size=n)) if weighted else None
+    kjt = KeyedJaggedTensor(["x", "y"], torch.tensor(ids, dtype=torch.long), lengths=torch.tensor(lengths),
+                            weights=None if w is None else torch.tensor(w))
+    with torch.no_grad():
+        out = ebc(kjt)
+    start = 0
+    for i, L in enumerate(lengths):
+        f, b = divmod(i, B)
+        e = [oracle(ebc, f, ids[j]) * (1.0 if w is None else w[j]) for j in range(start, start + L)]
+        want = sum(e, torch.zeros(ebc.method.output_dims()[f]))
+        torch.testing.assert_close(out[["x", "y"][f]][b], want, rtol=1e-5, atol=1e-5)
+        start += L
+
+
+_SHARED: list = []
+
+
+def _shared() -> et.Collection:
+    if not _SHARED:
+        tables = [et.TableConfig("x", 10**6, 8), et.TableConfig("y", 100, 4)]
+        _SHARED.append(et.build_collection(tables, "unified", rows=37, num_tables=2, chunks={"x": 3}))
+    return _SHARED[0]
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"rows": 0}, "rows must be a positive int"),
+        ({"width": 0}, "width must be a positive int"),
+        ({"num_tables": 0}, "num_tables must be a positive int"),
+        ({"seed": 1.5}, "seed must be an int"),
+        ({"chunks": {"a1": 0}}, r"chunks\['a1'\] must be a positive int"),
+        ({"chunks": [1, 2]}, "chunks must map feature names to counts"),
+        ({"chunks": {"zz": 2}}, r"chunks names features \['zz'\]"),
+        ({"width": 3}, "width=3 does not divide dim 16 of table 'a'"),
+        ({"num_tables": 99}, "num_tables=99 exceeds the 6 chunks"),
+        ({"budget": None}, "exactly one of budget= or rows="),
+        ({"rows": 10}, "exactly one of budget= or rows="),
+    ],
+)
+def test_bad_options_raise_clear_errors(options, match):
+    kw = {"budget": 0.1, **options}
+    with pytest.raises(ValueError, match=match):
+        et.plan(TABLES, "unified", **kw)
+
+
+def test_backend_and_unpooled_width_constraints():
+    with pytest.raises(ValueError, match="width=2 must be a multiple of 4 on the 'fbgemm' backend"):
+        et.plan(TABLES, "unified", budget=0.1, width=2, backend="fbgemm")
+    assert et.plan(TABLES, "unified", budget=0.1, width=2).physical_tables[0].embedding_dim == 2
+    seq = [et.TableConfig("s", 1000, 16, pooling="none"), et.TableConfig("u", 50, 8, pooling="none")]
+    with pytest.raises(ValueError, match="unpooled tables return one row width"):
+        et.plan(seq, "unified", budget=0.1)
+    assert et.plan(seq, "unified", budget=0.1, chunks={"u": 2}).params[1].out_dims == (16,)
+
+
+def test_unpooled_empty_input_gives_no_rows():
+    seq = [et.TableConfig("s", 1000, 8, feature_names=("h", "t"), pooling="none")]
+    ebc = et.build_collection(seq, "unified", rows=10, width=4, num_tables=2)
+    out = ebc(KeyedJaggedTensor(["h", "t"], torch.zeros(0, dtype=torch.long), lengths=torch.zeros(4, dtype=torch.long)))
+    assert out["h"].values().shape == (0, 8) and out["t"].lengths().tolist() == [0, 0]
