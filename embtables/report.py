@@ -1,0 +1,191 @@
+"""`embtables report DIR`: report.md and PNG figures from a sweep's results.parquet alone.
+
+AUC is the test AUC at the best validation step of each run (selection never looks at test), averaged over
+seeds with the min-max spread shown; bytes are `memory_bytes()` of the compressed collection.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from embtables.datasets.layout import SUMMARY_FILE, TRUTH_FILE, atomic_write, read_json
+from embtables.sweep import RESULTS, load_results
+
+AUC = "test_auc_best"
+
+
+def aggregate(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, options, budget): means and min/max over seeds of the finished runs."""
+    ok = df[df["status"] == "ok"]
+    g = ok.groupby(["method", "options", "budget"], dropna=False)
+    out = g.agg(
+        seeds=("seed", "nunique"), bytes=("memory_bytes", "mean"), full_bytes=("full_bytes", "mean"),
+        auc=(AUC, "mean"), auc_min=(AUC, "min"), auc_max=(AUC, "max"), auc_sd=(AUC, "std"),
+        logloss=("test_logloss_best", "mean"), speed=("train_samples_per_s", "mean"),
+    ).reset_index()
+    full = out[out["method"] == "full"]
+    out["gap_to_full"] = out["auc"] - (full["auc"].mean() if len(full) else math.nan)
+    out["speed_vs_full"] = out["speed"] / (full["speed"].mean() if len(full) else math.nan)
+    if "bayes_test_auc" in ok:
+        out["gap_to_bayes"] = out["auc"] - ok["bayes_test_auc"].mean()
+    return out.sort_values(["budget", "auc"], ascending=[False, False]).reset_index(drop=True)
+
+
+def pareto(agg: pd.DataFrame) -> pd.DataFrame:
+    """Runs no other run beats on both bytes (fewer) and AUC (higher)."""
+    rows = agg.sort_values(["bytes", "auc"], ascending=[True, False])
+    best, keep = -math.inf, []
+    for i, r in rows.iterrows():
+        if r["auc"] > best:
+            keep.append(i)
+            best = r["auc"]
+    return agg.loc[keep].sort_values("bytes")
+
+
+def label(method: str, options: str) -> str:
+    opts = json.loads(options) if isinstance(options, str) and options else {}
+    return method + ("" if not opts else " " + ",".join(f"{k}={v}" for k, v in sorted(opts.items())))
+
+
+def figures(agg: pd.DataFrame, bayes: float | None, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    full = agg[agg["method"] == "full"]
+    curves = agg[agg["method"] != "full"]
+    for y, ylabel, fname in (("auc", "test AUC (at best validation step)", "auc_vs_bytes.png"),
+                             ("speed", "training samples / s", "throughput_vs_bytes.png")):
+        fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+        for (method, options), g in curves.groupby(["method", "options"]):
+            g = g.sort_values("bytes")
+            if y == "auc":
+                err = [g["auc"] - g["auc_min"], g["auc_max"] - g["auc"]]
+                ax.errorbar(g["bytes"], g["auc"], yerr=err, marker="o", ms=4, capsize=3, label=label(method, options))
+            else:
+                ax.plot(g["bytes"], g["speed"], marker="o", ms=4, label=label(method, options))
+        if len(full):
+            ax.axhline(full[y].mean(), color="black", lw=1.2, label=f"full table ({full['bytes'].mean() / 1e6:,.1f} MB)")
+        if y == "auc":
+            if bayes is not None:
+                ax.axhline(bayes, color="gray", ls="--", lw=1, label="Bayes-optimal (planted truth)")
+            front = pareto(agg)
+            ax.plot(front["bytes"], front["auc"], color="black", ls=":", lw=1)
+            ax.scatter(front["bytes"], front["auc"], s=90, facecolors="none", edgecolors="black", label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_xlabel("embedding memory, bytes (log scale)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+        fig.tight_layout()
+        atomic_write(out / fname, lambda tmp: fig.savefig(tmp, format="png"))
+        plt.close(fig)
+        names.append(fname)
+    return names
+
+
+def recommendations(agg: pd.DataFrame) -> list[str]:
+    """One line per range of consecutive budgets with the same winner, derived from the table."""
+    lines: list[tuple[list[float], str]] = []
+    for budget, g in agg[agg["method"] != "full"].groupby("budget", sort=False):
+        g = g.sort_values("auc", ascending=False)
+        top = g.iloc[0]
+        tied = [label(r["method"], r["options"]) for _, r in g.iloc[1:].iterrows()
+                if top["auc"] - r["auc"] <= max(_spread(top), _spread(r))]
+        who = label(top["method"], top["options"]) + (f" (tied within seed spread with {', '.join(tied)})" if tied else "")
+        text = (f"use **{who}**: {top['gap_to_full']:+.4f} AUC vs full at {top['bytes'] / 1e6:,.2f} MB, "
+                f"{top['speed_vs_full']:.2f}x full's training speed")
+        if lines and lines[-1][1].split(":")[0] == text.split(":")[0]:
+            lines[-1][0].append(budget)
+        else:
+            lines.append(([budget], text))
+    out = []
+    for budgets, text in lines:
+        rng = f"budget {budgets[0]:g}" if len(budgets) == 1 else f"budgets {budgets[0]:g} to {budgets[-1]:g}"
+        out.append(f"- {rng}: {text}")
+    return out
+
+
+def _spread(r: Any) -> float:
+    return 0.0 if r["seeds"] < 2 else float(r["auc_max"] - r["auc_min"]) / 2
+
+
+def write_report(folder: str | Path) -> Path:
+    """Regenerate `folder/report.md` and its figures from `folder/results.parquet`."""
+    folder = Path(folder)
+    df = load_results(folder)
+    if not len(df):
+        raise ValueError(f"{folder / RESULTS} is missing or empty: run `embtables sweep --out {folder}` first")
+    meta = read_json(folder / "sweep.json") if (folder / "sweep.json").exists() else {}
+    agg = aggregate(df)
+    bayes = float(df["bayes_test_auc"].dropna().mean()) if "bayes_test_auc" in df and df["bayes_test_auc"].notna().any() else None
+    names = figures(agg, bayes, folder) if len(agg) else []
+    lines = [f"# Memory-budget sweep: {', '.join(sorted(df['model'].unique()))} on {df['data'].iloc[0]}", ""]
+    lines += [f"Command: `{meta.get('command', '(not recorded)')}`", "",
+              f"Report: `embtables report {folder}` at {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
+              f"machine: {df['machine'].iloc[0]}; versions: {_versions(df)}", ""]
+    lines += _data_summary(Path(df["data"].iloc[0])) + [""]
+    lines += ["AUC is the test AUC at each run's best validation step, mean over seeds (min..max); gap to full is "
+              "against the full table's mean; bytes are `memory_bytes()` of the embeddings.", ""]
+    lines += [f"![AUC against bytes]({n})" for n in names[:1]] + [""]
+    lines += ["## Recommendation per budget", ""] + recommendations(agg) + [""]
+    for budget, g in agg[agg["method"] != "full"].groupby("budget", sort=False):
+        lines += [f"## Budget {budget:g}", "", "| rank | method | bytes | of full | test AUC | gap to full | "
+                  "gap to Bayes | train samples/s | vs full speed |", "|---|---|---|---|---|---|---|---|---|"]
+        for rank, (_, r) in enumerate(g.sort_values("auc", ascending=False).iterrows(), 1):
+            lines.append(
+                f"| {rank} | {label(r['method'], r['options'])} | {r['bytes']:,.0f} | {r['bytes'] / r['full_bytes']:.4g} | "
+                f"{r['auc']:.4f} ({r['auc_min']:.4f}..{r['auc_max']:.4f}) | {r['gap_to_full']:+.4f} | "
+                f"{r.get('gap_to_bayes', math.nan):+.4f} | {r['speed']:,.0f} | {r['speed_vs_full']:.2f}x |"
+            )
+        lines.append("")
+    full = agg[agg["method"] == "full"]
+    if len(full):
+        r = full.iloc[0]
+        lines += [f"Full table: test AUC {r['auc']:.4f} ({r['auc_min']:.4f}..{r['auc_max']:.4f}) over {r['seeds']} "
+                  f"seed(s), {r['bytes']:,.0f} bytes, {r['speed']:,.0f} samples/s.", ""]
+    lines += _other_cells(df)
+    lines += [f"![training throughput against bytes]({n})" for n in names[1:]]
+    report = folder / "report.md"
+    atomic_write(report, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    return report
+
+
+def _versions(df: pd.DataFrame) -> str:
+    v = json.loads(df["versions"].iloc[0])
+    return ", ".join(f"{k} {v[k]}" for k in ("embtables", "torch", "fbgemm-gpu-cpu", "torchrec", "python") if k in v)
+
+
+def _data_summary(data: Path) -> list[str]:
+    if not (data / SUMMARY_FILE).exists():
+        return [f"Data: `{data}` (summary.json not found)"]
+    s = read_json(data / SUMMARY_FILE)
+    splits = s.get("splits", {})
+    parts = [f"{k} {v.get('rows', 0):,} rows ({v.get('clicks', 0):,} clicks)" for k, v in splits.items()]
+    out = [f"Data: `{data}`, kind {s.get('kind')}: " + "; ".join(parts) + "."]
+    if (data / TRUTH_FILE).exists():
+        t = read_json(data / TRUTH_FILE).get("splits", {})
+        out.append("Bayes-optimal test AUC of the planted model: " + ", ".join(
+            f"{k} {v['bayes_auc']:.4f}" for k, v in t.items() if "bayes_auc" in v) + ".")
+    return out
+
+
+def _other_cells(df: pd.DataFrame) -> list[str]:
+    out = []
+    bad = df[df["status"] == "infeasible"]
+    if len(bad):
+        out += ["## Infeasible budgets", ""] + [
+            f"- {r['method']} at budget {r['budget']:g}: smallest feasible budget {r['smallest_budget']:.3g}"
+            for _, r in bad.drop_duplicates(["method", "options", "budget"]).iterrows()] + [""]
+    failed = df[df["status"] == "failed"]
+    if len(failed):
+        out += ["## Failed runs", ""] + [f"- {r['cell']}: {r['error']}" for _, r in failed.iterrows()] + [""]
+    return out

@@ -1,0 +1,281 @@
+"""`embtables sweep`: one training run per (method, budget, seed) and a results table to compare them.
+
+Every cell runs the same `Trainer` as `embtables train`, in a child process (so its peak memory is its own
+and a crash cannot take the sweep down), in `DIR/runs/<cell>/` with its checkpoint. Rows are appended to
+`DIR/results.parquet` (and `.csv`) by an atomic rewrite after each cell, so a killed sweep loses at most the
+cell in progress, and that cell itself resumes from its last checkpoint. A re-run with the same arguments
+skips finished cells. A budget a method cannot reach is recorded as `infeasible` with its smallest feasible
+budget; a cell that fails is recorded as `failed` with the error (and retried by the next run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+import embtables as et
+from embtables.datasets.layout import atomic_write, read_json, write_json
+from embtables.runinfo import machine, versions
+from embtables.train import TrainConfig
+
+RESULTS = "results.parquet"
+DEFAULT_BUDGETS = (0.5, 0.1, 0.01, 0.001, 0.0001)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A sweep: the cross product of methods x budgets x seeds over one training recipe.
+
+    Args:
+        train: the recipe every cell shares (its method, budget and seed are replaced per cell).
+        methods: methods to compare; `full` runs once per seed as the reference.
+        budgets: fractions of the full bytes.
+        seeds: one run per seed.
+        options: per-method options, e.g. `{"qr": {"operation": "add"}}`.
+    """
+
+    train: TrainConfig
+    methods: tuple[str, ...]
+    budgets: tuple[float, ...] = DEFAULT_BUDGETS
+    seeds: tuple[int, ...] = (0,)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        known = et.list_methods()
+        for m in self.methods:
+            if m not in known:
+                raise ValueError(f"unknown method {m!r} in --methods; registered methods: {known}")
+        for b in self.budgets:
+            if not 0 < b <= 1:
+                raise ValueError(f"budget {b} must lie in (0, 1]")
+        extra = set(self.options) - set(self.methods)
+        if extra:
+            raise ValueError(f"options given for methods not in the sweep: {sorted(extra)}")
+
+    def cells(self) -> list[TrainConfig]:
+        """Every run, `full` first for each seed (the reference the others are compared to)."""
+        out = []
+        for seed in self.seeds:
+            out.append(replace(self.train, method="full", budget=None, options={}, seed=seed))
+            for m in self.methods:
+                if m == "full":
+                    continue
+                for b in self.budgets:
+                    out.append(replace(self.train, method=m, budget=b, options=dict(self.options.get(m, {})), seed=seed))
+        return out
+
+
+def cell_id(config: TrainConfig) -> str:
+    """A short stable name for a cell: method, budget, seed and a hash of the whole configuration."""
+    digest = hashlib.sha1(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:8]
+    budget = "none" if config.budget is None else f"{config.budget:g}"
+    return f"{config.method}-b{budget}-s{config.seed}-{digest}"
+
+
+def run_cell(config: TrainConfig, folder: Path) -> dict[str, Any]:
+    """Train one cell in this process, resuming its checkpoint; returns its metrics or its infeasibility."""
+    from embtables.train import Trainer
+
+    try:
+        trainer = Trainer(config, folder, progress=False)
+    except et.InfeasibleBudget as e:
+        return {"status": "infeasible", "smallest_budget": e.smallest_budget, "error": str(e)}
+    metrics = trainer.fit(resume=True)
+    metrics["status"] = "ok"
+    return metrics
+
+
+def _child(folder: str) -> None:
+    """Entry point of a cell's child process: reads cell.json, writes outcome.json."""
+    path = Path(folder)
+    config = TrainConfig(**read_json(path / "cell.json"))
+    write_json(path / "outcome.json", run_cell(config, path))
+
+
+def _spawn(config: TrainConfig, folder: Path) -> dict[str, Any]:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "cell.json", asdict(config))
+    (folder / "outcome.json").unlink(missing_ok=True)
+    code = f"from embtables.sweep import _child; _child({str(folder)!r})"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    (folder / "log.txt").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or not (folder / "outcome.json").exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"status": "failed", "error": f"exit {proc.returncode}: {tail[0]}"}
+    return read_json(folder / "outcome.json")
+
+
+def row(config: TrainConfig, outcome: dict[str, Any], wall: float, reference: dict[str, Any] | None) -> dict[str, Any]:
+    """One results row (flat columns) from a cell's outcome."""
+    r: dict[str, Any] = {
+        "cell": cell_id(config), "status": outcome["status"], "model": config.model, "data": config.data,
+        "method": config.method, "options": json.dumps(config.options, sort_keys=True),
+        "budget": config.budget if config.budget is not None else 1.0, "seed": config.seed, "epochs": config.epochs,
+        "wall_seconds": wall, "smallest_budget": outcome.get("smallest_budget", math.nan), "error": outcome.get("error", ""),
+        "machine": machine(), "versions": json.dumps(versions(), sort_keys=True),
+    }
+    if outcome["status"] == "ok":
+        r.update(memory_bytes=outcome["memory_bytes"], full_bytes=outcome["full_bytes"],
+                 compression=outcome["compression"], train_samples_per_s=outcome["train_samples_per_s"],
+                 eval_samples_per_s=outcome["eval_samples_per_s"], peak_rss_bytes=outcome["peak_rss_bytes"],
+                 steps=outcome["steps"])
+        for split in ("val", "test"):
+            for which in ("best", "last"):
+                for metric in ("auc", "logloss"):
+                    r[f"{split}_{metric}_{which}"] = outcome.get(split, {}).get(which, {}).get(metric)
+            if "bayes" in outcome and split in outcome["bayes"]:
+                r[f"bayes_{split}_auc"] = outcome["bayes"][split]["auc"]
+        if r.get("test_auc_best") is not None:
+            if r.get("bayes_test_auc") is not None:
+                r["gap_to_bayes"] = r["test_auc_best"] - r["bayes_test_auc"]
+            if config.method == "full":
+                r["gap_to_full"] = 0.0
+            elif reference is not None and reference.get("test_auc_best") is not None:
+                r["gap_to_full"] = r["test_auc_best"] - reference["test_auc_best"]
+    return r
+
+
+def load_results(out: Path) -> pd.DataFrame:
+    path = Path(out) / RESULTS
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+
+
+def append_row(out: Path, new: dict[str, Any]) -> pd.DataFrame:
+    """Append one row to results.parquet and results.csv, rewriting both atomically."""
+    df = load_results(out)
+    if len(df):
+        df = df[df["cell"] != new["cell"]]  # a retried cell replaces its failed row
+    df = pd.concat([df, pd.DataFrame([new])], ignore_index=True)
+    atomic_write(out / RESULTS, lambda tmp: df.to_parquet(tmp, index=False))
+    atomic_write(out / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
+    return df
+
+
+def sweep(config: SweepConfig, out: str | Path, command: str = "", progress: bool = True) -> pd.DataFrame:
+    """Run every unfinished cell of `config` into `out`; returns the results table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe = asdict(replace(config.train, method="full", budget=None, options={}, seed=0))
+    saved = out / "sweep.json"
+    if saved.exists() and read_json(saved)["recipe"] != json.loads(json.dumps(recipe)):
+        raise ValueError(f"{out} holds a sweep with a different training recipe; use another --out")
+    write_json(saved, {"recipe": recipe, "command": command, "machine": machine(), "versions": versions()})
+    from tqdm import tqdm
+
+    cells = config.cells()
+    results = load_results(out)
+    finished = set(results[results["status"].isin(["ok", "infeasible"])]["cell"]) if len(results) else set()
+    bar = tqdm(cells, disable=not progress, unit="cell", dynamic_ncols=True)
+    for cell in bar:
+        name = cell_id(cell)
+        bar.set_description(name)
+        if name in finished:
+            continue
+        t0 = time.perf_counter()
+        outcome = _spawn(cell, out / "runs" / name)
+        reference = None
+        if cell.method != "full" and len(results):
+            ref = results[(results["method"] == "full") & (results["seed"] == cell.seed) & (results["status"] == "ok")]
+            reference = ref.iloc[-1].to_dict() if len(ref) else None
+        r = row(cell, outcome, time.perf_counter() - t0, reference)
+        results = append_row(out, r)
+        bar.write(_describe(r))
+    return results
+
+
+def _describe(r: dict[str, Any]) -> str:
+    head = f"{r['method']:>10} budget {r['budget']:<7g} seed {r['seed']}: "
+    if r["status"] == "ok":
+        gap = f", gap to full {r['gap_to_full']:+.4f}" if r.get("gap_to_full") is not None else ""
+        return (head + f"test AUC {r['test_auc_best']:.4f}{gap}, {r['memory_bytes']:,} bytes, "
+                f"{r['train_samples_per_s']:,.0f} samples/s")
+    if r["status"] == "infeasible":
+        return head + f"infeasible (smallest feasible budget {r['smallest_budget']:.3g})"
+    return head + f"FAILED: {r['error']}"
+
+
+QUICK = dict(budgets=(0.1, 0.01), seeds=(0,), epochs=1, rows=200_000)
+
+
+def register(sub: Any) -> None:
+    """`embtables sweep` and `embtables report`."""
+    p = sub.add_parser("sweep", help="train every method at every budget and seed; write results and a report")
+    p.add_argument("--model", default="dlrm", choices=["dlrm", "din"])
+    p.add_argument("--data", default="synthetic", help="a data folder, or 'synthetic' for the built-in planted data")
+    p.add_argument("--methods", default=None, help="comma-separated; default: every registered method")
+    p.add_argument("--budgets", default=None, help=f"comma-separated fractions; default {','.join(map(str, DEFAULT_BUDGETS))}")
+    p.add_argument("--seeds", default=None, help="comma-separated; default 0")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--backend", default="fbgemm", choices=["torch", "fbgemm"])
+    p.add_argument("--dim", type=int, default=16)
+    p.add_argument("--embedding-lr", type=float, default=TrainConfig.embedding_lr)
+    p.add_argument("--dense-lr", type=float, default=TrainConfig.dense_lr)
+    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--option", action="append", default=[], metavar="METHOD:NAME=VALUE",
+                   help="a method option, e.g. --option qr:operation=add (repeatable)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"the demo preset: budgets {QUICK['budgets']}, one seed, one epoch, {QUICK['rows']:,} synthetic rows")
+    p.add_argument("--out", required=True, help="sweep folder (re-run with the same arguments to resume)")
+    p.set_defaults(run=_run_sweep)
+    r = sub.add_parser("report", help="regenerate report.md and figures of a sweep folder from results.parquet")
+    r.add_argument("folder")
+    r.set_defaults(run=lambda a: print(write_report_cli(a.folder)) or 0)
+
+
+def write_report_cli(folder: str) -> Path:
+    from embtables.report import write_report
+
+    try:
+        return write_report(folder)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def _split(text: str | None, cast: Any, default: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple(cast(x) for x in text.split(",") if x.strip()) if text else tuple(default)
+
+
+def _run_sweep(args: Any) -> int:
+    from embtables.cli import parse_options
+    from embtables.datasets.builtin import resolve_data, synthetic_criteo
+
+    quick = args.quick
+    if quick and args.data == "synthetic" and args.model == "dlrm":
+        data = synthetic_criteo(rows=QUICK["rows"])
+    else:
+        data = resolve_data(args.data, args.model)
+    options: dict[str, dict[str, Any]] = {}
+    for item in args.option:
+        method, sep, rest = item.partition(":")
+        if not sep:
+            raise SystemExit(f"error: --option {item!r} must look like METHOD:NAME=VALUE")
+        options.setdefault(method, {}).update(parse_options([rest]))
+    train = TrainConfig(
+        model=args.model, data=str(data), backend=args.backend, embedding_dim=args.dim,
+        epochs=args.epochs or (QUICK["epochs"] if quick else 1), batch_size=args.batch_size,
+        max_steps=args.max_steps, embedding_lr=args.embedding_lr, dense_lr=args.dense_lr, eval_every=args.eval_every,
+    )
+    try:
+        config = SweepConfig(
+            train=train,
+            methods=_split(args.methods, str, et.list_methods()),
+            budgets=_split(args.budgets, float, QUICK["budgets"] if quick else DEFAULT_BUDGETS),
+            seeds=_split(args.seeds, int, QUICK["seeds"] if quick else (0,)),
+            options=options,
+        )
+        sweep(config, args.out, command="embtables " + " ".join(sys.argv[1:]))
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"report: {write_report_cli(args.out)}")
+    return 0

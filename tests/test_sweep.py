@@ -1,0 +1,114 @@
+"""Sweep end to end: results file, resume after a kill, infeasible budgets, report from results alone."""
+
+import shutil
+
+import pandas as pd
+import pytest
+
+import embtables.sweep as sw
+from embtables.report import write_report
+from embtables.train import TrainConfig
+
+SMALL = dict(rows=4000, scale=1e-4, min_rows=20, part_rows=2000)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from embtables.datasets.synthetic import synth_criteo
+
+    path = tmp_path_factory.mktemp("syn")
+    synth_criteo(path, seed=0, **SMALL)
+    return str(path)
+
+
+def config(data, **kw):
+    train = TrainConfig(data=data, batch_size=256, max_steps=4, model_options=dict(bottom=(16, 16), top=(16,)))
+    base = dict(train=train, methods=("full", "hash", "qr"), budgets=(0.3, 1e-7), seeds=(0,))
+    base.update(kw)
+    return sw.SweepConfig(**base)
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """Run cells in this process (fast); one test below keeps the real child processes."""
+    calls = []
+
+    def spawn(cell, folder):
+        calls.append(sw.cell_id(cell))
+        return sw.run_cell(cell, folder)
+
+    monkeypatch.setattr(sw, "_spawn", spawn)
+    return calls
+
+
+def test_tiny_sweep_writes_well_formed_results_and_report(data, tmp_path):
+    df = sw.sweep(config(data, methods=("full", "hash"), budgets=(0.3, 0.05)), tmp_path, command="test", progress=False)
+    assert list(df["method"]) == ["full", "hash", "hash"]
+    assert (df["status"] == "ok").all()
+    assert (df["memory_bytes"] <= df["budget"] * df["full_bytes"]).all()
+    for col in ("test_auc_best", "val_auc_last", "gap_to_full", "gap_to_bayes", "train_samples_per_s",
+                "peak_rss_bytes", "wall_seconds", "versions", "compression"):
+        assert df[col].notna().all(), col
+    full_auc = df.loc[df["method"] == "full", "test_auc_best"].iloc[0]
+    assert df.loc[1, "gap_to_full"] == pytest.approx(df.loc[1, "test_auc_best"] - full_auc)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "results.csv")[["cell"]], df[["cell"]])
+    report = write_report(tmp_path).read_text()
+    assert "## Budget 0.3" in report and "## Recommendation per budget" in report
+    assert (tmp_path / "auc_vs_bytes.png").stat().st_size > 10_000
+
+
+def test_infeasible_budgets_are_recorded_not_skipped(data, tmp_path, in_process):
+    df = sw.sweep(config(data), tmp_path, progress=False)
+    bad = df[df["status"] == "infeasible"]
+    assert set(bad["method"]) == {"hash", "qr"} and (bad["budget"] == 1e-7).all()
+    assert (bad["smallest_budget"] > 1e-7).all()
+    assert "smallest feasible budget" in write_report(tmp_path).read_text()
+
+
+def test_resume_after_a_kill_keeps_finished_rows_and_runs_only_the_rest(data, tmp_path, in_process, monkeypatch):
+    cfg = config(data)
+    real = sw._spawn
+
+    def dying(cell, folder):
+        if len(in_process) == 2:
+            raise KeyboardInterrupt  # killed during the third cell
+        return real(cell, folder)
+
+    monkeypatch.setattr(sw, "_spawn", dying)
+    with pytest.raises(KeyboardInterrupt):
+        sw.sweep(cfg, tmp_path, progress=False)
+    first = pd.read_parquet(tmp_path / "results.parquet")
+    assert len(first) == 2
+    monkeypatch.setattr(sw, "_spawn", real)
+    in_process.clear()
+    df = sw.sweep(cfg, tmp_path, progress=False)
+    assert len(df) == 5 and len(in_process) == 3  # only the unfinished cells ran
+    pd.testing.assert_frame_equal(df.iloc[:2].reset_index(drop=True), first, check_dtype=False)
+    in_process.clear()
+    sw.sweep(cfg, tmp_path, progress=False)
+    assert in_process == []
+
+
+def test_report_from_results_file_alone(data, tmp_path, in_process):
+    sw.sweep(config(data, methods=("full", "hash"), budgets=(0.3,), seeds=(0, 1)), tmp_path / "a", progress=False)
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "results.parquet", tmp_path / "b")
+    text = write_report(tmp_path / "b").read_text()
+    assert "| 1 | hash |" in text and "over 2 seed(s)" in text
+
+
+def test_different_recipe_in_same_folder_is_refused(data, tmp_path, in_process):
+    sw.sweep(config(data, methods=("full",)), tmp_path, progress=False)
+    other = config(data, methods=("full",))
+    other = sw.SweepConfig(train=TrainConfig(data=data, batch_size=128, max_steps=4), methods=("full",))
+    with pytest.raises(ValueError, match="different training recipe"):
+        sw.sweep(other, tmp_path, progress=False)
+
+
+def test_bad_sweep_arguments():
+    with pytest.raises(ValueError, match="unknown method"):
+        sw.SweepConfig(train=TrainConfig(data="x"), methods=("nope",))
+    with pytest.raises(ValueError, match="budget"):
+        sw.SweepConfig(train=TrainConfig(data="x"), methods=("hash",), budgets=(2.0,))
+    with pytest.raises(ValueError, match="not in the sweep"):
+        sw.SweepConfig(train=TrainConfig(data="x"), methods=("hash",), options={"qr": {"operation": "add"}})
