@@ -2,6 +2,9 @@
 `register(subparsers)` function; this module only lists them and parses method options.
 
     embtables plan --tables criteo-kaggle --method qr --budget 0.01
+    embtables train --model dlrm --data synthetic --method hash --budget 0.01 --out runs/hash
+    embtables sweep --quick --out demo_out
+    embtables report demo_out
     embtables demo
 """
 
@@ -59,23 +62,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Until the sweep exists: the planner for every method at three budgets on the Criteo Kaggle tables."""
-    import embtables as et
-    from embtables.tablesets import criteo_kaggle_tables
-
-    tables = criteo_kaggle_tables(16)
-    print(f"Criteo Kaggle: 26 tables, {sum(t.num_embeddings for t in tables):,} rows, "
-          f"{et.full_bytes(tables):,} bytes at dim 16\n")
-    print("| method | budget | bytes | of full | physical tables |")
-    print("|---|---|---|---|---|")
-    for method in et.list_methods():
-        for budget in (0.1, 0.01, 0.001) if et.get_method(method).compresses else (1.0,):
-            try:
-                p = et.plan(tables, method, budget, backend="fbgemm")
-                print(f"| {method} | {budget} | {p.total_bytes:,} | {p.ratio:.4g} | {len(p.physical_tables)} |")
-            except et.InfeasibleBudget as e:
-                print(f"| {method} | {budget} | infeasible (smallest {e.smallest_budget:.3g}) | | |")
-    return 0
+    """The main job on built-in data: a quick memory-budget sweep of DLRM on the planted synthetic Criteo."""
+    return main(["sweep", "--quick", "--out", args.out])
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -85,7 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--list", action="store_true", help="list the registered methods and exit")
     add_method_arguments(p)
     p.set_defaults(run=_plan)
-    d = sub.add_parser("demo", help="the README's demo")
+    d = sub.add_parser("demo", help="the README's demo: a quick sweep on synthetic data (`sweep --quick`)")
+    d.add_argument("--out", default="demo_out", help="sweep folder (default demo_out/)")
     d.set_defaults(run=_demo)
 
 
