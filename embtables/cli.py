@@ -17,7 +17,7 @@ import sys
 from typing import Any, Sequence
 
 # Modules that add subcommands; each defines `register(subparsers)`.
-COMMAND_MODULES = ("embtables.cli", "embtables.train", "embtables.sweep")
+COMMAND_MODULES = ("embtables.cli", "embtables.datasets.criteo", "embtables.train", "embtables.sweep")
 
 
 def parse_options(items: Sequence[str]) -> dict[str, Any]:

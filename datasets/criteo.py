@@ -1,0 +1,219 @@
+"""Criteo Kaggle `train.txt` / Criteo 1TB `day_N` (plain or gzip) -> the Parquet layout of `layout.py`.
+
+`preprocess_criteo` streams the inputs (memory bounded by one 16k-line parse piece and one row group per
+split, whatever the file size), parses lines with the vectorised parser of `criteo_parse` (which defines
+exactly what a bad line is), and writes `DIR/<split>/part-<k>.parquet`, `DIR/counts.npz` (value counts of the
+training split; of `all` for `--split none`) and `DIR/summary.json`.
+
+Splits (lines are physical lines, bad ones included, numbered over the inputs in the order given):
+    kaggle-days  the DLRM convention: the N lines cut into 7 consecutive pseudo-days of near-equal length
+                 (the first N mod 7 days one line longer); days 1-6 -> train; day 7's first ceil(n7 / 2)
+                 lines -> test, the rest -> val. Needs N: a fast first pass counts the lines.
+    random       each line goes to train/val/test with probabilities `fractions`, drawn from a seeded hash
+                 of its line number, so the assignment does not depend on chunking or on other lines.
+    none         every line -> `all`.
+
+Resume: chunk k is a fixed range of input lines (files are cut every `chunk_rows` lines, and at kaggle-days
+boundaries), written as `<split>/part-<k>.parquet` (one part per split it feeds), so its bytes depend on the
+settings alone. It is complete when its marker `DIR/_progress/chunk-<k>.json` exists (written after its parts
+are renamed into place); a re-run with the same settings keeps complete chunks, redoes the rest, and produces
+byte-identical files. A finished run (summary.json present) returns its summary at once.
+
+Example:
+    embtables preprocess criteo train.txt --out data/criteo --split kaggle-days
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+from embtables.datasets.criteo_chunks import (
+    PARSE_THREADS, PROGRESS_DIR, SCHEMA, CriteoFormatError, Run, kaggle_days, run_chunks,
+)
+from embtables.datasets.layout import (
+    COUNTS_FILE, MISSING_CAT, MISSING_INT, SUMMARY_FILE, read_json, save_counts, write_json,
+)
+from embtables.datasets.lines import count_lines
+
+__all__ = ["SCHEMA", "CriteoFormatError", "kaggle_days", "preprocess_criteo", "register", "run_cli"]
+
+SPLIT_MODES = ("kaggle-days", "random", "none")
+DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+DEFAULT_CHUNK_ROWS = 1 << 21
+
+
+def _check_settings(split: str, seed: int | None, fractions: Sequence[float] | None, chunk_rows: int) -> None:
+    if split not in SPLIT_MODES:
+        raise ValueError(f"split must be one of {SPLIT_MODES}, got {split!r}")
+    if split != "random" and (seed is not None or fractions is not None):
+        raise ValueError(f"seed and fractions apply to split='random' only, not split={split!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    if fractions is not None:
+        if len(fractions) != 3 or any(not f >= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
+            raise ValueError(f"fractions must be 3 numbers >= 0 (train, val, test) summing to 1, got {fractions!r}")
+        if not fractions[0] > 0:
+            raise ValueError(f"fractions: the train fraction must be > 0 (counts come from it), got {fractions!r}")
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be an int >= 1, got {chunk_rows!r}")
+
+
+def _settings(paths: list[str], split: str, seed: int | None, fractions: tuple[float, ...] | None,
+              chunk_rows: int) -> dict[str, Any]:
+    """What fixes the output's bytes: a resumed run must match it exactly."""
+    files = [{"path": os.path.abspath(p), "bytes": os.path.getsize(p), "mtime_ns": os.stat(p).st_mtime_ns}
+             for p in paths]
+    return {"kind": "criteo", "format": 1, "inputs": files, "split": split, "seed": seed,
+            "fractions": None if fractions is None else list(fractions), "chunk_rows": chunk_rows}
+
+
+def _manifest(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """Load and check the run's manifest, or start one in an empty (or new) folder."""
+    path = out / PROGRESS_DIR / "manifest.json"
+    if path.exists():
+        stored = read_json(path)
+        for key, value in settings.items():
+            if stored.get(key) != value:
+                raise ValueError(f"{out} holds a run with other settings ({key}: {stored.get(key)!r}, now "
+                                 f"{value!r}); remove the folder or choose another --out")
+        return stored
+    if out.exists() and any(out.glob("*/part-*.parquet")) or (out / SUMMARY_FILE).exists():
+        raise ValueError(f"{out} already holds data that `preprocess criteo` did not start (no "
+                         f"{PROGRESS_DIR}/manifest.json); remove the folder or choose another --out")
+    write_json(path, settings)
+    return dict(settings)
+
+
+def preprocess_criteo(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    split: str = "kaggle-days",
+    seed: int | None = None,
+    fractions: Sequence[float] | None = None,
+    strict: bool = False,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Convert Criteo TSV files to `out`'s Parquet layout; resumes an interrupted run with the same settings.
+
+    Args:
+        inputs: one or more files (plain or gzip), read in this order as one stream of lines.
+        out: the data folder to write.
+        split: `"kaggle-days"`, `"random"` or `"none"` (see the module docstring).
+        seed: hash seed of `split="random"` (default 0); an error with other splits.
+        fractions: (train, val, test) probabilities of `split="random"` (default (0.8, 0.1, 0.1)).
+        strict: stop at the first bad line with CriteoFormatError (file, line number, reason, content);
+            otherwise bad lines are skipped, counted, and the first 100 listed.
+        chunk_rows: input lines per part file: the unit of resume (memory does not grow with it).
+        progress: show a tqdm bar with rows/s on stderr.
+
+    Returns:
+        the summary also written to `out/summary.json`: rows_read == rows_written + bad_rows, first_bad_lines
+        (file, 1-based line, reason, content), per-split rows/clicks/parts, and the settings.
+
+    Example:
+        >>> import tempfile, os
+        >>> d = tempfile.mkdtemp(); src = os.path.join(d, "day.tsv")
+        >>> _ = open(src, "w").write("1\\t3" + "\\t" * 12 + "\\t68fd1e64" * 26 + "\\n" + "oops\\n")
+        >>> s = preprocess_criteo(src, os.path.join(d, "out"), split="none", progress=False)  # stderr: day.tsv:2: ...
+        >>> s["rows_read"], s["rows_written"], s["bad_rows"], s["splits"]["all"]["clicks"]
+        (2, 1, 1, 1)
+    """
+    paths = [str(inputs)] if isinstance(inputs, (str, os.PathLike)) else [str(p) for p in inputs]
+    if not paths:
+        raise ValueError("inputs: give at least one Criteo file")
+    for p in paths:
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"{p}: no such input file")
+    _check_settings(split, seed, fractions, chunk_rows)
+    if split == "random":
+        seed = 0 if seed is None else seed
+        fractions = tuple(float(f) for f in (DEFAULT_FRACTIONS if fractions is None else fractions))
+    out = Path(out)
+    manifest = _manifest(out, _settings(paths, split, seed, fractions, chunk_rows))  # type: ignore[arg-type]
+    if (out / SUMMARY_FILE).exists():
+        return read_json(out / SUMMARY_FILE)  # this exact run already completed
+
+    run = Run(paths, out, split, seed or 0, tuple(fractions or ()), strict, chunk_rows, progress)
+    if split == "kaggle-days":
+        if manifest.get("lines") is None:
+            manifest["lines"] = [count_lines(p) for p in paths]
+            write_json(out / PROGRESS_DIR / "manifest.json", manifest)
+        run.file_lines = manifest["lines"]
+        run.bar.total = sum(run.file_lines)
+    try:
+        with ThreadPoolExecutor(max_workers=min(PARSE_THREADS, os.cpu_count() or 1)) as run.pool:
+            run_chunks(run)
+    finally:
+        run.bar.close()
+    return _finish(run)
+
+
+def _finish(run: Run) -> dict[str, Any]:
+    written = sum(t["rows"] for t in run.totals.values())
+    if run.rows_read != written + run.bad_rows:
+        raise RuntimeError(f"internal error: {run.rows_read} lines read != {written} written + {run.bad_rows} bad")
+    if run.bad_rows > run.printed:
+        print(f"{run.bad_rows} bad lines skipped in total; the first {len(run.bad_lines)} are listed in "
+              f"{run.out / SUMMARY_FILE}", file=sys.stderr)
+    save_counts(run.out / COUNTS_FILE, run.counter.result())
+    summary: dict[str, Any] = {
+        "kind": "criteo", "inputs": run.inputs, "split": run.split, "chunk_rows": run.chunk_rows,
+        "rows_read": run.rows_read, "rows_written": written, "bad_rows": run.bad_rows,
+        "first_bad_lines": run.bad_lines, "splits": run.totals, "counts_split": run.count_split,
+        "missing": {"dense": int(MISSING_INT), "sparse": MISSING_CAT},
+    }
+    if run.split == "random":
+        summary.update(seed=run.seed, fractions=list(run.fractions))
+    if run.file_lines is not None:
+        summary["line_ranges"] = {s: list(r) for s, r in kaggle_days(sum(run.file_lines)).items()}
+    write_json(run.out / SUMMARY_FILE, summary)
+    return summary
+
+
+def _fractions_arg(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TRAIN,VAL,TEST numbers, got {text!r}") from None
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected 3 comma-separated numbers TRAIN,VAL,TEST, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """Add `preprocess criteo INPUT... --out DIR [...]` to a CLI; returns the `preprocess` sub-commands action
+    so that other data sets can add theirs (`preprocess <dataset>`). Parsed args run with `args.run(args)`."""
+    pre = subparsers.add_parser("preprocess", help="convert raw data sets to the Parquet layout")
+    datasets = pre.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    p = datasets.add_parser("criteo", help="Criteo Kaggle train.txt or Criteo 1TB day_N files (plain or .gz)",
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="TSV files, read in order as one stream")
+    p.add_argument("--out", required=True, metavar="DIR", help="output data folder (resumed if it exists)")
+    p.add_argument("--split", choices=SPLIT_MODES, default="kaggle-days")
+    p.add_argument("--seed", type=int, default=None, help="hash seed of --split random (default 0)")
+    p.add_argument("--fractions", type=_fractions_arg, default=None, metavar="TRAIN,VAL,TEST",
+                   help="split probabilities of --split random (default 0.8,0.1,0.1)")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad line instead of skipping it")
+    p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="input lines per part file")
+    p.set_defaults(run=run_cli)
+    return datasets
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run `preprocess criteo` from parsed args; prints the totals, returns the exit status."""
+    try:
+        s = preprocess_criteo(args.inputs, args.out, split=args.split, seed=args.seed, fractions=args.fractions,
+                              strict=args.strict, chunk_rows=args.chunk_rows)
+    except (CriteoFormatError, ValueError, FileNotFoundError) as e:
+        print(f"embtables preprocess criteo: error: {e}", file=sys.stderr)
+        return 2
+    per_split = ", ".join(f"{k} {v['rows']:,} rows ({v['clicks']:,} clicks)" for k, v in s["splits"].items())
+    print(f"{args.out}: {s['rows_written']:,} rows written of {s['rows_read']:,} read, {s['bad_rows']:,} bad; "
+          f"{per_split}")
+    return 0

@@ -1,0 +1,227 @@
+"""Batches of a Criteo-kind data folder (`layout.py`): dense features, categorical ids as a KeyedJaggedTensor.
+
+    data = CriteoData("data/criteo")                    # preprocessed or synthetic, any split layout
+    tables = data.tables(embedding_dim=16)              # one TableConfig per feature, sized by the vocabulary
+    for batch in data.batches("train", 4096, shuffle=True, seed=epoch, workers=1):
+        logits = model(batch.dense, batch.sparse)       # (B, 13) float32, KJT keyed C1..C26
+
+Rows are read a Parquet row group at a time. Ids are vocabulary indices (`ids="index"`, frequency-ranked, see
+`vocab.py`) or the raw hex-parsed ids (`ids="raw"`, for methods that hash raw ids). Shuffling visits the row
+groups in a seeded random order and passes rows through a seeded shuffle buffer (`shuffle.py`), so the order
+is fixed by (seed, workers). With `workers > 0`, worker w reads every workers-th row group of that order and
+the batches of the workers are interleaved round-robin; the partial batches each worker ends with are
+merged, so every batch is full except possibly the last (dropped with `drop_last`), as with `workers=0`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchrec import KeyedJaggedTensor
+
+from embtables.config import TableConfig
+from embtables.datasets.layout import COUNTS_FILE, DENSE, LABEL, SPARSE, SPLITS, SUMMARY_FILE, load_counts, read_json
+from embtables.datasets.shuffle import DEFAULT_BUFFER_ROWS, Rows, ShuffleBuffer, batches_of, concat
+from embtables.datasets.vocab import Vocabulary
+
+IdKind = Literal["index", "raw"]
+_COLUMNS = [LABEL, *DENSE, *SPARSE]
+
+
+@dataclass
+class Batch:
+    """One batch of Criteo rows.
+
+    Args:
+        dense: (B, 13) float32, log(1 + max(x, 0)) of I1..I13 (missing values give 0).
+        sparse: KeyedJaggedTensor keyed C1..C26, one int64 id per feature per row (feature-major values).
+        labels: (B,) float32 clicks (0 or 1).
+    """
+
+    dense: torch.Tensor
+    sparse: KeyedJaggedTensor
+    labels: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.labels.numel())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        return Batch(self.dense.to(device, non_blocking=non_blocking),
+                     self.sparse.to(torch.device(device), non_blocking=non_blocking),
+                     self.labels.to(device, non_blocking=non_blocking))
+
+
+def make_batch(rows: Rows | tuple[torch.Tensor, ...]) -> Batch:
+    """A `Batch` from rows (labels (B,), dense (B, 13), ids (B, 26)) given as numpy arrays or tensors."""
+    labels, dense, ids = (torch.as_tensor(a) for a in rows)
+    B, F = ids.shape
+    values = ids.t().contiguous().view(-1)  # (F * B,) feature-major, as KeyedJaggedTensor lays out ids
+    # numpy builds these ~50x faster than torch.ones/arange when torch's intra-op threads are contended
+    lengths = torch.from_numpy(np.ones(F * B, dtype=np.int32))
+    offsets = torch.from_numpy(np.arange(F * B + 1, dtype=np.int32))
+    kjt = KeyedJaggedTensor(keys=SPARSE, values=values, lengths=lengths, offsets=offsets, stride=B)
+    return Batch(dense, kjt, labels)
+
+
+class _RowGroups(IterableDataset):
+    """Streams transformed rows of a list of (file, row group) units as batches; runs in loader workers."""
+
+    def __init__(self, units: list[tuple[str, int]], batch_size: int, shuffle: bool, seed: int, buffer_rows: int,
+                 vocabs: list[Vocabulary] | None) -> None:
+        self.units, self.batch_size, self.shuffle, self.seed = units, batch_size, shuffle, seed
+        self.buffer_rows, self.vocabs = buffer_rows, vocabs
+
+    def _read(self, path: str, group: int) -> Rows:
+        t = pq.ParquetFile(path).read_row_group(group, columns=_COLUMNS)
+        labels = t.column(LABEL).to_numpy().astype(np.float32)
+        raw = np.stack([t.column(c).to_numpy() for c in DENSE], axis=1)  # (n, 13) int32
+        dense = np.log1p(np.maximum(raw, 0), dtype=np.float64).astype(np.float32)  # exact int -> float64
+        raw_ids = [t.column(c).to_numpy() for c in SPARSE]
+        if self.vocabs is not None:
+            raw_ids = [v.lookup(col) for v, col in zip(self.vocabs, raw_ids)]
+        return labels, dense, np.stack(raw_ids, axis=1)  # ids (n, 26) int64
+
+    def _rows(self, worker: int, workers: int) -> Iterator[Rows]:
+        order = np.arange(len(self.units))
+        if self.shuffle:
+            order = np.random.default_rng(self.seed).permutation(len(self.units))
+        buffer = ShuffleBuffer(self.buffer_rows, np.random.default_rng([self.seed, worker])) if self.shuffle else None
+        for u in order[worker::workers]:
+            rows = self._read(*self.units[u])
+            if buffer is None:
+                yield rows
+            elif (out := buffer.push(rows)) is not None:
+                yield out
+        if buffer is not None:
+            yield buffer.drain()
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        for rows, full in batches_of(self._rows(worker, workers), self.batch_size):
+            yield (*(torch.from_numpy(np.ascontiguousarray(a)) for a in rows), not full)
+
+
+class CriteoData:
+    """A Criteo-kind data folder: its splits, vocabularies, table configs, counts and batches.
+
+    Args:
+        path: a folder written by `embtables preprocess criteo` or `embtables synth criteo`.
+
+    Raises:
+        FileNotFoundError / ValueError: the folder, its summary.json, or its Criteo kind is missing,
+            naming the folder and what is missing.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"{self.path}: no such data folder")
+        summary = self.path / SUMMARY_FILE
+        if not summary.exists():
+            raise ValueError(f"{self.path} is not a Criteo data folder: {SUMMARY_FILE} is missing (write one with "
+                             "`embtables preprocess criteo` or `embtables synth criteo`)")
+        self.summary = read_json(summary)
+        if self.summary.get("kind") != "criteo":
+            raise ValueError(f"{self.path} is not a Criteo data folder: {SUMMARY_FILE} has kind "
+                             f"{self.summary.get('kind')!r}, expected 'criteo'")
+        found = [d.name for d in self.path.iterdir() if d.is_dir() and any(d.glob("part-*.parquet"))]
+        known = [s for s in (*SPLITS, "all") if s in found]
+        self.splits: tuple[str, ...] = (*known, *sorted(set(found) - set(known)))
+        if not self.splits:
+            raise ValueError(f"{self.path} is not a Criteo data folder: no <split>/part-*.parquet files")
+        self.kind = "criteo"
+        self.dense_dim = len(DENSE)
+        self._counts: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+        self._vocabs: dict[tuple[str, int], Vocabulary] = {}
+
+    def parts(self, split: str) -> list[Path]:
+        """The part files of `split`, in part order."""
+        if split not in self.splits:
+            raise ValueError(f"{self.path} has no split {split!r}; it has {list(self.splits)}")
+        return sorted((self.path / split).glob("part-*.parquet"), key=lambda p: int(p.stem.split("-")[1]))
+
+    def rows(self, split: str) -> int:
+        """Number of rows of `split` (from the Parquet footers)."""
+        return sum(pq.ParquetFile(p).metadata.num_rows for p in self.parts(split))
+
+    def num_batches(self, split: str, batch_size: int, drop_last: bool = False) -> int:
+        n = self.rows(split)
+        return n // batch_size if drop_last else -(-n // batch_size)
+
+    def vocabulary(self, feature: str, min_count: int = 1) -> Vocabulary:
+        """The frequency-ranked vocabulary of `feature` (from counts.npz), cached per (feature, min_count)."""
+        if feature not in SPARSE:
+            raise ValueError(f"unknown feature {feature!r}; Criteo features are {SPARSE[0]}..{SPARSE[-1]}")
+        if self._counts is None:
+            path = self.path / COUNTS_FILE
+            if not path.exists():
+                raise ValueError(f"{self.path}: {COUNTS_FILE} is missing; vocabularies (ids='index', tables(), "
+                                 "counts()) need it")
+            self._counts = load_counts(path)
+        if feature not in self._counts:
+            raise ValueError(f"{self.path / COUNTS_FILE} has no counts for feature {feature!r}")
+        key = (feature, min_count)
+        if key not in self._vocabs:
+            self._vocabs[key] = Vocabulary(*self._counts[feature], min_count=min_count)
+        return self._vocabs[key]
+
+    def tables(self, embedding_dim: int, min_count: int = 1) -> list[TableConfig]:
+        """One TableConfig per feature C1..C26 with num_embeddings = its vocabulary size (kept values + OOV)."""
+        return [TableConfig(f, self.vocabulary(f, min_count).num_embeddings, embedding_dim) for f in SPARSE]
+
+    def counts(self, min_count: int = 1) -> dict[str, torch.Tensor]:
+        """Per feature, (num_embeddings,) int64 training counts indexed by vocabulary index (the OOV slot last)."""
+        return {f: torch.from_numpy(self.vocabulary(f, min_count).index_counts()) for f in SPARSE}
+
+    def batches(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
+                ids: IdKind = "index", min_count: int = 1, workers: int = 0,
+                buffer_rows: int = DEFAULT_BUFFER_ROWS) -> Iterator[Batch]:
+        """Iterate `split` as `Batch`es.
+
+        Args:
+            split: e.g. "train", "val", "test" or "all".
+            batch_size: rows B per batch.
+            shuffle: visit row groups in a seeded random order through a shuffle buffer; else file order.
+            seed: the shuffle seed (use the epoch number for a new order per epoch).
+            drop_last: drop the final batch when it has fewer than B rows.
+            ids: "index" (vocabulary indices in [0, num_embeddings)) or "raw" (raw int64 ids, -1 = missing).
+            min_count: vocabulary cut-off for ids="index" (see `Vocabulary`).
+            workers: loader worker processes (0: read in this process).
+            buffer_rows: shuffle buffer capacity in rows (~260 bytes each).
+        """
+        for name, value, low in (("batch_size", batch_size, 1), ("workers", workers, 0), ("buffer_rows", buffer_rows, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if ids not in ("index", "raw"):
+            raise ValueError(f"ids must be 'index' or 'raw', got {ids!r}")
+        vocabs = [self.vocabulary(f, min_count) for f in SPARSE] if ids == "index" else None
+        units = [(str(p), g) for p in self.parts(split) for g in range(pq.ParquetFile(p).num_row_groups)]
+        source = _RowGroups(units, batch_size, shuffle, seed, buffer_rows, vocabs)
+        return self._iterate(source, workers, batch_size, drop_last)  # errors above raise at the call
+
+    @staticmethod
+    def _iterate(source: _RowGroups, workers: int, batch_size: int, drop_last: bool) -> Iterator[Batch]:
+        stream = iter(source) if workers == 0 else iter(DataLoader(source, batch_size=None, num_workers=workers))
+        tails: list[Rows] = []
+        for *rows, tail in stream:
+            if tail:
+                tails.append(tuple(rows))  # a worker's last, partial batch: merged below
+            else:
+                yield make_batch(tuple(rows))
+        merged = [concat([tuple(a.numpy() for a in t) for t in tails])] if tails else []
+        for rows, full in batches_of(iter(merged), batch_size):
+            if full or not drop_last:
+                yield make_batch(rows)
+
+
+def open_data(path: str | Path) -> CriteoData:
+    """Open a Criteo-kind data folder (same as `CriteoData(path)`)."""
+    return CriteoData(path)
