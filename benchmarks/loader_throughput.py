@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from embtables.datasets.layout import DENSE, LABEL, MISSING_INT, SPARSE, save_co
 from embtables.datasets.loader import CriteoData
 from embtables.datasets.parts import ROW_GROUP_ROWS, PartWriter
 from embtables.tablesets import CRITEO_KAGGLE_ROWS
+from embtables.runinfo import machine
 
 
 def make_data(out: Path, rows: int, scale: float, seed: int = 0) -> None:
@@ -86,16 +86,6 @@ def time_step(data: CriteoData, batch_size: int, steps: int) -> float:
         opt.zero_grad()
         times.append(time.perf_counter() - t)
     return float(np.median(times[2:]))  # the first steps warm up allocators
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs, {platform.platform()}, torch {torch.__version__}"
 
 
 def main() -> None:
