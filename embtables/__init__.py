@@ -12,7 +12,18 @@ from embtables.config import Lookup, PhysicalTable, SparseOptimizer, TableConfig
 from embtables.optim import RowWiseAdagrad
 from embtables.plan import InfeasibleBudget, Plan, full_bytes
 from embtables.registry import get_method, list_methods, register_method
-from embtables.single import EmbeddingBag, Embedding, HashEmbedding, HashEmbeddingBag
+from embtables.single import (
+    Embedding,
+    EmbeddingBag,
+    HashEmbedding,
+    HashEmbeddingBag,
+    MixedDimEmbedding,
+    MixedDimEmbeddingBag,
+    MultiHashEmbedding,
+    MultiHashEmbeddingBag,
+    QREmbedding,
+    QREmbeddingBag,
+)
 
 __version__ = "0.1.0"
 
@@ -24,8 +35,14 @@ __all__ = [
     "HashEmbeddingBag",
     "InfeasibleBudget",
     "Lookup",
+    "MixedDimEmbedding",
+    "MixedDimEmbeddingBag",
+    "MultiHashEmbedding",
+    "MultiHashEmbeddingBag",
     "PhysicalTable",
     "Plan",
+    "QREmbedding",
+    "QREmbeddingBag",
     "RowWiseAdagrad",
     "SparseOptimizer",
     "TableConfig",

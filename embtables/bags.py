@@ -8,6 +8,7 @@ minor. For F features and batch B, `offsets` has F*B + 1 entries and bag (f, b) 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import torch
@@ -55,6 +56,21 @@ class Bags:
         out = rows.new_zeros(F * B, D).index_add_(0, self.bag_index(), rows)  # (F*B, D)
         return out.view(F, B, D).transpose(0, 1).reshape(B, F * D)  # (B, F*D)
 
+    def outside(self, upper: Sequence[int | None]) -> bool:
+        """Whether an id of some feature f lies outside [0, upper[f]) (None: f takes any id). One min/max per
+        feature and one sync: about half the cost of comparing every id with a per-id bound; a caller that
+        finds a bad id then names it (`method.check_ids_in_range`).
+
+        Example:
+            >>> Bags(torch.tensor([7, 8, 9]), torch.tensor([0, 2, 3]), None, [2, 1], 1).outside([9, None])
+            False
+        """
+        parts = [(p, u) for p, u in zip(self.values.split(self.counts), upper) if u is not None and p.numel()]
+        if not parts:
+            return False
+        bounds = torch.stack([b for p, _ in parts for b in torch.aminmax(p)]).tolist()  # min, max, min, max, ...
+        return any(lo < 0 or hi >= u for lo, hi, (_, u) in zip(bounds[::2], bounds[1::2], parts))
+
     def per_id(self, per_feature: Tensor) -> Tensor:
         """Expand a (F,) per-feature tensor to (N,) per-id values."""
         counts = torch.tensor(self.counts, device=self.values.device)
@@ -72,16 +88,99 @@ class Bags:
             batch_size=B,
         )
 
-    def select(self, order: Sequence[int]) -> "Bags":
-        """The features in `order` (e.g. a permutation), values copied into that order."""
-        starts = [0]
+    def starts(self) -> list[int]:
+        """F + 1 Python ints: where each feature's ids start in `values`, then N."""
+        out = [0]
         for c in self.counts:
-            starts.append(starts[-1] + c)
+            out.append(out[-1] + c)
+        return out
+
+    @cached_property
+    def max_length(self) -> int:
+        """The longest bag (0 when there are none); computed once, as Bags are not modified once built."""
+        return int(self.lengths().max()) if self.offsets.numel() > 1 else 0
+
+    def select(self, order: Sequence[int]) -> "Bags":
+        """Features in `order` (a permutation, or with repeats: one copy per mention), values copied into that
+        order by slices, which is cheaper than a gather through a per-id index.
+
+        Example:
+            >>> b = Bags(torch.tensor([7, 8, 9]), torch.tensor([0, 2, 3]), None, [2, 1], 1)
+            >>> b.select([1, 0, 1]).values.tolist()
+            [9, 7, 8, 9]
+        """
+        starts = self.starts()
         pick = lambda t: torch.cat([t[starts[f] : starts[f + 1]] for f in order])  # noqa: E731
         lengths = self.lengths()[list(order)].reshape(-1)  # (F' * B,)
         offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
         weights = None if self.weights is None else pick(self.weights)
         return Bags(pick(self.values), offsets, weights, [self.counts[f] for f in order], self.batch_size)
+
+    def positions(self, order: Sequence[int]) -> Tensor:
+        """(N',) where each id of `select(order)` sits in `values` (to regroup rows of copies by logical id).
+
+        Example:
+            >>> b = Bags(torch.tensor([7, 8, 9]), torch.tensor([0, 2, 3]), None, [2, 1], 1)
+            >>> b.positions([1, 0, 1]).tolist()
+            [2, 0, 1, 2]
+        """
+        starts, dev = self.starts(), self.values.device
+        counts = [self.counts[f] for f in order]
+        total, before = sum(counts), [0]
+        for c in counts[:-1]:
+            before.append(before[-1] + c)
+        shift = torch.tensor([starts[f] - b for f, b in zip(order, before)], device=dev)  # source - destination
+        per_copy = shift.repeat_interleave(torch.tensor(counts, device=dev), output_size=total)
+        return torch.arange(total, device=dev) + per_copy
+
+    def singletons(self, batch: int) -> "Bags":
+        """Every id in a bag of its own: feature f's ids fill its bags 0..N_f - 1 in order, the bags up to
+        `batch` (>= every N_f) stay empty. A pooled lookup of these bags returns one row per id.
+
+        Example:
+            >>> b = Bags(torch.tensor([7, 8, 9]), torch.tensor([0, 2, 3]), None, [2, 1], 1)
+            >>> b.singletons(2).offsets.tolist()
+            [0, 1, 2, 3, 3]
+        """
+        counts = torch.tensor(self.counts, device=self.values.device)
+        filled = torch.arange(batch, device=counts.device) < counts[:, None]  # (F, batch)
+        offsets = torch.cat([counts.new_zeros(1), filled.reshape(-1).cumsum(0)])
+        return Bags(self.values, offsets, self.weights, self.counts, batch)
+
+    def stack(self, groups: Sequence[Sequence[int]]) -> "Bags":
+        """One feature per group, holding the bags of all the group's features sample-major: bag b * size + i is
+        bag b of the group's i-th feature, and groups with fewer than `size` (the most) features are padded with
+        empty bags. Batch B x size. A pooled lookup of group s then returns (B x size, D) rows that view as
+        (B, size x D): its features' pooled vectors side by side, with no transposing copy.
+
+        Example:
+            >>> b = Bags(torch.tensor([7, 8, 9]), torch.tensor([0, 2, 3, 3]), None, [2, 1, 0], 1)
+            >>> s = b.stack([[0, 1], [2]])
+            >>> s.batch_size, s.counts, s.offsets.tolist(), s.values.tolist()
+            (2, [3, 0], [0, 2, 3, 3, 3], [7, 8, 9])
+        """
+        F, B, dev = self.num_features, self.batch_size, self.values.device
+        if [f for g in groups for f in g] != list(range(F)):
+            raise ValueError(f"Bags.stack: groups {[list(g) for g in groups]} must list features 0..{F - 1} in order")
+        size, N = max(len(g) for g in groups), self.values.numel()
+        # member i of group s is feature members[s, i]; feature F is an all-empty stand-in for the padding
+        members = torch.tensor([[*g, *[F] * (size - len(g))] for g in groups], device=dev)  # (G, size)
+        if N == F * B and self.max_length == 1:  # one id per bag (Criteo's): a transposition of the ids
+            index = ((members * B)[:, None, :] + torch.arange(B, device=dev)[:, None]).reshape(-1)  # (G B size,)
+            bag_lengths = (members < F)[:, None, :].expand(-1, B, -1).reshape(-1).long()
+            if N < index.numel():  # padded groups: their bags are empty
+                index = index[bag_lengths.bool()]
+        else:
+            lengths = torch.cat([self.lengths(), self.lengths().new_zeros(1, B)])  # (F + 1, B)
+            starts = torch.cat([self.offsets[:-1].view(F, B), self.offsets.new_zeros(1, B)])  # (F + 1, B)
+            bag_lengths = lengths[members].transpose(1, 2).reshape(-1)  # bags in (group, sample, member) order
+            # each id's source position: its bag's source start plus its rank within the bag
+            rank_base = starts[members].transpose(1, 2).reshape(-1) - (bag_lengths.cumsum(0) - bag_lengths)
+            index = torch.arange(N, device=dev) + rank_base.repeat_interleave(bag_lengths, output_size=N)
+        offsets = torch.cat([bag_lengths.new_zeros(1), bag_lengths.cumsum(0)])
+        weights = None if self.weights is None else self.weights[index]
+        counts = [sum(self.counts[f] for f in g) for g in groups]
+        return Bags(self.values[index], offsets, weights, counts, B * size)
 
     def feature_of(self, position: int) -> int:
         """Index of the feature that holds value `position`."""
@@ -109,6 +208,32 @@ def concat(parts: Sequence[Bags]) -> Bags:
         raise ValueError("concat: either every part has weights or none has")
     weights = torch.cat([p.weights for p in parts]) if all(has_w) else None  # type: ignore[misc]
     return Bags(values, offsets, weights, [c for p in parts for c in p.counts], B)
+
+
+def rows_by_slot(rows: Tensor, position: Tensor, slot: Tensor, num_ids: int, num_slots: int, fill: float) -> Tensor:
+    """Regroup physical rows by the logical id they belong to.
+
+    Args:
+        rows: (P, D) one row per physical id.
+        position: (P,) the logical id (index into the logical values) each row belongs to.
+        slot: (P,) its slot among that id's rows, in [0, num_slots); each (id, slot) at most once.
+        num_ids: N logical ids; num_slots: S.
+        fill: the value of slots no row fills (e.g. 1 before a product, 0 before a sum).
+
+    Returns:
+        (N, S, D): entry (i, s) is logical id i's row in slot s. The gather is an `index_select`, whose backward
+        is an `index_add` (cheaper on CPU than the accumulating `index_put` of advanced indexing).
+
+    Example:
+        >>> rows, position, slot = torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([1, 0, 1]), torch.tensor([0, 0, 1])
+        >>> rows_by_slot(rows, position, slot, num_ids=2, num_slots=2, fill=0.0)[:, :, 0].tolist()
+        [[2.0, 0.0], [1.0, 3.0]]
+    """
+    P = rows.shape[0]
+    index = torch.full((num_ids, num_slots), P, dtype=torch.long, device=rows.device)
+    index[position, slot] = torch.arange(P, device=rows.device)
+    ext = torch.cat([rows, rows.new_full((1, rows.shape[1]), fill)])  # (P + 1, D): the last row fills
+    return ext.index_select(0, index.view(-1)).view(num_ids, num_slots, rows.shape[1])
 
 
 def bags_from_kjt(kjt: KeyedJaggedTensor, feature_names: Sequence[str], where: str) -> Bags:

@@ -11,7 +11,8 @@ from torchrec import KeyedJaggedTensor
 
 import embtables as et
 from embtables.hashing import derive_seed, hash_key, hash_to_range
-from embtables.methods.mixed_dim import MixedDimEmbedding, MixedDimEmbeddingBag, frequency_blocks, md_solver
+from embtables import MixedDimEmbedding, MixedDimEmbeddingBag
+from embtables.methods.mixed_dim import frequency_blocks, md_solver
 from tests.conftest import copy_state, random_kjt
 from tests.test_hash import CRITEO, criteo_tables
 
@@ -30,7 +31,8 @@ def block_weights(ebc: et.Collection, ti: int) -> list[torch.Tensor]:
         base = t.name.split("#")[0]
         if base == name or base.startswith(name + "/b"):
             parts.setdefault(base, []).append(w)
-    return [torch.cat(ws, 1) for ws in parts.values()]
+    block = lambda base: int(base.rsplit("/b", 1)[1]) if "/b" in base else 0  # noqa: E731  (any physical order)
+    return [torch.cat(parts[base], 1) for base in sorted(parts, key=block)]
 
 
 def reference_rows(ebc: et.Collection, ti: int, ids: torch.Tensor, weights=None, projections=None) -> torch.Tensor:
@@ -87,21 +89,16 @@ def test_md_solver_budget_form_by_hand():
 
 
 def test_md_solver_errors():
-    with pytest.raises(ValueError, match="exactly one of d0= or budget="):
-        md_solver([10, 20], 0.5)
-    with pytest.raises(ValueError, match="exactly one of d0= or budget="):
-        md_solver([10, 20], 0.5, d0=4, budget=100)
-    with pytest.raises(ValueError, match="alpha"):
-        md_solver([10, 20], -0.1, d0=4)
-    with pytest.raises(ValueError, match="counts must be >= 1"):
-        md_solver([0, 20], 0.5, d0=4)
+    for counts, alpha, kw, match in [([10, 20], 0.5, {}, "exactly one of d0= or budget="),
+                                     ([10, 20], 0.5, {"d0": 4, "budget": 100}, "exactly one of d0= or budget="),
+                                     ([10, 20], -0.1, {"d0": 4}, "alpha"), ([0, 20], 0.5, {"d0": 4}, "counts must be >= 1")]:
+        with pytest.raises(ValueError, match=match):
+            md_solver(counts, alpha, **kw)
 
 
 def test_frequency_blocks_cut_at_geometric_ranks():
-    assert frequency_blocks(10_000, 4) == [0, 10, 100, 1000]
-    assert frequency_blocks(201, 4) == [0, 4, 15, 54]
-    assert frequency_blocks(5, 4) == [0, 2, 3, 4]
-    assert frequency_blocks(1000, 1) == [0]
+    cuts = [frequency_blocks(n, k) for n, k in ((10_000, 4), (201, 4), (5, 4), (1000, 1))]
+    assert cuts == [[0, 10, 100, 1000], [0, 4, 15, 54], [0, 2, 3, 4], [0]]
 
 
 def test_per_table_dims_follow_table_size_and_the_most_popular_gets_d0():
@@ -174,20 +171,19 @@ def test_gradients_match_the_plain_reference(backend, granularity):
         optimizer=et.SparseOptimizer("sgd", lr=1.0),
     )
     assert any(r < n for p in ebc.plan.params for n, r in zip(p.block_ids, p.rows)), "the test wants hashed blocks"
-    assert len(list(ebc.method.parameters())) > 0, "the test wants projections"
+    assert len(list(ebc.method.parameters())) == 1, "the test wants projections (one flat parameter)"
     kjt = random_kjt(tables, batch_size=6, max_len=4, seed=5, weighted=True)
     ref_w = [[w.detach().clone().requires_grad_() for w in block_weights(ebc, ti)] for ti in range(3)]
-    blocks = sum(len(p.dims) for p in ebc.plan.params)
-    projections = [ebc.method.projection(b) for b in range(blocks)]
-    ref_p = [None if P is None else P.detach().clone().requires_grad_() for P in projections]
+    flat = ebc.method.projections  # every block's projection, (D, d_u) views of one parameter
+    ref_flat = flat.detach().clone().requires_grad_()
+    views = map(ebc.method.projection, range(sum(len(p.dims) for p in ebc.plan.params)))
+    ref_p = [None if P is None else ref_flat.as_strided(P.shape, P.stride(), P.storage_offset()) for P in views]
     out, expected = ebc(kjt).values(), reference(ebc, kjt, ref_w, ref_p)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
     scale = torch.linspace(-1, 1, out.numel()).view_as(out)
     (out * scale).sum().backward()
     (expected * scale).sum().backward()
-    for b in range(blocks):
-        if ref_p[b] is not None:
-            torch.testing.assert_close(ebc.method.projection(b).grad, ref_p[b].grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(flat.grad, ref_flat.grad, rtol=1e-5, atol=1e-6)
     sparse = ebc.sparse_optimizer()
     if sparse is not None:
         sparse.step()
@@ -241,8 +237,10 @@ def test_unpooled_rows_match_the_reference_and_sum_to_the_pooled_bag(granularity
     assert a.plan.params == b.plan.params and len({d for p in a.plan.params for d in p.dims}) > 1
     assert a.method.g < 16 and len(a.plan.physical_tables) > len(b.plan.physical_tables)
     with torch.no_grad():
-        for wa, wb in zip([w for ti in range(2) for w in block_weights(a, ti)], b.store.weights()):  # b: one per block
-            wb.copy_(wa)
+        blocks_a = {t.name: block_weights(a, ti) for ti, t in enumerate(seq)}
+        for t, wb in zip(b.plan.physical_tables, b.store.weights()):  # b: one physical table per block
+            table, _, u = t.name.partition("/b")
+            wb.copy_(blocks_a[table][int(u or 0)])
     b.method.load_state_dict(a.method.state_dict())
     kjt = random_kjt(seq, batch_size=5, max_len=4, seed=3)
     with torch.no_grad():
@@ -330,12 +328,11 @@ def test_infeasible_budget_reports_the_smallest():
 # ---- errors -----------------------------------------------------------------------------------------------------
 def test_bad_options_and_counts_raise():
     tables = [et.TableConfig("t", 1000, 8, feature_names=("x", "y"))]
-    with pytest.raises(ValueError, match="needs counts for feature 'x' of table 't'"):
+    with pytest.raises(ValueError, match="granularity='block' needs per-feature id counts"):
         et.plan(tables, "mixed_dim", granularity="block")
+    # counts are read by `embtables.frequency`, as multihash's hot rows read them (shape and sign checks there)
     with pytest.raises(ValueError, match="needs counts for feature 'y' of table 't'"):
         et.plan(tables, "mixed_dim", granularity="block", counts={"x": zipf_counts(1000)})
-    with pytest.raises(ValueError, match="have 999 entries; table 't' has 1000 rows"):
-        et.plan(tables, "mixed_dim", granularity="block", counts={"x": zipf_counts(999), "y": zipf_counts(1000)})
     unranked = zipf_counts(1000)
     unranked[7] = 1e7
     with pytest.raises(ValueError, match="counts of feature 'y' rise from id 6"):
@@ -382,3 +379,24 @@ def test_drop_in_embedding_returns_projected_rows():
     with torch.no_grad():
         torch.testing.assert_close(emb(ids), reference_rows(emb.collection, 0, ids.reshape(-1)).view(2, 3, 16))
     assert math.isclose(emb.memory_bytes(), formula_bytes(emb.collection.tables, emb.collection.plan.params))
+
+
+def test_column_program_matches_autograd():
+    """The one-function combine of pooled `mixed_dim` and `qr`: copies, products, sums, projections into one flat
+    weight (adjacent ones batched); input columns read once (gradients written in place) or twice (accumulated)."""
+    from embtables.methods._layout import ColumnProgram, Piece as P, Term as T
+
+    once = ColumnProgram(23, [P(0, 3, (T(0, 3), T(3, 3)), "mult"), P(3, 2, (T(6, 2),)), P(5, 1, (T(8, 1),)),
+                              P(6, 3, (T(9, 2, 0),)), P(9, 3, (T(11, 2, 6),)), P(12, 3, (T(13, 1, 12), T(14, 3))),
+                              P(15, 3, (T(17, 3), T(20, 3)))])
+    twice = ColumnProgram(4, [P(0, 2, (T(0, 2), T(2, 2)), "mult"), P(2, 2, (T(0, 2), T(2, 2)))])
+    assert [p.count for p in once.pieces] == [1, 1, 2, 1, 1] and once.exact and not twice.exact  # merged, batched
+    x, w = torch.randn(4, 23, dtype=torch.double, requires_grad=True), torch.randn(15, dtype=torch.double, requires_grad=True)
+    W0, W1, W2 = w[:6].view(3, 2), w[6:12].view(3, 2), w[12:].view(3, 1)
+    want = [x[:, 0:3] * x[:, 3:6], x[:, 6:9], x[:, 9:11] @ W0.t(), x[:, 11:13] @ W1.t(), x[:, 13:14] @ W2.t() + x[:, 14:17]]
+    torch.testing.assert_close(once(x, w), torch.cat(want + [x[:, 17:20] + x[:, 20:23]], 1))
+    torch.testing.assert_close(twice(x[:, :4], None), torch.cat([x[:, :2] * x[:, 2:4], x[:, :2] + x[:, 2:4]], 1))
+    assert torch.autograd.gradcheck(lambda x, w: once(x, w), (x, w))
+    assert torch.autograd.gradcheck(lambda x: twice(x, None), (x[:, :4].detach().requires_grad_(),))
+    with pytest.raises(ValueError, match="tile the output"):
+        ColumnProgram(4, [P(1, 2, (T(0, 2),))])

@@ -9,7 +9,7 @@ from torchrec import KeyedJaggedTensor
 
 import embtables as et
 from embtables.hashing import hash_to_range
-from embtables.methods.multihash import MultiHashEmbedding, MultiHashEmbeddingBag
+from embtables import MultiHashEmbedding, MultiHashEmbeddingBag
 from tests.conftest import copy_state, random_kjt
 from tests.test_hash import CRITEO, criteo_tables
 

@@ -7,7 +7,9 @@ from hypothesis import strategies as st
 from torchrec import KeyedJaggedTensor
 
 import embtables as et
-from embtables.methods.qr import QREmbedding, QREmbeddingBag, _fewest_rows, partition_codes, qr_radices, radices_within
+from embtables import QREmbedding, QREmbeddingBag
+from embtables.methods._partitions import _fewest_rows
+from embtables.methods.qr import partition_codes, qr_radices, radices_within
 from tests.conftest import copy_state, random_kjt
 from tests.test_hash import CRITEO, criteo_tables
 
@@ -361,3 +363,22 @@ def test_drop_in_embedding_returns_one_row_per_id():
     with torch.no_grad():
         torch.testing.assert_close(emb(ids), expected)
     assert emb.memory_bytes() <= 0.05 * 10_000 * 8 * 4
+
+
+def test_mult_composes_bags_of_one_id_pooled_and_longer_bags_one_bag_per_id():
+    """combine_first on bags of at most one id: the store pools each partition, the weight on partition 0 only;
+    with a longer bag every id gets a bag of its own (batch = ids of the longest feature). Both equal e(id)."""
+    from embtables.bags import bags_from_kjt
+
+    ebc = et.build_collection([et.TableConfig("t", 1000, 8)], "qr", collisions=30)
+    for lengths, weighted_batch in (([1, 0, 1, 1], 4), ([2, 0, 1, 0], 3)):
+        w = torch.tensor([0.5, 2.0, -1.0])
+        kjt = KeyedJaggedTensor(["t"], torch.tensor([5, 999, 7]), lengths=torch.tensor(lengths), weights=w)
+        phys = ebc.method.remap(bags_from_kjt(kjt, ["t"], "test"))
+        assert phys.batch_size == weighted_batch
+        if weighted_batch == 4:  # (w W_q) * W_r: the weight enters once
+            assert phys.weights.tolist() == [0.5, 2.0, -1.0, 1.0, 1.0, 1.0]
+        else:  # one id per bag, ids in order, trailing bags empty
+            assert phys.offsets.tolist() == [0, 1, 2, 3, 4, 5, 6]
+        with torch.no_grad():
+            torch.testing.assert_close(ebc(kjt).values(), reference(ebc, kjt), rtol=1e-5, atol=1e-6)

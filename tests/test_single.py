@@ -96,3 +96,55 @@ def test_hash_drop_ins_memory_and_shapes():
     # the same id always lands on the same row
     out = emb(torch.tensor([123, 123]))
     assert torch.equal(out[0], out[1])
+
+
+DROP_INS = [  # (bag, embedding, method, options the drop-in fixes, whether it takes counts)
+    (et.HashEmbeddingBag, et.HashEmbedding, "hash", {}, False),
+    (et.MultiHashEmbeddingBag, et.MultiHashEmbedding, "multihash", {}, True),
+    (et.QREmbeddingBag, et.QREmbedding, "qr", {}, False),
+    (et.MixedDimEmbeddingBag, et.MixedDimEmbedding, "mixed_dim", {"granularity": "block"}, True),
+]
+
+
+@pytest.mark.parametrize("bag_cls, emb_cls, method, fixed, takes_counts", DROP_INS, ids=[d[2] for d in DROP_INS])
+def test_method_drop_ins_take_exactly_their_methods_options(bag_cls, emb_cls, method, fixed, takes_counts):
+    """Signatures come from the method's Options: every option once, with its default; fixed ones absent;
+    `counts` only where the method reads counts."""
+    import dataclasses
+    import inspect
+
+    options = {f.name: f.default for f in dataclasses.fields(et.get_method(method).Options) if f.name not in fixed}
+    for cls, base in ((bag_cls, et.EmbeddingBag), (emb_cls, et.Embedding)):
+        assert cls.__name__ in et.__all__
+        params = inspect.signature(cls).parameters
+        assert {n: params[n].default for n in options} == options
+        assert not set(fixed) & set(params)
+        common = set(inspect.signature(base).parameters) - {"method", "options"} - (set() if takes_counts else {"counts"})
+        assert set(params) == common | set(options)
+        assert all(params[n].kind is inspect.Parameter.KEYWORD_ONLY for n in options)
+    counts = {"counts": torch.arange(1000, 0, -1)} if takes_counts else {}
+    with pytest.raises(TypeError, match="unknown option"):
+        bag_cls(1000, 8, budget=0.1, no_such_option=1, **counts)
+    for name, value in fixed.items():
+        with pytest.raises(TypeError, match=f"sets \\['{name}'\\] itself"):
+            bag_cls(1000, 8, **counts, **{name: value})
+    if not takes_counts:
+        with pytest.raises(TypeError, match="reads no id counts"):
+            bag_cls(1000, 8, budget=0.1, counts=torch.arange(1000, 0, -1))
+
+
+def test_mixed_dim_drop_ins_need_counts():
+    for cls in (et.MixedDimEmbeddingBag, et.MixedDimEmbedding):
+        with pytest.raises(ValueError, match="needs counts="):
+            cls(1000, 8)
+
+
+def test_method_drop_ins_equal_the_generic_drop_in_with_that_method():
+    torch.manual_seed(0)
+    a = et.QREmbeddingBag(5000, 8, "mean", collisions=70, operation="add", include_last_offset=True)
+    torch.manual_seed(0)
+    b = et.EmbeddingBag(5000, 8, "mean", method="qr", collisions=70, operation="add", include_last_offset=True)
+    assert a.collection.plan == b.collection.plan
+    ids, offsets = torch.tensor([4999, 3, 70, 71]), torch.tensor([0, 1, 4])
+    with torch.no_grad():
+        torch.testing.assert_close(a(ids, offsets), b(ids, offsets))

@@ -58,10 +58,8 @@ def test_chunks_are_hashed_per_feature_and_chunk_and_dealt_round_robin(num_table
     ebc = et.build_collection(TABLES, "unified", rows=997, num_tables=num_tables, chunks={"b": 3}, seed=5)
     assert [p.chunks for p in ebc.plan.params] == [(2, 2), (3,), (1,)]  # default D / gcd(16, 8)
     assert ebc.output_dims == {"a1": 16, "a2": 16, "b": 24, "c": 8}
-    chunk_names = ["a1/c0", "a1/c1", "a2/c0", "a2/c1", "b/c0", "b/c1", "b/c2", "c/c0"]  # g = 0..7
-    assert {lk.name: lk.table for lk in ebc.plan.lookups} == {n: g % num_tables for g, n in enumerate(chunk_names)}
-    tables_in_store_order = [lk.table for lk in ebc.plan.lookups]
-    assert tables_in_store_order == sorted(tables_in_store_order)  # each table's lookups contiguous for FBGEMM
+    # pooled: one lookup per shared table, reading the chunks dealt to it stacked one after another
+    assert [(lk.name, lk.table) for lk in ebc.plan.lookups] == [(f"unified/{s}", s) for s in range(num_tables)]
     ids = [0, 1, 4999, -3, 2**62]
     kjt = KeyedJaggedTensor(FEATURES, torch.tensor(ids * 4), lengths=torch.tensor([1] * 20))
     with torch.no_grad():
@@ -76,6 +74,9 @@ def test_unpooled_rows_are_the_concatenated_chunks():
     seq = [et.TableConfig("s", 10**6, 8, feature_names=("hist", "target"), pooling="none"), et.TableConfig("u", 50, 8, pooling="none")]
     ebc = et.build_collection(seq, "unified", rows=4000, width=4, num_tables=2)
     assert ebc.output_dims == {"hist": 8, "target": 8, "u": 8}
+    # one per-id lookup per (feature, chunk): chunk g reads table g mod 2, each table's lookups contiguous
+    names = ["hist/c0", "target/c0", "u/c0", "hist/c1", "target/c1", "u/c1"]
+    assert [(lk.name, lk.table) for lk in ebc.plan.lookups] == [(n, i // 3) for i, n in enumerate(names)]
     kjt = random_kjt(seq, batch_size=4, max_len=3, seed=2)
     with torch.no_grad():
         out = ebc(kjt)

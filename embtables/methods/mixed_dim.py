@@ -35,88 +35,41 @@ per hashed block), R the largest that fits: the reference combines `--md-flag` w
 Ids must lie in [0, n) (blocks are id ranges).
 
 Initialisation: tables U(+-1/sqrt(n)) as the full table, projections Xavier-uniform; the reference draws both
-Xavier-uniform. Unpooled tables need one dim per collection (torchrec's EmbeddingCollection, and the store's
-per-id path): blocks are stored as column blocks of width g = gcd of their dims, as `qr` does, and projected per id.
+Xavier-uniform. All projections live in one flat parameter, `projections` (`projection(block)` is a block's
+(D, d_u) view), so a dense optimizer steps one tensor. Store layout: one physical table per (table, block), one
+lookup per feature reading it. Pooled collections pool each block (projections are linear, so
+P_u sum_i W_u[.] = sum_i P_u W_u[.]) and project the pooled (B, d_u) columns straight into the output
+(`_layout.ColumnProgram`). Unpooled tables need one dim per collection (torchrec's EmbeddingCollection, and the
+store's per-id path): blocks are stored as column blocks of width g = gcd of their dims
+(`_layout.column_blocks`, as `qr` does) and projected per id. The power rule and its budget fit live in
+`_power_rule`.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from embtables.bags import Bags
-from embtables.config import FP32_BYTES, Lookup, PhysicalTable, SparseOptimizer, TableConfig, uniform_table
+from embtables.config import FP32_BYTES, Lookup, PhysicalTable, TableConfig
+from embtables.frequency import range_shares
 from embtables.hashing import derive_seed, hash_key, hash_to_range
 from embtables.method import Method, check_ids_in_range, per_feature
-from embtables.methods.qr import repeat_features
-from embtables.plan import InfeasibleBudget, Plan, Target, largest_within
+from embtables.methods._layout import ColumnProgram, Piece, Term, append_blocks
+from embtables.methods._power_rule import fit_budget, frequency_blocks, md_solver, popularity, round_dim
+from embtables.plan import Plan, Target
 from embtables.registry import register_method
-from embtables.single import TABLE, Embedding, EmbeddingBag
+
+__all__ = ["MixedDim", "MixedDimOptions", "MixedDimParams", "frequency_blocks", "md_solver", "solve_blocks"]
 
 KEY_BYTES = 8
 GRANULARITIES = ("table", "block")
-
-
-def _round_dim(x: float, power_of_two: bool, multiple: int, max_dim: int | None) -> int:
-    d = min(max(1.0, x), 2.0**62)
-    d = math.floor(d + 0.5)
-    if power_of_two:
-        d = 2 ** math.floor(math.log2(d) + 0.5)
-    d = max(multiple, multiple * math.floor(d / multiple + 0.5))
-    return d if max_dim is None else min(d, max_dim)
-
-
-def _popularity(rows: Sequence[int], queries: Sequence[float], alpha: float) -> list[float]:
-    """s^(-alpha) = (k / n)^alpha per block; all ones when every block is unseen (they tie)."""
-    w = [(k / n) ** alpha for n, k in zip(rows, queries)]
-    return w if max(w) > 0 else [1.0] * len(w)
-
-
-def md_solver(
-    counts: Sequence[int] | Tensor,
-    alpha: float,
-    d0: int | None = None,
-    budget: float | None = None,
-    round_to_power_of_two: bool = False,
-    *,
-    queries: Sequence[float] | Tensor | None = None,
-    multiple: int = 1,
-    max_dim: int | None = None,
-) -> list[int]:
-    """Dims by the alpha-power rule d = lambda (n / k)^(-alpha) (see the module docstring for both forms).
-
-    Args:
-        counts: (T,) rows n of each table or block (the reference's `n`).
-        alpha: temperature >= 0; 0 gives every block the same dim.
-        d0: the dim of the most popular block (the "d0" form); exclusive with `budget`.
-        budget: total parameters sum n d before rounding (the "budget" form, the reference's `B`).
-        round_to_power_of_two: round each dim to 2^round(log2 d) (the reference's `round_dim`).
-        queries: (T,) lookups per sample into each block (the reference's `k`); default 1 each.
-        multiple: round to a multiple of this, at least one multiple (4 for fbgemm).
-        max_dim: clamp to at most this.
-
-    Returns:
-        T ints, in the order of `counts`.
-
-    Example:
-        >>> md_solver([10, 1000, 100000], alpha=0.5, d0=64)  # 64 * (10 / n)^0.5 = 64, 6.4, 0.64 -> floor 1
-        [64, 6, 1]
-    """
-    rows = [int(n) for n in counts]
-    k = [1.0] * len(rows) if queries is None else [float(q) for q in queries]
-    if not rows or min(rows) < 1 or len(k) != len(rows) or min(k) < 0:
-        raise ValueError("md_solver: counts must be >= 1 and queries >= 0, one of each per table")
-    if not alpha >= 0:
-        raise ValueError(f"md_solver: alpha must be >= 0, got {alpha}")
-    if (d0 is None) == (budget is None):
-        raise ValueError("md_solver needs exactly one of d0= or budget=")
-    w = _popularity(rows, k, alpha)
-    lam = d0 / max(w) if d0 is not None else budget / sum(n * x for n, x in zip(rows, w))  # type: ignore[operator]
-    return [_round_dim(lam * x, round_to_power_of_two, multiple, max_dim) for x in w]
 
 
 @dataclass(frozen=True)
@@ -173,51 +126,13 @@ class MixedDimParams:
     bytes: int
 
 
-def frequency_blocks(n: int, blocks: int) -> list[int]:
-    """Block starts of ids 0..n-1 ranked by frequency: 0 and ceil(n^(i/K)) for i = 1..K-1, deduplicated.
-
-    Example:
-        >>> frequency_blocks(10_000, 4)
-        [0, 10, 100, 1000]
-    """
-    cuts = {math.ceil(round(n ** (i / blocks), 9)) for i in range(1, blocks)}
-    return [0] + sorted(c for c in cuts if 0 < c < n)
-
-
-def _block_lookups(t: TableConfig, bounds: list[int], counts: Mapping[str, Any] | None) -> list[float]:
-    """Each block's share of the table's counted lookups, summed over the table's features."""
-    sums = [0.0] * (len(bounds) - 1)
-    for f in t.feature_names:
-        if counts is None or f not in counts:
-            raise ValueError(f"mixed_dim granularity='block' needs counts for feature {f!r} of table {t.name!r} "
-                             "(pass counts={feature: (N,) id counts})")
-        c = torch.as_tensor(counts[f]).reshape(-1)
-        if c.numel() != t.num_embeddings:
-            raise ValueError(
-                f"counts of feature {f!r} have {c.numel()} entries; table {t.name!r} has {t.num_embeddings} rows"
-            )
-        if bool((c < 0).any()):
-            raise ValueError(f"counts of feature {f!r} must be >= 0")
-        rising = (c[1:] > c[:-1]).nonzero()
-        if rising.numel():
-            i = int(rising[0])
-            raise ValueError(
-                f"mixed_dim blocks need frequency-ranked ids, but counts of feature {f!r} rise from id {i} "
-                f"({float(c[i]):g}) to id {i + 1} ({float(c[i + 1]):g}); rank the ids by frequency first (the data "
-                "pipeline does)"
-            )
-        sums = [s + float(c[a:b].sum(dtype=torch.float64)) for s, a, b in zip(sums, bounds[:-1], bounds[1:])]
-    total = sum(sums)
-    return [s / total if total else 0.0 for s in sums]
-
-
 def _blocks(t: TableConfig, options: MixedDimOptions, counts: Mapping[str, Any] | None) -> list[tuple[int, int, float]]:
     """(start, ids, lookups per sample) of each block of a table above the threshold."""
     n = t.num_embeddings
     if options.granularity == "table":
         return [(0, n, 1.0)]
     bounds = frequency_blocks(n, options.blocks) + [n]
-    shares = _block_lookups(t, bounds, counts)
+    shares = range_shares(t, counts, "mixed_dim granularity='block'", bounds)
     return [(a, b - a, k) for a, b, k in zip(bounds[:-1], bounds[1:], shares)]
 
 
@@ -240,13 +155,13 @@ def solve_blocks(
     blocks = [_blocks(t, options, target.counts) if m else [] for t, m in zip(tables, narrowed)]
     units = [(ti, n, k) for ti, bl in enumerate(blocks) for _, n, k in bl]  # (table, ids, lookups per sample)
     fixed = sum(t.full_bytes for t, bl in zip(tables, blocks) if not bl)
-    w = _popularity([n for _, n, _ in units], [k for _, _, k in units], options.alpha) if units else []
+    w = popularity([n for _, n, _ in units], [k for _, _, k in units], options.alpha) if units else []
 
     def dims_at(lam: float) -> list[int]:
         dims = []
         for (ti, n, _), x in zip(units, w):
             dim = tables[ti].embedding_dim
-            d = _round_dim(lam * x, options.round_to_power_of_two, multiple, dim - dim % multiple)
+            d = round_dim(lam * x, options.round_to_power_of_two, multiple, dim - dim % multiple)
             # keep D where the projection would cost more than the narrower rows save
             dims.append(dim if dim % multiple == 0 and d < dim and n * d + dim * d >= n * dim else d)
         return dims
@@ -262,7 +177,7 @@ def solve_blocks(
         dims, cap = dims_at(d0 / max(w, default=1.0)), most
     else:
         widest = max(t.embedding_dim for t in tables)
-        dims, cap = _fit(dims_at, bytes_at, w, most, widest, budget, sum(t.full_bytes for t in tables))
+        dims, cap = fit_budget(dims_at, bytes_at, w, most, widest, budget, sum(t.full_bytes for t in tables))
     params, it = [], iter(dims)
     for t, bl in zip(tables, blocks):
         if not bl:
@@ -276,61 +191,24 @@ def solve_blocks(
     return params
 
 
-def _fit(
-    dims_at: Callable[[float], list[int]],
-    bytes_at: Callable[[list[int], int], int],
-    w: list[float],
-    most: int,
-    widest: int,
-    budget: float,
-    full: int,
-) -> tuple[list[int], int]:
-    """(dims, row cap) within budget * full bytes and, wherever a row cap allows, >= 0.9 of it."""
-    limit = budget * full
-    if not w:
-        if bytes_at([], most) > limit:
-            raise InfeasibleBudget("mixed_dim", budget, 1.0, "every table keeps its dim")
-        return [], most
-    lo, hi = 0.5 / max(w), 2.0 * widest / min(x for x in w if x > 0)  # every dim at its floor / at its cap
-    if bytes_at(dims_at(lo), most) > limit:  # the narrowest dims need hashed rows
-        dims = dims_at(lo)
-        cap = largest_within(lambda c: bytes_at(dims, c), 1, most, limit)
-        if cap is None:
-            raise InfeasibleBudget("mixed_dim", budget, bytes_at(dims, 1) / full, "narrowest dims, one row per block")
-        return dims, cap
-    if bytes_at(dims_at(hi), most) <= limit:
-        return dims_at(hi), most
-    for _ in range(200):  # bisection in log(lambda); bytes only grow with lambda
-        mid = math.sqrt(lo * hi)
-        if mid in (lo, hi):
-            break
-        lo, hi = (mid, hi) if bytes_at(dims_at(mid), most) <= limit else (lo, mid)
-    below, above = dims_at(lo), dims_at(hi)
-    if bytes_at(below, most) >= 0.9 * limit:
-        return below, most
-    cap = largest_within(lambda c: bytes_at(above, c), 1, most, limit)
-    return (below, most) if cap is None else (above, cap)
-
-
 def _layout(
     tables: Sequence[TableConfig], params: Sequence[MixedDimParams], pooled: bool
-) -> tuple[list[PhysicalTable], list[Lookup], list[int], int]:
-    """Physical tables, lookups (ordered by physical table, as FBGEMM 1.8's CPU per-id kernel needs), the group
-    (table, block, feature) each lookup reads, and the column-block width g of unpooled collections (0 pooled)."""
+) -> tuple[list[PhysicalTable], list[Lookup], list[tuple[int, int, int]], int]:
+    """Physical tables, lookups (in physical-table order, so the store never reorders them), what each lookup
+    reads as (table, block, feature index in the table), and the column-block width g of unpooled collections
+    (0 pooled)."""
     g = 0 if pooled else math.gcd(*[d for p in params for d in p.dims])
+    units = [(t, u) for t, p in enumerate(params) for u in range(len(p.dims))]
     physical: list[PhysicalTable] = []
-    lookups, src, group = [], [], 0
-    for t, p in zip(tables, params):
-        single = len(p.dims) == 1
-        for u, (rows, d) in enumerate(zip(p.rows, p.dims)):
-            chunks = 1 if pooled else d // g
-            for c in range(chunks):
-                part = ("" if single else f"/b{u}") + (f"#{c}" if chunks > 1 else "")
-                lookups += [Lookup(f + part, len(physical), pooled) for f in t.feature_names]
-                src += [group + i for i in range(len(t.feature_names))]
-                physical.append(uniform_table(t.name + part, rows, d // chunks, t.num_embeddings))
-            group += len(t.feature_names)
-    return physical, lookups, src, g
+    lookups: list[Lookup] = []
+    reads = []
+    for t, u in units:
+        tab, p = tables[t], params[t]
+        bound = tab.num_embeddings**-0.5
+        suffix = "" if len(p.dims) == 1 else f"/b{u}"
+        blocks = append_blocks(physical, lookups, tab, suffix, p.rows[u], p.dims[u], g, -bound, bound)
+        reads += [(t, u, i) for _ in range(blocks) for i in range(len(tab.feature_names))]
+    return physical, lookups, reads, g
 
 
 @register_method("mixed_dim")
@@ -343,89 +221,83 @@ class MixedDim(Method):
         super().__init__(plan)
         opts: MixedDimOptions = plan.options
         params: tuple[MixedDimParams, ...] = plan.params
-        _, _, self._chunk_src, self.g = _layout(self.tables, params, self.pooled)
-        first = [0]
+        _, lookups, reads, self.g = _layout(self.tables, params, self.pooled)
+        self._single_block = all(len(p.dims) == 1 for p in params)
+        self._n = [self.tables[t].num_embeddings for t in self.feature_table]
+        first = [0]  # first feature of each table
         for t in self.tables:
             first.append(first[-1] + len(t.feature_names))
-        self._blocks_of = [len(p.dims) for p in params]
-        most = max(self._blocks_of)
-        starts, rows, hashed, keys, bounds, first_block, gbase = [], [], [], [], [], [], []
-        self.projections = nn.ParameterList()
-        self._projected: list[int] = []  # index into `projections` per block, -1 when it keeps D
-        group = 0
+        # blocks numbered over the tables in order; groups (table, block, feature) are the grouped bags' features
+        starts, rows, keys, first_block, group_base = [], [], [], [], []
         for ti, (t, p) in enumerate(zip(self.tables, params)):
             first_block.append(len(starts))
-            gbase.append(group)
-            group += len(p.dims) * len(t.feature_names)
-            s = [0]
-            for n in p.block_ids[:-1]:
-                s.append(s[-1] + n)
-            bounds.append(s[1:] + [torch.iinfo(torch.int64).max] * (most - len(s)))
-            for u, (a, n, r, d) in enumerate(zip(s, p.block_ids, p.rows, p.dims)):
-                starts.append(a)
+            group_base.append(sum(len(q.dims) * len(x.feature_names) for q, x in zip(params[:ti], self.tables)))
+            for u, (n, r) in enumerate(zip(p.block_ids, p.rows)):
+                starts.append(sum(p.block_ids[:u]))
                 rows.append(r)
-                hashed.append(r < n)
                 keys.append(hash_key(derive_seed(opts.seed, ti, u)) if r < n else 0)
-                self._projected.append(len(self.projections) if d < t.embedding_dim else -1)
-                if d < t.embedding_dim:
-                    proj = nn.Parameter(torch.empty(t.embedding_dim, d))  # nn.Linear's (out, in) layout
-                    nn.init.xavier_uniform_(proj)
-                    self.projections.append(proj)
-        self._num_groups = group
+        hashed = [r < n for p in params for n, r in zip(p.block_ids, p.rows)]
+        self._num_groups = sum(len(p.dims) * len(t.feature_names) for t, p in zip(self.tables, params))
+        self._chunk_src = [group_base[t] + u * len(self.tables[t].feature_names) + i for t, u, i in reads]
         self._block_shapes = [(len(t.feature_names), d) for t, p in zip(self.tables, params) for d in p.dims]
+        self._block_dims = [(t.embedding_dim, d) for t, p in zip(self.tables, params) for d in p.dims]
+
+        # every projection in one flat parameter (one tensor for the dense optimizer to step, not one per block);
+        # `_projected[b]` is block b's offset in it, -1 when the block keeps D
+        self._projected, total = [], 0
+        for D, d in self._block_dims:
+            self._projected.append(total if d < D else -1)
+            total += D * d * (d < D)
+        self.projections = nn.Parameter(torch.empty(total)) if total else None
+        with torch.no_grad():
+            for P in map(self.projection, range(len(self._block_dims))):
+                if P is not None:
+                    nn.init.xavier_uniform_(P)
+
         # the hash parameters: one key per hashed block (serving state, counted in memory_bytes)
         self.register_buffer("keys", torch.tensor([k for k, h in zip(keys, hashed) if h], dtype=torch.int64))
-        self.register_buffer("_key_of", torch.tensor(keys, dtype=torch.int64), persistent=False)
-        self.register_buffer("_start", torch.tensor(starts), persistent=False)
-        self.register_buffer("_rows", torch.tensor(rows), persistent=False)
-        self.register_buffer("_hashed", torch.tensor(hashed), persistent=False)
-        inner = torch.tensor([b[: most - 1] for b in bounds]).view(len(bounds), most - 1)  # (T, K_max - 1)
-        self.register_buffer("_bounds", inner, persistent=False)
+        # one block per table: the features of hashed tables hash slice by slice, (feature, key, rows)
+        self._hash_plan = [(f, keys[first_block[t]], rows[first_block[t]]) for f, t in enumerate(self.feature_table)
+                           if hashed[first_block[t]]]
+        if not self._single_block:
+            self._init_grouping(params, starts, rows, keys, hashed, first_block, group_base, first)
+        self.register_buffer("_upper", per_feature(self, [t.num_embeddings for t in self.tables]), persistent=False)
+        if self.pooled:
+            widths = [plan.physical_tables[lk.table].embedding_dim for lk in lookups]
+            self._init_pooled(reads, widths, first_block, first)
+
+    def _init_grouping(self, params: Sequence[MixedDimParams], starts: list[int], rows: list[int], keys: list[int],
+                       hashed: list[bool], first_block: list[int], group_base: list[int], first: list[int]) -> None:
+        """Per-block and per-feature constants of `_grouped` when tables have several blocks."""
+        most = max(len(p.dims) for p in params)
+        for name, values in (("_key_of", keys), ("_start", starts), ("_rows", rows), ("_hashed", hashed)):
+            self.register_buffer(name, torch.tensor(values), persistent=False)
+        # block bounds of each table's ids, padded with int64 max: (T, K_max - 1)
+        bounds = [list(itertools.accumulate(p.block_ids[:-1])) + [torch.iinfo(torch.int64).max] * (most - len(p.dims))
+                  for p in params]
+        self.register_buffer("_bounds", torch.tensor(bounds).view(len(params), most - 1), persistent=False)
         self.register_buffer("_first_block", per_feature(self, first_block), persistent=False)
-        # group of an id of feature f in block u: gbase[f] + u * gstride[f], groups ordered (table, block, feature)
-        group_base = torch.tensor([gbase[t] + f - first[t] for f, t in enumerate(self.feature_table)])
-        self.register_buffer("_gbase", group_base, persistent=False)
+        # group of an id of feature f in block u: gbase[f] + u * gstride[f]
+        gbase = torch.tensor([group_base[t] + f - first[t] for f, t in enumerate(self.feature_table)])
+        self.register_buffer("_gbase", gbase, persistent=False)
         stride = per_feature(self, [len(t.feature_names) for t in self.tables])
         self.register_buffer("_gstride", stride, persistent=False)
         self.register_buffer("_table", per_feature(self, list(range(len(self.tables)))), persistent=False)
-        self.register_buffer("_upper", per_feature(self, [t.num_embeddings for t in self.tables]), persistent=False)
-        if self.pooled:
-            self._init_pooled_projection(params, first)
 
-    def _init_pooled_projection(self, params: Sequence[MixedDimParams], first: list[int]) -> None:
-        """Index maps that turn the pooled blocks (B, sum of block dims) into one batched matmul
-        (F, B, w) @ (F, w, D_max): feature f's blocks side by side in its row of width w, their projections
-        (or identities) stacked in W."""
-        dims = [t.embedding_dim for t in self.tables]
-        F, d_max = len(self.feature_names), max(dims)
-        w = max(sum(p.dims) for p in params)
-        self._identity = all(len(p.dims) == 1 and p.dims[0] == d for p, d in zip(params, dims))
-        col_pos, w_pos, w_src = [], [], []
-        w0 = torch.zeros(F, w, d_max)
-        sizes = [p.numel() for p in self.projections]
-        base = [sum(sizes[:i]) for i in range(len(sizes))]
-        block = 0
-        for ti, (t, p) in enumerate(zip(self.tables, params)):
-            off = 0
-            for d in p.dims:
-                j = self._projected[block]
-                for i in range(len(t.feature_names)):
-                    f = first[ti] + i
-                    col_pos += [f * w + off + c for c in range(d)]
-                    if j < 0:
-                        w0[f, off : off + d, :d] = torch.eye(d)
-                    else:  # W[f, off + r, o] = P[o, r]
-                        w_pos += [(f * w + off + r) * d_max + o for r in range(d) for o in range(t.embedding_dim)]
-                        w_src += [base[j] + o * d + r for r in range(d) for o in range(t.embedding_dim)]
-                off += d
-                block += 1
-        self._shape = (F, w, d_max)
-        self.register_buffer("_col_pos", torch.tensor(col_pos), persistent=False)
-        self.register_buffer("_w0", w0.reshape(-1), persistent=False)
-        self.register_buffer("_w_pos", torch.tensor(w_pos, dtype=torch.long), persistent=False)
-        self.register_buffer("_w_src", torch.tensor(w_src, dtype=torch.long), persistent=False)
-        cols = [f * d_max + o for f, ti in enumerate(self.feature_table) for o in range(dims[ti])]
-        self._out_cols = None if cols == list(range(F * d_max)) else cols
+    def _init_pooled(self, reads: list[tuple[int, int, int]], widths: list[int], first_block: list[int],
+                     first: list[int]) -> None:
+        """Feature f's output: the sum over its blocks of their pooled (B, d_u) columns, each projected to D
+        unless the block keeps D."""
+        col = [sum(widths[:i]) for i in range(len(widths) + 1)]
+        pieces, at = [], 0
+        for f, t in enumerate(self.feature_table):
+            terms = tuple(
+                Term(col[i], widths[i], self._projected[first_block[t] + u])
+                for i, (tt, u, k) in enumerate(reads) if tt == t and first[t] + k == f
+            )
+            pieces.append(Piece(at, self.tables[t].embedding_dim, terms))
+            at += self.tables[t].embedding_dim
+        self._program = ColumnProgram(col[-1], pieces)
 
     @classmethod
     def solve(
@@ -449,18 +321,22 @@ class MixedDim(Method):
     def _grouped(self, bags: Bags) -> tuple[Bags, Tensor | None]:
         """Logical bags -> ids as rows of their blocks' tables, sorted into groups (table, block, feature)
         and bags, with the sorting permutation (None when every table is one block)."""
+        B = bags.batch_size
+        if self._single_block:
+            # hashed tables' features hash slice by slice: cheaper than per-id keys and a where over all N
+            local = bags.values
+            if self._hash_plan:
+                parts = list(bags.values.split(bags.counts))
+                for f, key, rows in self._hash_plan:
+                    parts[f] = hash_to_range(parts[f], key, rows)
+                local = torch.cat(parts)
+            return Bags(local, bags.offsets, bags.weights, bags.counts, B), None
         values = bags.values
-        table = bags.per_id(self._table)
-        block = torch.zeros_like(values)
-        if self._bounds.shape[1]:
-            block = (values.unsqueeze(1) >= self._bounds[table]).sum(1)  # (N,) block within its table
+        block = (values.unsqueeze(1) >= self._bounds[bags.per_id(self._table)]).sum(1)  # (N,) block in its table
         unit = bags.per_id(self._first_block) + block
         local = values - self._start[unit]
         if self.keys.numel():
             local = torch.where(self._hashed[unit], hash_to_range(values, self._key_of[unit], self._rows[unit]), local)
-        B = bags.batch_size
-        if max(self._blocks_of) == 1:
-            return Bags(local, bags.offsets, bags.weights, bags.counts, B), None
         group = bags.per_id(self._gbase) + block * bags.per_id(self._gstride)
         key = group * B + bags.bag_index() % B
         perm = torch.argsort(key, stable=True)
@@ -471,34 +347,29 @@ class MixedDim(Method):
         return Bags(local[perm], offsets, weights, counts, B), perm
 
     def remap(self, bags: Bags) -> Bags:
-        check_ids_in_range(bags, self._upper, torch.ones_like(self._upper, dtype=torch.bool), self, "mixed_dim")
+        if bags.outside(self._n):  # blocks are id ranges: name the offending id
+            check_ids_in_range(bags, self._upper, torch.ones_like(self._upper, dtype=torch.bool), self, "mixed_dim")
         grouped, _ = self._grouped(bags)
-        if self.pooled or len(self._chunk_src) == self._num_groups:
+        if self._chunk_src == list(range(self._num_groups)):
             return grouped
-        return repeat_features(grouped, self._chunk_src)  # one copy per column block
+        return grouped.select(self._chunk_src)  # one copy per column block
 
     def projection(self, block: int) -> Tensor | None:
-        """The (D, d_u) projection of a block (blocks numbered over the tables in order), None when it keeps D."""
-        j = self._projected[block]
-        return None if j < 0 else self.projections[j]
+        """The (D, d_u) projection of a block (blocks numbered over the tables in order), a view of
+        `projections`; None when the block keeps D."""
+        at = self._projected[block]
+        if at < 0:
+            return None
+        D, d = self._block_dims[block]
+        return self.projections[at : at + D * d].view(D, d)  # type: ignore[index]
 
     def combine(self, pooled: Tensor | None, rows: Tensor | None, bags: Bags) -> Tensor:
         if self.pooled:
             assert pooled is not None
-            if self._identity:
-                return pooled
-            F, w, d_max = self._shape
-            B = pooled.shape[0]
-            x = pooled.new_zeros(B, F * w).index_copy(1, self._col_pos, pooled)  # (B, F * w)
-            x = x.view(B, F, w).transpose(0, 1)  # (F, B, w)
-            W = self._w0
-            if len(self.projections):
-                W = W.index_put((self._w_pos,), torch.cat([p.reshape(-1) for p in self.projections])[self._w_src])
-            out = torch.bmm(x, W.view(F, w, d_max)).transpose(0, 1).reshape(B, F * d_max)  # (B, F * D_max)
-            return out if self._out_cols is None else out[:, self._out_cols]
+            return self._program(pooled, self.projections)  # (B, sum D)
         assert rows is not None
         counts, perm = bags.counts, None
-        if max(self._blocks_of) > 1:
+        if not self._single_block:
             grouped, perm = self._grouped(bags)
             counts = grouped.counts
         pieces, row, group = [], 0, 0
@@ -507,7 +378,7 @@ class MixedDim(Method):
             chunks = d // self.g
             x = rows[row : row + chunks * n].view(chunks, n, self.g).transpose(0, 1).reshape(n, d)  # (n, d)
             P = self.projection(block)
-            pieces.append(x if P is None else x @ P.t())  # (n, D)
+            pieces.append(x if P is None else F.linear(x, P))  # (n, D)
             row, group = row + chunks * n, group + features
         out = torch.cat(pieces)  # (N, D) in group order
         if perm is None:
@@ -515,77 +386,3 @@ class MixedDim(Method):
         inverse = torch.empty_like(perm)
         inverse[perm] = torch.arange(perm.numel(), device=perm.device)
         return out[inverse]
-
-
-class MixedDimEmbeddingBag(EmbeddingBag):
-    """`torch.nn.EmbeddingBag` with mixed-dimension frequency blocks (granularity "block": within one table the
-    method needs the ids' training counts); see `embtables.methods.mixed_dim`.
-
-    Args:
-        counts: (N,) training counts of ids 0..N-1, ranked (non-increasing).
-        budget: fraction of the full table's bytes; without it, the most popular block gets `d0` (default D).
-        Others as `MixedDimOptions` and `torch.nn.EmbeddingBag`.
-
-    Example:
-        >>> import torch
-        >>> from embtables.methods.mixed_dim import MixedDimEmbeddingBag
-        >>> counts = 1e6 / torch.arange(1, 100_001)  # Zipf
-        >>> bag = MixedDimEmbeddingBag(100_000, 16, counts=counts, alpha=0.5)
-        >>> bag.collection.plan.params[0].dims, bag(torch.tensor([[0, 99_999]])).shape
-        ((16, 4, 4, 4), torch.Size([1, 16]))
-    """
-
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        mode: Literal["sum", "mean"] = "sum",
-        *,
-        counts: Tensor,
-        budget: float | None = None,
-        alpha: float = 0.3,
-        blocks: int = 4,
-        d0: int | None = None,
-        threshold: int = 200,
-        round_to_power_of_two: bool = False,
-        seed: int = 0,
-        dim_multiple: int | None = None,
-        include_last_offset: bool = False,
-        backend: str = "torch",
-        optimizer: SparseOptimizer | None = None,
-        device: torch.device | str | None = None,
-    ) -> None:
-        super().__init__(
-            num_embeddings, embedding_dim, mode, method="mixed_dim", budget=budget,
-            include_last_offset=include_last_offset, backend=backend, optimizer=optimizer, counts={TABLE: counts},
-            device=device, granularity="block", alpha=alpha, blocks=blocks, d0=d0, threshold=threshold,
-            round_to_power_of_two=round_to_power_of_two, seed=seed, dim_multiple=dim_multiple,
-        )
-
-
-class MixedDimEmbedding(Embedding):
-    """`torch.nn.Embedding` with mixed-dimension frequency blocks; arguments as `MixedDimEmbeddingBag`."""
-
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        *,
-        counts: Tensor,
-        budget: float | None = None,
-        alpha: float = 0.3,
-        blocks: int = 4,
-        d0: int | None = None,
-        threshold: int = 200,
-        round_to_power_of_two: bool = False,
-        seed: int = 0,
-        dim_multiple: int | None = None,
-        backend: str = "torch",
-        optimizer: SparseOptimizer | None = None,
-        device: torch.device | str | None = None,
-    ) -> None:
-        super().__init__(
-            num_embeddings, embedding_dim, method="mixed_dim", budget=budget, backend=backend, optimizer=optimizer,
-            counts={TABLE: counts}, device=device, granularity="block", alpha=alpha, blocks=blocks, d0=d0,
-            threshold=threshold, round_to_power_of_two=round_to_power_of_two, seed=seed, dim_multiple=dim_multiple,
-        )

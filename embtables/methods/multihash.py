@@ -39,12 +39,13 @@ commutes with the sum) and importance and 1/k enter as per-sample weights, which
 (FBGEMM 1.8 on CPU returns gradients w.r.t. per_sample_weights); a mean without importance or hot rows is
 instead scaled by 1/k after pooling, per feature, which needs no weights. With concat each feature gets k
 lookups, one per component, so the store's pooled output already is the concatenation (a hot id's row U[r(x)]
-is stored as k parts of D/k). Unpooled tables use per-id lookups and combine the components per id.
+is stored as k parts of D/k). Unpooled tables use per-id lookups and combine the components per id. The remap
+works feature by feature on Python constants (keys, rows, offsets of each table): whole tables pass through
+untouched and only compressed features are hashed.
 
 Example:
-    >>> import torch
-    >>> from embtables.methods.multihash import MultiHashEmbeddingBag
-    >>> bag = MultiHashEmbeddingBag(1_000_000, 16, budget=0.01, importance=True)
+    >>> import torch, embtables as et
+    >>> bag = et.MultiHashEmbeddingBag(1_000_000, 16, budget=0.01, importance=True)
     >>> bag(torch.tensor([[3, 999_999], [2**40, -5]])).shape  # compressed tables take any int64 id
     torch.Size([2, 16])
 """
@@ -53,22 +54,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from embtables.bags import Bags
-from embtables.config import Lookup, SparseOptimizer, TableConfig, uniform_table
+from embtables.config import Lookup, TableConfig, uniform_table
+from embtables.frequency import is_ranked, table_counts, top_ids
 from embtables.hashing import derive_seed, hash_key, hash_to_range
 from embtables.method import Method, check_ids_in_range, per_feature
-from embtables.methods.unified import expansion, rows_by_id
 from embtables.plan import InfeasibleBudget, Plan, Target, full_bytes, largest_within
 from embtables.registry import register_method
-from embtables.single import TABLE, Embedding, EmbeddingBag
 
 KEY_BYTES = 8
 COMBINES = ("sum", "mean", "concat")
+HOT_ROWS = "multihash option hot_rows"
 
 
 @dataclass(frozen=True)
@@ -134,51 +135,18 @@ class MultiHashParams:
     bytes: int
 
 
-def table_counts(table: TableConfig, counts: Mapping[str, Any] | None, hot: int) -> Tensor:
-    """The table's id counts: its features' counts summed, zero-padded to at least `hot` ids.
+@dataclass(frozen=True)
+class _Table:
+    """Python constants of one logical table, read by the remap feature by feature."""
 
-    Args:
-        table: the logical table.
-        counts: feature name -> (N_f,) id counts, N_f <= the table's rows (array-like, non-negative).
-        hot: the hot rows H the counts will rank.
-
-    Raises:
-        ValueError: counts are absent, miss one of the table's features, or are not a valid 1-D array.
-
-    Example:
-        >>> import torch, embtables as et
-        >>> t = et.TableConfig("t", 10, 4, feature_names=("a", "b"))
-        >>> table_counts(t, {"a": torch.tensor([3, 1]), "b": torch.tensor([0, 2, 5])}, hot=4).tolist()
-        [3, 3, 5, 0]
-    """
-    if counts is None:
-        raise ValueError(f"multihash option hot_rows needs per-feature id counts (counts=), none were given")
-    parts = []
-    for f in table.feature_names:
-        if f not in counts:
-            raise ValueError(
-                f"multihash option hot_rows needs counts for feature {f!r} of table {table.name!r}; "
-                f"counts has {sorted(counts)}"
-            )
-        c = torch.as_tensor(counts[f])
-        if c.dim() != 1 or c.numel() > table.num_embeddings or c.is_complex() or c.dtype == torch.bool:
-            raise ValueError(
-                f"counts of feature {f!r} must be a 1-D numeric array of at most {table.num_embeddings} ids "
-                f"(table {table.name!r}), got shape {tuple(c.shape)} and dtype {c.dtype}"
-            )
-        if c.numel() and bool((c < 0).any()):
-            raise ValueError(f"counts of feature {f!r} (table {table.name!r}) must be non-negative")
-        parts.append(c.double() if c.is_floating_point() else c.long())
-    dtype = torch.float64 if any(p.is_floating_point() for p in parts) else torch.int64
-    total = torch.zeros(max([hot] + [p.numel() for p in parts]), dtype=dtype)
-    for p in parts:
-        total[: p.numel()] += p
-    return total
-
-
-def is_ranked(counts: Tensor) -> bool:
-    """Counts are frequency-ranked (non-increasing), so the H most frequent ids are 0..H-1."""
-    return bool((counts[1:] <= counts[:-1]).all())
+    compressed: bool
+    key_row: int  # its row of `keys`, -1 when whole
+    rows: int  # pool rows m
+    hot: int  # H
+    hot_segment: tuple[int, int] | None  # its slice of `hot_keys` when the hot ids need a map
+    imp_offset: int  # its first row of the importance table P
+    imp_rows: int  # K, at least 1
+    n: int  # logical rows N
 
 
 @register_method("multihash")
@@ -191,71 +159,59 @@ class MultiHash(Method):
         super().__init__(plan)
         o: MultiHashOptions = plan.options
         params: tuple[MultiHashParams, ...] = plan.params
-        comp = [p.compressed for p in params]
-        comp_ids = [t for t, c in enumerate(comp) if c]
-        mapped = [t for t, p in enumerate(params) if p.hot_map]
+        comp_ids = [t for t, p in enumerate(params) if p.compressed]
         self.k, self.mode = o.num_hashes, o.combine
         self.append = o.append_weights and bool(comp_ids)  # only compressed tables have importance weights
-        self._any_hot = any(p.hot for p in params)
-        self._all_compressed = all(comp)
         # a mean where every id of a compressed table is multi-hashed: 1/k commutes with pooling, apply it after
-        self._scale_after = o.combine == "mean" and not o.importance and not self._any_hot
+        self._scale_after = o.combine == "mean" and not o.importance and not any(p.hot for p in params)
 
         # serving state, counted in memory_bytes: k hash keys (+ the importance key) per compressed table, the
-        # importance table P and the hot-id map
+        # importance table P and the hot ids of tables whose counts are not ranked (sorted, table after table)
         hashes = list(range(self.k)) + ([-1] if o.importance else [])
         keys = [[hash_key(derive_seed(o.seed, t, j)) for j in hashes] for t in comp_ids]
         self.register_buffer("keys", torch.tensor(keys, dtype=torch.int64).view(len(comp_ids), len(hashes)))
         K = [p.importance_rows for p in params]
         # P starts at ones, so a fresh hash embedding is the plain multi-hash combination
         self.importance = nn.Parameter(torch.ones(sum(K), self.k)) if o.importance else None
-        self._bits = max([self.tables[t].num_embeddings.bit_length() for t in mapped], default=0)
-        if len(mapped) >= 1 << (63 - self._bits):
-            raise ValueError("multihash: too many tables with hot-id maps to pack their keys into int64")
-        self.register_buffer("hot_keys", self._hot_keys(mapped, counts))
-
-        # per-feature constants derived from the plan (not state)
-        def constant(name: str, per_table: list, dtype: torch.dtype = torch.int64) -> None:
-            self.register_buffer(name, per_feature(self, per_table, dtype), persistent=False)
-
-        T = range(len(params))
-        constant("_compressed", comp, torch.bool)
-        constant("_key_index", [comp_ids.index(t) if comp[t] else 0 for t in T])
-        constant("_rows", [p.rows if p.compressed else 1 for p in params])
-        constant("_hot", [p.hot for p in params])
-        constant("_mapped", [p.hot_map for p in params], torch.bool)
-        constant("_slot", [mapped.index(t) if t in mapped else 0 for t in T])
-        constant("_seg", [sum(params[s].hot for s in mapped[: mapped.index(t)]) if t in mapped else 0 for t in T])
-        constant("_imp_offset", [sum(K[:t]) if comp[t] else 0 for t in T])  # whole tables read row 0, unused
-        constant("_imp_rows", [max(1, x) for x in K])
-        constant("_upper", [t.num_embeddings for t in self.tables])
-        constant("_feature_scale", [1.0 / self.k if c else 1.0 for c in comp], torch.float32)
-        self.register_buffer("_feature", torch.arange(len(self.feature_names)), persistent=False)
-        dims = torch.tensor(self.output_dims())
-        self.register_buffer("_column_scale", self._feature_scale.repeat_interleave(dims), persistent=False)
-        self._lookup_list = [f for f in range(len(self.feature_names)) for _ in range(self.k)]
-        self.register_buffer("_lookup_feature", torch.tensor(self._lookup_list), persistent=False)
-        self.register_buffer("_lookup_chunk", torch.arange(self.k).repeat(len(self.feature_names)), persistent=False)
+        mapped = [t for t, p in enumerate(params) if p.hot_map]
+        hot_ids = [self._hot_ids(t, counts) for t in mapped]
+        self.register_buffer("hot_keys", torch.cat(hot_ids) if hot_ids else torch.zeros(0, dtype=torch.int64))
+        self._tables, seg = [], 0
+        for t, p in enumerate(params):
+            segment = (seg, seg + p.hot) if p.hot_map else None
+            seg += p.hot * p.hot_map
+            key_row = comp_ids.index(t) if p.compressed else -1
+            self._tables.append(_Table(p.compressed, key_row, p.rows, p.hot, segment, sum(K[:t]), max(1, K[t]),
+                                       self.tables[t].num_embeddings))
+        self._any_whole = len(comp_ids) < len(params)
+        self._whole_n = [None if params[t].compressed else self.tables[t].num_embeddings for t in self.feature_table]
+        whole = per_feature(self, [not p.compressed for p in params], torch.bool)
+        self.register_buffer("_whole", whole, persistent=False)
+        self.register_buffer("_upper", per_feature(self, [t.num_embeddings for t in self.tables]), persistent=False)
+        self.register_buffer("_j", torch.arange(self.k), persistent=False)
+        # physical ids per logical id of each feature, when no table has hot rows
+        self._parts = [self.k if self.mode == "concat" or params[t].compressed else 1 for t in self.feature_table]
+        self.register_buffer("_parts_t", torch.tensor(self._parts), persistent=False)
+        comp_f = [params[t].compressed for t in self.feature_table]
+        scale = [1.0 / self.k if c else 1.0 for c, d in zip(comp_f, self.output_dims()) for _ in range(d)]
+        self.register_buffer("_column_scale", torch.tensor(scale), persistent=False)
         self._core_dims = [self.tables[t].embedding_dim for t in self.feature_table]
-        self._appends = [self.append and comp[t] for t in self.feature_table]
+        self._appends = [self.append and c for c in comp_f]
 
     @classmethod
     def from_plan(cls, plan: Plan, counts: Mapping[str, Any] | None) -> "MultiHash":
         return cls(plan, counts)
 
-    def _hot_keys(self, mapped: list[int], counts: Mapping[str, Any] | None) -> Tensor:
-        """Sorted packed keys (slot << bits | id) of the hot ids of tables whose counts are not ranked."""
-        parts = []
-        for slot, t in enumerate(mapped):
-            H = self.plan.params[t].hot
-            c = table_counts(self.tables[t], counts, H)
-            ids = torch.sort(c, descending=True, stable=True).indices[:H].sort().values
-            parts.append((slot << self._bits) | ids)
-        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
+    def _hot_ids(self, t: int, counts: Mapping[str, Any] | None) -> Tensor:
+        """The H most frequent ids of table t (ties to the smaller id), sorted."""
+        hot = self.plan.params[t].hot
+        return top_ids(table_counts(self.tables[t], counts, HOT_ROWS, hot), hot)
 
     # ---- planning -------------------------------------------------------------------------------------
     @classmethod
-    def solve(cls, tables: Sequence[TableConfig], budget: float | None, options: MultiHashOptions, target: Target) -> Plan:
+    def solve(
+        cls, tables: Sequence[TableConfig], budget: float | None, options: MultiHashOptions, target: Target
+    ) -> Plan:
         o, k = options, options.num_hashes
         if (budget is None) == (o.rows is None):
             raise ValueError("multihash needs exactly one of budget= or rows=")
@@ -264,10 +220,11 @@ class MultiHash(Method):
             if concat and (t.embedding_dim % k or (t.embedding_dim // k) % target.dim_multiple):
                 raise ValueError(
                     f"multihash option combine='concat' splits dim {t.embedding_dim} of table {t.name!r} into "
-                    f"num_hashes={k} parts, which must be whole multiples of {target.dim_multiple} on {target.backend!r}"
+                    f"num_hashes={k} parts, which must be whole multiples of {target.dim_multiple} on "
+                    f"{target.backend!r}"
                 )
         hot = [min(o.hot_rows, t.num_embeddings) for t in tables]
-        mapped = [h > 0 and not is_ranked(table_counts(t, target.counts, h)) for t, h in zip(tables, hot)]
+        mapped = [h > 0 and not is_ranked(table_counts(t, target.counts, HOT_ROWS, h)) for t, h in zip(tables, hot)]
         caps = [max(1, t.num_embeddings - h) * (k if concat else 1) for t, h in zip(tables, hot)]
         ratio = o.importance_ratio or 1.0
 
@@ -318,194 +275,121 @@ class MultiHash(Method):
             for t in self.feature_table
         ]
 
-    def _hot_lookup(self, x: Tensor, at: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
-        """(N,) whether each id is hot, and its row among its table's hot rows; `at` expands per-feature buffers."""
-        hot = (x >= 0) & (x < at(self._hot)) & ~at(self._mapped)
-        idx = x
-        if self.hot_keys.numel():
-            mapped = at(self._mapped) & (x >= 0) & (x < at(self._upper))
-            q = torch.where(mapped, (at(self._slot) << self._bits) | x, -1)
-            pos = torch.searchsorted(self.hot_keys, q).clamp_(max=self.hot_keys.numel() - 1)
-            found = mapped & (self.hot_keys[pos] == q)
-            hot, idx = hot | found, torch.where(found, pos - at(self._seg), idx)
-        return hot, idx
+    def _hot(self, s: _Table, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(N_f,) whether each id is hot, and its row among the table's hot rows (meaningless where not hot)."""
+        if s.hot_segment is None:  # ranked counts: the hot ids are 0..H-1
+            return (x >= 0) & (x < s.hot), x
+        ids = self.hot_keys[s.hot_segment[0] : s.hot_segment[1]]
+        pos = torch.searchsorted(ids, x).clamp_(max=ids.numel() - 1)
+        return ids[pos] == x, pos
 
-    def _components(self, bags: Bags, feat: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Each id's k components: (N, k) physical rows, (N,) bool `multi` (the id is multi-hashed, i.e. of a
-        compressed table and not hot) and (N, k) weights a_j(x) (importance, 1/k for mean; 1 elsewhere) or None.
-        `feat` (N,) is each id's feature."""
-        x, k = bags.values, self.k
-        at = lambda t: t.index_select(0, feat)  # noqa: E731  (per-feature buffer -> per id)
-        if not self._all_compressed:
-            bad = ~at(self._compressed) & ((x < 0) | (x >= at(self._upper)))
-            if bool(bad.any()):  # ids of whole tables index rows directly: name the culprit
-                check_ids_in_range(bags, self._upper, ~self._compressed, self, "multihash")
-        if self._any_hot:
-            hot, hot_idx = self._hot_lookup(x, at)
-        else:
-            hot, hot_idx = torch.zeros_like(x, dtype=torch.bool), x
-        multi = at(self._compressed) & ~hot
-        keys = at(self.keys[self._key_index]) if self.keys.numel() else None  # (N, k [+1])
-        if keys is None:
-            hashed = x.new_zeros(x.numel(), k)
-        else:
-            hashed = hash_to_range(x[:, None], keys[:, :k], at(self._rows)[:, None])  # (N, k)
-        H, j = at(self._hot)[:, None], torch.arange(k, device=x.device)
-        if self.mode == "concat":
-            # component j of: a hot id -> its row's j-th part; a whole table's id -> part j of row x
-            other = torch.where(hot[:, None], j * H + hot_idx[:, None], j * at(self._upper)[:, None] + x[:, None])
-            rows = torch.where(multi[:, None], k * H + hashed, other)  # (N, k)
-        else:
-            rows = hashed + H  # (N, k); only column 0 is read for hot and whole-table ids
-            rows[:, 0] = torch.where(multi, rows[:, 0], torch.where(hot, hot_idx, x))
+    def _importance_of(self, s: _Table, x: Tensor) -> Tensor:
+        """(N_f, k) importance vectors p(x) = P[h_0(x)] of a compressed table's ids."""
+        row = s.imp_offset + hash_to_range(x, self.keys[s.key_row, self.k], s.imp_rows)
+        return self.importance[row]  # type: ignore[index]
+
+    def _components(self, t: int, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Ids (N_f,) of a feature of table t -> physical rows (N_f, c), which of them are read ((N_f, c) bool;
+        None: all) and their weights a_j(x) ((N_f, c); None: ones). c = k, or 1 for a whole table's id under
+        sum or mean; a hot id reads only column 0 under sum or mean."""
+        s, k, concat = self._tables[t], self.k, self.mode == "concat"
+        if not s.compressed:  # a plain row; under concat, its k parts j N + x
+            return (x[:, None] + s.n * self._j if concat else x[:, None]), None, None
+        keys = self.keys[s.key_row]
+        rows = hash_to_range(x[:, None], keys[None, :k], s.rows) + (k * s.hot if concat else s.hot)  # (N_f, k)
+        hot = None
+        if s.hot:
+            hot, idx = self._hot(s, x)
+            if concat:  # part j of the hot row
+                rows = torch.where(hot[:, None], s.hot * self._j + idx[:, None], rows)
+            else:
+                rows = torch.cat([torch.where(hot, idx, rows[:, 0])[:, None], rows[:, 1:]], 1)
         a = None
-        if self.importance is not None and keys is not None:
-            p = self.importance[at(self._imp_offset) + hash_to_range(x, keys[:, k], at(self._imp_rows))]  # (N, k)
-            a = torch.where(multi[:, None], p / k if self.mode == "mean" else p, torch.ones_like(p))
-        elif self.mode == "mean" and not self._scale_after:
-            a = torch.where(multi, 1.0 / k, 1.0)[:, None].expand(-1, k)
-        return rows, multi, a
+        if self.importance is not None:
+            a = self._importance_of(s, x)
+        if self.mode == "mean" and not self._scale_after:
+            a = torch.full(rows.shape, 1.0 / k, device=x.device) if a is None else a / k
+        if hot is not None and a is not None:
+            a = torch.where(hot[:, None], 1.0, a)  # hot rows are collision-free: no importance, no 1/k
+        keep = None  # under sum or mean a hot id reads its hot row (column 0) only
+        if hot is not None and not concat:
+            keep = torch.cat([torch.ones_like(hot[:, None]), ~hot[:, None].expand(-1, k - 1)], 1)
+        return rows, keep, a
 
-    def _importance_of(self, bags: Bags) -> Tensor:
-        """(N, k) importance vectors p(x) = P[h_0(x)] (rows of whole-table ids are never read)."""
-        feat = bags.per_id(self._feature)
-        at = lambda t: t.index_select(0, feat)  # noqa: E731
-        keys = at(self.keys[self._key_index, self.k])
-        return self.importance[at(self._imp_offset) + hash_to_range(bags.values, keys, at(self._imp_rows))]  # type: ignore[index]
+    def _all_components(self, bags: Bags) -> list[tuple[Tensor, Tensor | None, Tensor | None]]:
+        if self._any_whole and bags.outside(self._whole_n):  # whole tables index rows: name the culprit
+            check_ids_in_range(bags, self._upper, self._whole, self, "multihash")
+        return [self._components(t, x) for t, x in zip(self.feature_table, bags.values.split(bags.counts))]
 
     def remap(self, bags: Bags) -> Bags:
-        rows, multi, a = self._components(bags, bags.per_id(self._feature))
-        w = bags.weights
-        if w is not None:
-            a = w[:, None].expand(-1, self.k) if a is None else a * w[:, None].to(a.dtype)
-        if self.mode == "concat":
-            src, lookup, offsets = expansion(bags, self._lookup_feature, self._lookup_list)
-            j = self._lookup_chunk[lookup]
-            counts = [bags.counts[f] for f in self._lookup_list]
-            return Bags(rows[src, j], offsets, None if a is None else a[src, j], counts, bags.batch_size)
-        keep = torch.cat([torch.ones_like(multi[:, None]), multi[:, None].expand(-1, self.k - 1)], 1)  # (N, k)
-        mult = 1 + (self.k - 1) * multi.long()  # physical ids per logical id
-        cum = torch.cat([mult.new_zeros(1), mult.cumsum(0)])
-        offsets = cum[bags.offsets]
-        counts = offsets[:: bags.batch_size].diff().tolist()
-        values = rows.masked_select(keep)  # each id's kept components, in id order
-        return Bags(values, offsets, None if a is None else a.masked_select(keep), counts, bags.batch_size)
+        comps, B, k = self._all_components(bags), bags.batch_size, self.k
+        w = None if bags.weights is None else bags.weights.split(bags.counts)
+        weights = None
+        if w is not None or any(a is not None for _, _, a in comps):
+            def weigh(f: int) -> Tensor:  # (N_f, c) weight of each physical id
+                rows, _, a = comps[f]
+                a = torch.ones(rows.shape, device=rows.device) if a is None else a
+                return a if w is None else a * w[f][:, None].to(a.dtype)
+
+            weights = [weigh(f) for f in range(len(comps))]
+        if self.mode == "concat":  # lookup (f, j) holds component j of feature f's ids
+            values = torch.cat([r.t().reshape(-1) for r, _, _ in comps])
+            lengths = bags.lengths().repeat_interleave(k, dim=0).reshape(-1)  # (F k B,)
+            flat = None if weights is None else torch.cat([x.t().reshape(-1) for x in weights])
+            offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+            return Bags(values, offsets, flat, [c for c in bags.counts for _ in range(k)], B)
+        pick = lambda x, keep: x.reshape(-1) if keep is None else x[keep]  # noqa: E731  (each id's components in order)
+        values = torch.cat([pick(r, keep) for r, keep, _ in comps])
+        flat = None if weights is None else torch.cat([pick(x, keep) for x, (_, keep, _) in zip(weights, comps)])
+        if all(keep is None for _, keep, _ in comps):
+            lengths = (bags.lengths() * self._parts_t[:, None]).reshape(-1)  # (F B,)
+            offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+            return Bags(values, offsets, flat, [n * p for n, p in zip(bags.counts, self._parts)], B)
+        reads = [torch.full_like(r[:, 0], r.shape[1]) if keep is None else keep.sum(1) for r, keep, _ in comps]
+        per_id = torch.cat(reads)  # physical ids of each logical id
+        cum = torch.cat([per_id.new_zeros(1), per_id.cumsum(0)])
+        offsets = cum[bags.offsets]  # hot ids read one row, multi-hashed ones k
+        return Bags(values, offsets, flat, offsets[::B].diff().tolist(), B)
+
+    def _appended(self, bags: Bags) -> list[Tensor]:
+        """Per feature, its bags' pooled (weighted) importance vectors (B, k); zeros where it appends none."""
+        xs = bags.values.split(bags.counts)
+        zeros = lambda x: torch.zeros(x.numel(), self.k, device=x.device)  # noqa: E731  (whole: no importance)
+        p = [self._importance_of(self._tables[t], x) if a else zeros(x)
+             for t, x, a in zip(self.feature_table, xs, self._appends)]
+        return list(bags.sum_rows(torch.cat(p)).split(self.k, 1))
 
     def combine(self, pooled: Tensor | None, rows: Tensor | None, bags: Bags) -> Tensor:
         if self.pooled:
+            assert pooled is not None
             if self._scale_after:
-                return pooled * self._column_scale  # type: ignore[operator]
+                return pooled * self._column_scale
             if not self.append:
-                return pooled  # type: ignore[return-value]
-            appended = bags.sum_rows(self._importance_of(bags)).split(self.k, 1)  # F x (B, k)
-            core = pooled.split(self._core_dims, 1)  # type: ignore[union-attr]
-            # each feature's vector, then its weights when its table has them (split + cat: cheap both ways)
+                return pooled
+            core = pooled.split(self._core_dims, 1)  # split + cat: views, and one copy each way
+            appended = self._appended(bags)
             pieces = [x for f, c in enumerate(core) for x in ((c, appended[f]) if self._appends[f] else (c,))]
-            return torch.cat(pieces, 1)
-        # unpooled: combine each id's physical rows with its weights a_j(x)
-        _, multi, a = self._components(bags, bags.per_id(self._feature))
-        N = bags.values.numel()
-        if self.mode == "concat":
-            src, lookup, _ = expansion(bags, self._lookup_feature, self._lookup_list)
-            parts = rows_by_id(rows, src, self._lookup_chunk[lookup], N, self.k)  # (N, k, D/k)
-            out = (parts if a is None else parts * a[:, :, None]).flatten(1)  # (N, D)
-        else:
-            keep = torch.cat([torch.ones_like(multi[:, None]), multi[:, None].expand(-1, self.k - 1)], 1)
-            owner = torch.arange(N, device=multi.device)[:, None].expand(-1, self.k).masked_select(keep)  # (N_rows,)
-            rows = rows if a is None else rows * a.masked_select(keep)[:, None]
-            out = rows.new_zeros(N, rows.shape[1]).index_add_(0, owner, rows)  # (N, D)
-            if self._scale_after:
-                out = out * bags.per_id(self._feature_scale)[:, None]
-        return torch.cat([out, self._importance_of(bags)], 1) if self.append else out
-
-
-class MultiHashEmbeddingBag(EmbeddingBag):
-    """`torch.nn.EmbeddingBag` with multi-hash embeddings; see `embtables.methods.multihash`.
-
-    Args:
-        num_embeddings, embedding_dim, mode: as `torch.nn.EmbeddingBag` (mode `"sum"` or `"mean"`).
-        rows, budget: pool rows, or a fraction of the full table's bytes (exactly one).
-        num_hashes, combine, importance, importance_ratio, append_weights, hot_rows, seed, hash_all: the
-            method's options.
-        counts: (N,) id counts of the table, needed by `hot_rows`.
-        include_last_offset, backend, optimizer, device: as `et.EmbeddingBag`.
-
-    Forward: input (B, L), or (N,) ids with (B,) offsets -> (B, D), or (B, D + k) with `append_weights`.
-
-    Example:
-        >>> import torch
-        >>> from embtables.methods.multihash import MultiHashEmbeddingBag
-        >>> bag = MultiHashEmbeddingBag(10_000_000, 16, rows=50_000, combine="concat")
-        >>> bag(torch.tensor([1, 2, 3]), torch.tensor([0, 1])).shape
-        torch.Size([2, 16])
-    """
-
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        mode: Literal["sum", "mean"] = "sum",
-        *,
-        rows: int | None = None,
-        budget: float | None = None,
-        num_hashes: int = 2,
-        combine: Literal["sum", "mean", "concat"] = "sum",
-        importance: bool = False,
-        importance_ratio: float | None = None,
-        append_weights: bool = False,
-        hot_rows: int = 0,
-        counts: Tensor | None = None,
-        seed: int = 0,
-        hash_all: bool = False,
-        include_last_offset: bool = False,
-        backend: str = "torch",
-        optimizer: SparseOptimizer | None = None,
-        device: torch.device | str | None = None,
-    ) -> None:
-        super().__init__(
-            num_embeddings, embedding_dim, mode, method="multihash", budget=budget,
-            include_last_offset=include_last_offset, backend=backend, optimizer=optimizer,
-            counts=None if counts is None else {TABLE: counts}, device=device, rows=rows, num_hashes=num_hashes,
-            combine=combine, importance=importance, importance_ratio=importance_ratio,
-            append_weights=append_weights, hot_rows=hot_rows, seed=seed, hash_all=hash_all,
-        )
-
-
-class MultiHashEmbedding(Embedding):
-    """`torch.nn.Embedding` with multi-hash embeddings: ids of any shape -> (*shape, D) (D + k with
-    `append_weights`); arguments as `MultiHashEmbeddingBag` without `mode` and `include_last_offset`.
-
-    Example:
-        >>> import torch
-        >>> from embtables.methods.multihash import MultiHashEmbedding
-        >>> emb = MultiHashEmbedding(10_000_000, 16, rows=50_000, num_hashes=3)
-        >>> emb(torch.tensor([[1, 2, 3]])).shape
-        torch.Size([1, 3, 16])
-    """
-
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        *,
-        rows: int | None = None,
-        budget: float | None = None,
-        num_hashes: int = 2,
-        combine: Literal["sum", "mean", "concat"] = "sum",
-        importance: bool = False,
-        importance_ratio: float | None = None,
-        append_weights: bool = False,
-        hot_rows: int = 0,
-        counts: Tensor | None = None,
-        seed: int = 0,
-        hash_all: bool = False,
-        backend: str = "torch",
-        optimizer: SparseOptimizer | None = None,
-        device: torch.device | str | None = None,
-    ) -> None:
-        super().__init__(
-            num_embeddings, embedding_dim, method="multihash", budget=budget, backend=backend, optimizer=optimizer,
-            counts=None if counts is None else {TABLE: counts}, device=device, rows=rows, num_hashes=num_hashes,
-            combine=combine, importance=importance, importance_ratio=importance_ratio,
-            append_weights=append_weights, hot_rows=hot_rows, seed=seed, hash_all=hash_all,
-        )
+            return torch.cat(pieces, 1)  # each feature's vector, then its weights when its table has them
+        # unpooled: combine each id's physical rows with its weights a_j(x), feature by feature
+        assert rows is not None
+        comps, out = self._all_components(bags), []
+        sizes = [r.numel() if keep is None else int(keep.sum()) for r, keep, _ in comps]
+        for t, (r, keep, a), x in zip(self.feature_table, comps, rows.split(sizes)):
+            n, c = r.shape
+            if self.mode == "concat":  # (k N_f, D/k) lookup-major -> (N_f, k, D/k)
+                x = x.view(c, n, x.shape[1]).transpose(0, 1)
+            elif keep is not None:  # hot ids fill column 0 only
+                x = x.new_zeros(n, c, x.shape[1]).index_put_((keep.nonzero(as_tuple=True)), x)
+            else:
+                x = x.view(n, c, x.shape[1])
+            x = x if a is None else x * a[:, :, None]
+            if self.mode == "concat":
+                out.append(x.reshape(n, c * x.shape[2]))
+            else:  # a mean scaled after summing, as in the pooled case
+                out.append(x.sum(1) / self.k if self._scale_after and self._tables[t].compressed else x.sum(1))
+        e = torch.cat(out)  # (N, D)
+        if self.append:
+            xs = bags.values.split(bags.counts)
+            p = [self._importance_of(self._tables[t], x) for t, x in zip(self.feature_table, xs)]
+            e = torch.cat([e, torch.cat(p)], 1)  # (N, D + k)
+        return e

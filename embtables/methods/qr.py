@@ -30,9 +30,16 @@ the full table's scale 1/sqrt(n) (a product of k tables each U(+-1/sqrt(n)) woul
 mult W_0 ~ U(+-1/sqrt(n)) and W_j ~ U(1 +- 1/sqrt(n)) for j >= 1; add W_j ~ U(+-1/sqrt(k n)); concat
 W_j ~ U(+-1/sqrt(n)).
 
-Per-id lookups of one collection must share one width (a store returns one (N, g) block of rows): tables wider
-than g = gcd of those widths are stored as column blocks of width g, one physical table each (same bytes;
-row-wise Adagrad then keeps one accumulator per block row).
+Store layout: one physical table per (table, partition), read by one lookup per feature. Pooled collections use
+pooled lookups only: for "pool_first", "add" and "concat" each lookup pools its digit's rows and `combine`
+composes the pooled partitions; for "mult" with "combine_first", bags of at most one id (DLRM's one value per
+feature) compose the same way (the weight w goes to the first partition only: (w W_0) * W_1 = w e), and
+longer bags put every id in a bag of its own (`Bags.singletons`) so the store returns one row per id, which
+`combine` composes and pools. The composition is one `_layout.ColumnProgram`; for "mult" and "add" the
+tables are ordered partition-major, so the pooled output starts with the output's own layout and only the
+other partitions are folded in. Unpooled collections use per-id lookups, which must share one width g (a
+store returns one (N, g) block of rows): partitions wider than g = gcd of the widths are stored as column
+blocks of width g (`_layout.column_blocks`; same bytes, row-wise Adagrad keeps one accumulator per block row).
 
 Budget: one row cap R is shared by all tables (as `hash`'s "cap" allocation). A table with n <= R is kept whole;
 a larger one gets the partition of the family with the fewest digits whose rows sum_j b_j reach R, with the
@@ -44,18 +51,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import reduce
 from typing import Literal, Sequence
 
 import torch
 from torch import Tensor
 
-from embtables.bags import Bags
-from embtables.config import FP32_BYTES, Lookup, PhysicalTable, SparseOptimizer, TableConfig
+from embtables.bags import Bags, rows_by_slot
+from embtables.config import FP32_BYTES, Lookup, PhysicalTable, TableConfig
 from embtables.method import Method, check_ids_in_range, per_feature
+from embtables.methods._layout import ColumnProgram, Piece, Term, append_blocks
+from embtables.methods._partitions import partition_codes, place_values, qr_radices, radices_within
 from embtables.plan import InfeasibleBudget, Plan, Target, largest_within
 from embtables.registry import register_method
-from embtables.single import Embedding, EmbeddingBag
+
+# the partition arithmetic lives in `_partitions`; it is part of this method's public surface
+__all__ = ["QR", "QROptions", "QRParams", "partition_codes", "qr_radices", "radices_within", "solve_radices"]
 
 OPERATIONS = ("mult", "add", "concat")
 ORDERS = ("combine_first", "pool_first")
@@ -108,77 +119,6 @@ class QRParams:
     bytes: int
 
 
-# ---- partitions ---------------------------------------------------------------------------------------------
-def qr_radices(n: int, m: int, k: int = 2) -> tuple[int, ...]:
-    """Radices (ceil(n / m^(k-1)), m, ..., m) of the k-digit quotient-remainder partition of [0, n).
-
-    Example:
-        >>> qr_radices(10, 4)
-        (3, 4)
-    """
-    return (-(-n // m ** (k - 1)),) + (m,) * (k - 1)
-
-
-def place_values(radices: Sequence[int], n: int) -> tuple[int, ...]:
-    """p_j = b_{j+1} * ... * b_{k-1}, capped at n (a digit whose place is >= n is 0 for every id below n)."""
-    places, p = [], 1
-    for b in reversed(radices):
-        places.append(min(p, n))
-        p *= b
-    return tuple(reversed(places))
-
-
-def partition_codes(ids: Tensor, radices: Sequence[int], n: int) -> Tensor:
-    """Digits of ids in [0, n): (N,) int64 -> (k, N), digit_j = (id // p_j) mod b_j in exact integer arithmetic.
-
-    Example:
-        >>> partition_codes(torch.tensor([0, 5, 9]), (3, 4), 10).tolist()
-        [[0, 1, 2], [0, 1, 1]]
-    """
-    places = place_values(radices, n)
-    return torch.stack([torch.div(ids, p, rounding_mode="floor") % b for p, b in zip(places, radices)])
-
-
-def _rows(n: int, m: int, k: int) -> int:
-    return -(-n // m ** (k - 1)) + (k - 1) * m
-
-
-@lru_cache(maxsize=None)
-def _fewest_rows(n: int, k: int) -> tuple[int, int]:
-    """(rows, m) of the k-digit partition of [0, n) with the fewest rows (m near n^(1/k), where it is least)."""
-    m0 = max(1, round(n ** (1 / k)))
-    return min((_rows(n, m, k), m) for m in range(max(1, m0 - 3), m0 + 4))
-
-
-def _root_ceil(n: int, p: int) -> int:
-    """The smallest r with r^p >= n."""
-    r = max(1, round(n ** (1 / p)))
-    while r**p < n:
-        r += 1
-    while r > 1 and (r - 1) ** p >= n:
-        r -= 1
-    return r
-
-
-def radices_within(n: int, cap: int, digits: Sequence[int]) -> tuple[int, ...]:
-    """The partition of [0, n) with the fewest digits (from `digits`) whose rows fit `cap`, with the largest m
-    that keeps them <= cap; the family's smallest partition when none fits.
-
-    Example:
-        >>> radices_within(10_000, 250, [2, 3])  # 2 sqrt(n) = 200 rows is the least with two digits
-        (50, 200)
-    """
-    for k in digits:
-        low, m_low = _fewest_rows(n, k)
-        if low <= cap:
-            # beyond n^(1/(k-1)) the first digit is constantly 0: k - 1 digits do better there
-            m_high = n if k == 2 else max(m_low, _root_ceil(n, k - 1))
-            m = largest_within(lambda m: _rows(n, m, k), m_low, m_high, cap)
-            return qr_radices(n, m, k)  # type: ignore[arg-type]
-    k = min(digits, key=lambda k: _fewest_rows(n, k))
-    return qr_radices(n, _fewest_rows(n, k)[1], k)
-
-
 def _widths(dim: int, k: int, operation: str, multiple: int) -> tuple[int, ...]:
     if operation != "concat":
         return (dim,) * k
@@ -189,7 +129,8 @@ def _widths(dim: int, k: int, operation: str, multiple: int) -> tuple[int, ...]:
 def _table_bytes(t: TableConfig, radices: Sequence[int], operation: str, multiple: int) -> int:
     if not radices:
         return t.full_bytes
-    return FP32_BYTES * sum(b * w for b, w in zip(radices, _widths(t.embedding_dim, len(radices), operation, multiple)))
+    widths = _widths(t.embedding_dim, len(radices), operation, multiple)
+    return FP32_BYTES * sum(b * w for b, w in zip(radices, widths))
 
 
 def _digit_choices(t: TableConfig, options: QROptions, multiple: int) -> list[int]:
@@ -234,32 +175,19 @@ def solve_radices(
 # ---- layout: physical tables and lookups ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Part:
+    """One partition table of a logical table (the whole table when it is kept whole)."""
+
     suffix: str
     rows: int
     width: int
-    place: int
     low: float
     high: float
-
-
-@dataclass(frozen=True)
-class _Spec:
-    """What one lookup reads: `feature`'s digit (id // place) mod radix; where its columns (pooled) or column
-    blocks of width g (per id) go in the feature's output (`offset`), and which factor of the composition it is
-    (`slot`)."""
-
-    feature: int
-    place: int
-    radix: int
-    slot: int
-    offset: int
-    pooled: bool
 
 
 def _parts(t: TableConfig, p: QRParams, operation: str) -> list[_Part]:
     n, b = t.num_embeddings, t.num_embeddings**-0.5
     if not p.radices:
-        return [_Part("", n, t.embedding_dim, 1, -b, b)]
+        return [_Part("", n, t.embedding_dim, -b, b)]
     k = len(p.radices)
     names = ["q", "r"] if k == 2 else [f"p{j}" for j in range(k)]
     inits = {
@@ -267,77 +195,35 @@ def _parts(t: TableConfig, p: QRParams, operation: str) -> list[_Part]:
         "add": [(-((k * n) ** -0.5), (k * n) ** -0.5)] * k,
         "concat": [(-b, b)] * k,
     }[operation]
-    places = place_values(p.radices, n)
-    return [_Part(f"/{s}", r, w, pl, lo, hi) for s, r, w, pl, (lo, hi) in zip(names, p.radices, p.dims, places, inits)]
+    return [_Part(f"/{s}", r, w, lo, hi) for s, r, w, (lo, hi) in zip(names, p.radices, p.dims, inits)]
 
 
 def _layout(
-    tables: Sequence[TableConfig], params: Sequence[QRParams], options: QROptions
-) -> tuple[list[PhysicalTable], list[Lookup], list[_Spec], int, list[bool]]:
-    """Physical tables, lookups (pooled first) and their specs, the per-id width g, and which tables are per id."""
+    tables: Sequence[TableConfig], params: Sequence[QRParams], operation: str
+) -> tuple[list[PhysicalTable], list[Lookup], list[tuple[int, int, int]], int]:
+    """Physical tables, lookups, what each lookup reads as (feature, partition, column block), and the per-id
+    width g (0 for pooled collections). Lookups come in physical-table order, so the store never reorders them
+    (FBGEMM 1.8's CPU kernels need each table's lookups contiguous and in table order). Tables are ordered
+    partition-major for "mult" and "add" (every table's partition 0, then every partition 1, ...): a pooled
+    output then starts with the output's own layout, partition 0 of each feature in place, and `combine` only
+    folds the other partitions in; "concat" keeps each table's partitions together, side by side as output."""
     pooled = tables[0].pooling != "none"
-    op = options.operation
-    combine_first = op == "mult" and options.pooling_order == "combine_first"
-    per_id = [not pooled or (bool(p.radices) and combine_first) for p in params]
-    parts = [_parts(t, p, op) for t, p in zip(tables, params)]
-    widths = [q.width for ps, r in zip(parts, per_id) if r for q in ps]
-    g = math.gcd(*widths) if widths else 0
-    physical: list[PhysicalTable] = []
-    where: list[list[list[int]]] = []  # [table][partition] -> physical index of each column block
-    for t, ps, rows in zip(tables, parts, per_id):
-        where.append([])
-        for q in ps:
-            blocks = q.width // g if rows else 1
-            where[-1].append(list(range(len(physical), len(physical) + blocks)))
-            for c in range(blocks):
-                name = t.name + q.suffix + (f"#{c}" if blocks > 1 else "")
-                physical.append(PhysicalTable(name, q.rows, q.width // blocks, q.low, q.high))
+    parts = [_parts(t, p, operation) for t, p in zip(tables, params)]
+    g = 0 if pooled else math.gcd(*[q.width for ps in parts for q in ps])
     first = [0]
-    for tab in tables:
-        first.append(first[-1] + len(tab.feature_names))
-    lookups, specs = [], []
-    # ordered by physical table: FBGEMM 1.8's CPU per-id (PoolingMode.NONE) kernel bounds-checks ids against
-    # the wrong table when the lookups of one table are not contiguous in its feature_table_map
-    for want_rows in (False, True):
-        for t, tab in enumerate(tables):
-            if per_id[t] != want_rows:
-                continue
-            offset = 0
-            for j, q in enumerate(parts[t]):
-                slot = j if params[t].radices and op != "concat" else 0
-                for c, phys in enumerate(where[t][j]):
-                    for i, name in enumerate(tab.feature_names):
-                        lk = name + q.suffix + (f"#{c}" if len(where[t][j]) > 1 else "")
-                        lookups.append(Lookup(lk, phys, not want_rows))
-                        out = offset // g + c if want_rows else offset
-                        specs.append(_Spec(first[t] + i, q.place, q.rows, slot, out, not want_rows))
-                offset += q.width if op == "concat" else 0
-    return physical, lookups, specs, g, per_id
-
-
-def repeat_features(bags: Bags, src: Sequence[int]) -> Bags:
-    """Bags whose feature i is a copy of feature `src[i]` of `bags`: its ids, bag lengths and weights.
-
-    Example:
-        >>> b = Bags(torch.tensor([7, 8, 9]), torch.tensor([0, 2, 3]), None, [2, 1], 1)
-        >>> repeat_features(b, [1, 0, 1]).values.tolist()
-        [9, 7, 8, 9]
-    """
-    device = bags.values.device
-    starts = [0]
-    for c in bags.counts:
-        starts.append(starts[-1] + c)
-    counts = [bags.counts[f] for f in src]
-    shifts, total = [], 0
-    for f, c in zip(src, counts):
-        shifts.append(starts[f] - total)
-        total += c
-    idx = torch.tensor(shifts, device=device).repeat_interleave(torch.tensor(counts, device=device), output_size=total)
-    idx = idx + torch.arange(total, device=device)  # (N',) position of each copied id in bags.values
-    lengths = bags.lengths()[torch.tensor(list(src), device=device)]  # (F', B)
-    offsets = torch.cat([lengths.new_zeros(1), lengths.reshape(-1).cumsum(0)])
-    weights = None if bags.weights is None else bags.weights[idx]
-    return Bags(bags.values[idx], offsets, weights, counts, bags.batch_size)
+    for t in tables:
+        first.append(first[-1] + len(t.feature_names))
+    units = [(t, j) for t, ps in enumerate(parts) for j in range(len(ps))]
+    if operation != "concat":
+        units.sort(key=lambda tj: tj[1])  # stable: table order within each partition
+    physical: list[PhysicalTable] = []
+    lookups: list[Lookup] = []
+    reads = []
+    for t, j in units:
+        tab, q = tables[t], parts[t][j]
+        blocks = append_blocks(physical, lookups, tab, q.suffix, q.rows, q.width, g, q.low, q.high)
+        reads += [(first[t] + i, j, c) for c in range(blocks) for i in range(len(tab.feature_names))]
+    return physical, lookups, reads, g
 
 
 @register_method("qr")
@@ -349,39 +235,49 @@ class QR(Method):
     def __init__(self, plan: Plan) -> None:
         super().__init__(plan)
         opts: QROptions = plan.options
-        _, lookups, specs, self.g, per_id = _layout(self.tables, plan.params, opts)
-        self._mult = opts.operation == "mult"
-        self._src = [s.feature for s in specs]
+        _, lookups, reads, self.g = _layout(self.tables, plan.params, opts.operation)
+        self._op = opts.operation
+        self._reads = [(f, j) for f, j, _ in reads]
+        self._src = [f for f, _, _ in reads]
+        self._radices = [plan.params[t].radices for t in self.feature_table]
+        self._dims = [self.tables[t].embedding_dim for t in self.feature_table]
+        self._n = [self.tables[t].num_embeddings for t in self.feature_table]
+        # mult composed per id before pooling: w enters once, on partition 0, and bags longer than one id are
+        # looked up as one bag per id
+        self._per_id = self.pooled and self._op == "mult" and opts.pooling_order == "combine_first"
         self.register_buffer("_upper", per_feature(self, [t.num_embeddings for t in self.tables]), persistent=False)
-        self.register_buffer("_place", torch.tensor([s.place for s in specs]), persistent=False)
-        self.register_buffer("_radix", torch.tensor([s.radix for s in specs]), persistent=False)
-        dims = [self.tables[t].embedding_dim for t in self.feature_table]
-        rows_f = [f for f, t in enumerate(self.feature_table) if per_id[t]]
-        pooled_f = [f for f, t in enumerate(self.feature_table) if not per_id[t]]
-        # pooled lookups: output column -> one input column per factor (the appended identity column elsewhere)
-        pooled_specs = [(s, lk.table) for s, lk in zip(specs, lookups) if s.pooled]
-        start, out_start = {}, 0
-        for f in pooled_f:
-            start[f], out_start = out_start, out_start + dims[f]
-        width_in = sum(plan.physical_tables[t].embedding_dim for _, t in pooled_specs)
-        factors = max([s.slot + 1 for s, _ in pooled_specs], default=1)
-        gather = torch.full((factors, out_start), width_in, dtype=torch.long)
-        col = 0
-        for s, t in pooled_specs:
-            w = plan.physical_tables[t].embedding_dim
-            gather[s.slot, start[s.feature] + s.offset : start[s.feature] + s.offset + w] = torch.arange(col, col + w)
-            col += w
-        self.register_buffer("_pooled_gather", gather, persistent=False)
-        self._row_specs = [s for s in specs if not s.pooled]
-        self._row_factors = max([s.slot + 1 for s in self._row_specs], default=1)
-        self._row_blocks = {f: dims[f] // self.g for f in rows_f}  # column blocks of width g per feature
-        self._sub_src = [f for f in rows_f for _ in range(self._row_blocks[f])]
-        # outputs come as [pooled features | per-id features]; put them back in feature order
-        position, at = {}, 0
-        for f in pooled_f + rows_f:
-            position[f], at = at, at + dims[f]
-        columns = [c for f in range(len(dims)) for c in range(position[f], position[f] + dims[f])]
-        self._columns = None if columns == sorted(columns) else columns
+        self.register_buffer("_src_t", torch.tensor(self._src, dtype=torch.long), persistent=False)
+        # each compressed feature's place values and radices: rows [a, b) of two (sum k, 1) buffers
+        ends = [0]
+        for r in self._radices:
+            ends.append(ends[-1] + len(r))
+        self._digit_rows = list(zip(ends[:-1], ends[1:]))
+        places = [p for r, n in zip(self._radices, self._n) for p in place_values(r, n)]
+        self.register_buffer("_place", torch.tensor(places + [1]).view(-1, 1), persistent=False)
+        self.register_buffer("_radix", torch.tensor([b for r in self._radices for b in r] + [1]).view(-1, 1),
+                             persistent=False)
+        if self.pooled:
+            # feature f's output: its partitions' pooled columns composed, or for concat side by side
+            widths = [plan.physical_tables[lk.table].embedding_dim for lk in lookups]
+            col = [sum(widths[:i]) for i in range(len(widths) + 1)]
+            pieces, at = [], 0
+            for f in range(len(self._n)):
+                terms = [Term(col[i], widths[i]) for i, g in enumerate(self._src) if g == f]
+                for ts in ([[t] for t in terms] if self._op == "concat" else [terms]):
+                    pieces.append(Piece(at, ts[0].width, tuple(ts), "mult" if self._op == "mult" else "add"))
+                    at += ts[0].width
+            self._program = ColumnProgram(col[-1], pieces)
+        else:
+            # per-id rows regroup into slots of width g: (partition, column block), or for concat the column
+            # blocks of the concatenated partitions in order
+            per = self.tables[0].embedding_dim // self.g
+            self._factors = 1 if self._op == "concat" else max(len(p.radices) or 1 for p in plan.params)
+            first_column = [[sum(p.dims[:j]) // self.g for j in range(len(p.dims))] for p in plan.params]
+            slots = [
+                first_column[self.feature_table[f]][j] + c if self._op == "concat" else j * per + c for f, j, c in reads
+            ]
+            self.register_buffer("_slot", torch.tensor(slots, dtype=torch.long), persistent=False)
+            self._slots = per * self._factors
 
     @classmethod
     def solve(cls, tables: Sequence[TableConfig], budget: float | None, options: QROptions, target: Target) -> Plan:
@@ -409,113 +305,62 @@ class QR(Method):
             )
             for t, r in zip(tables, radices)
         )
-        physical, lookups, _, _, _ = _layout(tables, params, options)
+        physical, lookups, _, _ = _layout(tables, params, options.operation)
         return Plan("qr", options, budget, tuple(tables), tuple(physical), tuple(lookups), params, extra_bytes=0)
 
     def remap(self, bags: Bags) -> Bags:
-        check_ids_in_range(bags, self._upper, torch.ones_like(self._upper, dtype=torch.bool), self, "qr")
-        phys = repeat_features(bags, self._src)  # one copy of a feature's ids per lookup
-        digits = torch.div(phys.values, phys.per_id(self._place), rounding_mode="floor") % phys.per_id(self._radix)
-        return Bags(digits, phys.offsets, phys.weights, phys.counts, phys.batch_size)
+        if bags.outside(self._n):  # digits are unique only in [0, n): name the offending id
+            check_ids_in_range(bags, self._upper, torch.ones_like(self._upper, dtype=torch.bool), self, "qr")
+        ids = bags.values.split(bags.counts)
+        digits = [self._digits(x, f) for f, x in enumerate(ids)]  # (k, N_f); whole tables read the ids themselves
+        values = torch.cat([digits[f][j] for f, j in self._reads])  # one slice per lookup, in lookup order
+        weights = None
+        if bags.weights is not None:
+            w = bags.weights.split(bags.counts)
+            first = self._per_id  # a product carries the weight once
+            weights = torch.cat([w[f] if j == 0 or not first else torch.ones_like(w[f]) for f, j in self._reads])
+        counts = [bags.counts[f] for f in self._src]
+        lengths = bags.lengths().index_select(0, self._src_t).reshape(-1)  # (lookups * B,)
+        phys = Bags(values, torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]), weights, counts, bags.batch_size)
+        if self._per_id and bags.max_length > 1:
+            phys = phys.singletons(max(max(counts, default=0), 1))
+        return phys
 
-    def _reduce(self, x: Tensor, dim: int) -> Tensor:
-        if x.shape[dim] == 1:
-            return x.squeeze(dim)
-        return x.prod(dim) if self._mult else x.sum(dim)
+    def _digits(self, x: Tensor, f: int) -> Tensor:
+        """(N_f,) ids of feature f, checked in [0, n) -> (k, N_f) digits (id // p_j) mod b_j, as
+        `partition_codes` computes them, with one division: Q_j = id // p_j, digit_j = Q_j - b_j Q_{j-1}
+        (Q_{j-1} = Q_j // b_j, or 0 where p_{j-1} is capped at n)."""
+        a, b = self._digit_rows[f]
+        if a == b:
+            return x[None]
+        q = torch.div(x[None], self._place[a:b], rounding_mode="trunc")  # ids >= 0: trunc is floor, and faster
+        q[1:] -= self._radix[a + 1 : b] * q[:-1]
+        return q
 
-    def _compose_rows(self, rows: Tensor, bags: Bags) -> Tensor:
-        """Per-id partition rows (N_rows, g) -> composed column blocks (N_sub, g), ordered (feature, block, id)
-        for pooled collections (to pool as features of width g) and (id, block) for unpooled ones."""
-        n = bags.counts
-        base, total = {}, 0
-        for f, blocks in self._row_blocks.items():
-            base[f], total = total, total + blocks * n[f]
-        a, b, slot, lens, row = [], [], [], [], 0
-        for s in self._row_specs:  # row i of this lookup goes to a + b * (position in rows)
-            step = 1 if self.pooled else self._row_blocks[s.feature]
-            first = base[s.feature] + (s.offset * n[s.feature] if self.pooled else s.offset)
-            a.append(first - step * row)
-            b.append(step)
-            slot.append(s.slot)
-            lens.append(n[s.feature])
-            row += n[s.feature]
-        device = rows.device
-        lens_t = torch.tensor(lens, device=device)
-        x = torch.tensor([a, b, slot], device=device).repeat_interleave(lens_t, dim=1, output_size=row)  # (3, N_rows)
-        r = torch.arange(row, device=device)
-        gather = torch.full((self._row_factors, total), row, dtype=torch.long, device=device)
-        gather[x[2], x[0] + x[1] * r] = r
-        ext = torch.cat([rows, rows.new_full((1, rows.shape[1]), float(self._mult))])  # identity of the composition
-        return self._reduce(ext[gather], 0)  # (factors, N_sub, g) -> (N_sub, g)
+    def _compose(self, xs: list[Tensor]) -> Tensor:
+        if len(xs) == 1:
+            return xs[0]
+        return reduce(torch.mul if self._op == "mult" else torch.add, xs)
 
     def combine(self, pooled: Tensor | None, rows: Tensor | None, bags: Bags) -> Tensor:
-        parts = []
-        if pooled is not None:
-            ext = torch.cat([pooled, pooled.new_full((pooled.shape[0], 1), float(self._mult))], 1)
-            parts.append(self._reduce(ext[:, self._pooled_gather], 1))  # (B, factors, W) -> (B, W)
-        if rows is not None:
-            composed = self._compose_rows(rows, bags)  # (N_sub, g)
-            if not self.pooled:
-                return composed.view(-1, self.tables[0].embedding_dim)  # (N, D)
-            parts.append(repeat_features(bags, self._sub_src).sum_rows(composed))  # (B, sum of per-id D)
-        out = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
-        return out if self._columns is None else out[:, self._columns]
+        if not self.pooled:
+            return self._compose_rows(rows, bags)  # type: ignore[arg-type]
+        assert pooled is not None
+        out = self._program(pooled, None)  # (B, sum D), or (B', sum D) composed rows of singleton bags
+        if not (self._per_id and bags.max_length > 1):
+            return out
+        bag, starts, B = bags.bag_index(), bags.starts(), bags.batch_size
+        pooled_f = []
+        for f, e in enumerate(out.split(self._dims, 1)):  # row i < N_f: feature f's i-th id, already weighted
+            index = bag[starts[f] : starts[f + 1]] - f * B
+            pooled_f.append(e.new_zeros(B, e.shape[1]).index_add_(0, index, e[: bags.counts[f]]))
+        return torch.cat(pooled_f, 1)  # (B, sum D)
 
-
-class QREmbeddingBag(EmbeddingBag):
-    """`torch.nn.EmbeddingBag` with quotient-remainder (complementary partition) compression; see
-    `embtables.methods.qr`. Give `collisions` (m) or `budget`.
-
-    Example:
-        >>> import torch
-        >>> from embtables.methods.qr import QREmbeddingBag
-        >>> bag = QREmbeddingBag(10_000_000, 16, collisions=4096)
-        >>> bag(torch.tensor([[3, 9_999_999]])).shape
-        torch.Size([1, 16])
-    """
-
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        mode: Literal["sum", "mean"] = "sum",
-        *,
-        collisions: int | None = None,
-        budget: float | None = None,
-        partitions: int | None = None,
-        operation: Literal["mult", "add", "concat"] = "mult",
-        pooling_order: Literal["combine_first", "pool_first"] = "combine_first",
-        threshold: int = 200,
-        include_last_offset: bool = False,
-        backend: str = "torch",
-        optimizer: SparseOptimizer | None = None,
-        device: torch.device | str | None = None,
-    ) -> None:
-        super().__init__(
-            num_embeddings, embedding_dim, mode, method="qr", budget=budget, include_last_offset=include_last_offset,
-            backend=backend, optimizer=optimizer, device=device, collisions=collisions, partitions=partitions,
-            operation=operation, pooling_order=pooling_order, threshold=threshold,
-        )
-
-
-class QREmbedding(Embedding):
-    """`torch.nn.Embedding` with quotient-remainder compression; arguments as `QREmbeddingBag` (no pooling)."""
-
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        *,
-        collisions: int | None = None,
-        budget: float | None = None,
-        partitions: int | None = None,
-        operation: Literal["mult", "add", "concat"] = "mult",
-        threshold: int = 200,
-        backend: str = "torch",
-        optimizer: SparseOptimizer | None = None,
-        device: torch.device | str | None = None,
-    ) -> None:
-        super().__init__(
-            num_embeddings, embedding_dim, method="qr", budget=budget, backend=backend, optimizer=optimizer,
-            device=device, collisions=collisions, partitions=partitions, operation=operation, threshold=threshold,
-        )
+    def _compose_rows(self, rows: Tensor, bags: Bags) -> Tensor:
+        """Per-id rows (P, g) of every lookup -> (N, D): slots regrouped per id, then composed."""
+        N, D = bags.values.numel(), self.tables[0].embedding_dim
+        counts = torch.tensor([bags.counts[f] for f in self._src], device=rows.device)
+        slot = self._slot.repeat_interleave(counts, output_size=rows.shape[0])
+        fill = 1.0 if self._op == "mult" else 0.0  # the identity of the composition fills missing partitions
+        x = rows_by_slot(rows, bags.positions(self._src), slot, N, self._slots, fill)  # (N, S, g)
+        return self._compose(list(x.view(N, self._factors, D).unbind(1)))  # (N, D)

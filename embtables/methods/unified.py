@@ -11,9 +11,7 @@ feature f with c_f chunks reads, for chunk j,
 
 with f the feature's index in the collection and t(f, j) = g mod T, g the chunk's index among all chunks
 (feature-major): chunks are dealt round-robin over the shared tables so each table serves an equal share of
-lookups (the paper's spreading of one big table over several for hardware balance). The store reads the
-lookups table by table (FBGEMM 1.8's CPU row-wise Adagrad fails unless each table's lookups are contiguous)
-and `combine` puts the columns back in feature, chunk order. The budget sets M:
+lookups (the paper's spreading of one big table over several for hardware balance). The budget sets M:
 
     bytes = 4 T M w  +  8 sum_f c_f          (shared tables + one stored int64 hash key per (feature, chunk))
 
@@ -21,6 +19,13 @@ Defaults: w = gcd of the logical dims and c_f = D_f / w, so every feature keeps 
 sets c_f per feature (its output is then c_f w wide, which may differ from D_f). Every feature is hashed, so
 ids may be any int64. Tables keep their pooling: a pooled bag of a chunked feature is the concatenation of
 the chunks' pooled bags, which the store computes directly.
+
+Store layout. Pooled collections read each shared table with ONE lookup whose bags are the bags of all the
+chunks it serves, sample-major (`Bags.stack`: bag b n + i is sample b's i-th chunk on that table, batch B n).
+FBGEMM 1.8's CPU row-wise Adagrad takes a slow scalar path for a table read by several lookups (it keeps its
+vectorised kernel for tables read by one), so this is ~2x faster in backward than one lookup per chunk, and
+the store's (B n, T w) output already is (B, n T w) in feature, chunk order: `combine` is a view. Unpooled
+collections use one per-id lookup per (feature, chunk), table by table, and regroup the rows per id.
 
 Unified Embedding is not per table (one space serves all features), so it has no single-table drop-in: use
 `et.build_collection(tables, "unified", budget)`.
@@ -42,7 +47,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from embtables.bags import Bags
+from embtables.bags import Bags, rows_by_slot
 from embtables.config import Lookup, TableConfig, uniform_table
 from embtables.hashing import derive_seed, hash_key, hash_to_range
 from embtables.method import Method
@@ -106,65 +111,6 @@ class UnifiedParams:
     bytes: int
 
 
-def expansion(bags: Bags, features: Tensor, feature_list: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
-    """Where the ids of lookups that each read every bag of logical feature `features[l]` come from.
-
-    Args:
-        bags: logical bags, F features.
-        features: (L,) int64 logical feature of each lookup (on the bags' device).
-        feature_list: the same L indices as Python ints.
-
-    Returns:
-        src (P,): the logical position each physical id is copied from, lookups in order;
-        lookup (P,): the lookup each physical id belongs to;
-        offsets (L*B + 1,): the physical bags' offsets.
-
-    Example:
-        >>> import torch
-        >>> from embtables.bags import Bags
-        >>> bags = Bags(torch.tensor([5, 6, 7]), torch.tensor([0, 2, 3]), None, [2, 1], 1)  # F=2, B=1
-        >>> src, lookup, offsets = expansion(bags, torch.tensor([0, 0, 1]), [0, 0, 1])  # feature 0 read twice
-        >>> src.tolist(), lookup.tolist(), offsets.tolist()
-        ([0, 1, 0, 1, 2], [0, 0, 1, 1, 2], [0, 2, 4, 5])
-    """
-    dev = bags.values.device
-    counts = torch.tensor(bags.counts, device=dev)  # (F,)
-    starts = counts.cumsum(0) - counts
-    lk_counts = counts[features]  # (L,)
-    lk_starts = lk_counts.cumsum(0) - lk_counts
-    total = sum(bags.counts[f] for f in feature_list)
-    lookup = torch.arange(len(feature_list), device=dev).repeat_interleave(lk_counts, output_size=total)  # (P,)
-    src = torch.arange(total, device=dev) + (starts[features] - lk_starts)[lookup]  # (P,)
-    lengths = bags.lengths()[features].reshape(-1)  # (L*B,)
-    return src, lookup, torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
-
-
-def expand_lookups(bags: Bags, features: Tensor, feature_list: Sequence[int]) -> tuple[Bags, Tensor, Tensor]:
-    """Physical Bags whose lookup l holds the ids (and weights) of logical feature `features[l]`; see
-    `expansion` for the arguments. Returns (bags, src, lookup)."""
-    src, lookup, offsets = expansion(bags, features, feature_list)
-    weights = None if bags.weights is None else bags.weights[src]
-    out = Bags(bags.values[src], offsets, weights, [bags.counts[f] for f in feature_list], bags.batch_size)
-    return out, src, lookup
-
-
-def rows_by_id(rows: Tensor, src: Tensor, chunk: Tensor, num_ids: int, chunks: int) -> Tensor:
-    """Regroup the per-id rows of an expansion by logical id.
-
-    Args:
-        rows: (P, D) one row per physical id, in lookup order.
-        src: (P,) the logical id each physical id was copied from (from `expansion`).
-        chunk: (P,) which of its feature's lookups each physical id belongs to, in [0, chunks).
-        num_ids: N logical ids; chunks: lookups per feature (the same for every feature).
-
-    Returns:
-        (N, chunks, D): entry (i, j) is logical id i's row from its feature's j-th lookup.
-    """
-    perm = torch.empty(num_ids, chunks, dtype=torch.long, device=rows.device)
-    perm[src, chunk] = torch.arange(src.numel(), device=rows.device)
-    return rows[perm]  # (N, chunks, D)
-
-
 def chunk_order(chunks: Sequence[int], num_tables: int) -> list[tuple[int, int, int]]:
     """The lookups as (feature, chunk, g) in store order: table g mod T major, then g (feature-major index).
 
@@ -175,6 +121,13 @@ def chunk_order(chunks: Sequence[int], num_tables: int) -> list[tuple[int, int, 
     flat = [(f, j) for f, c in enumerate(chunks) for j in range(c)]
     order = sorted(range(len(flat)), key=lambda g: (g % num_tables, g))
     return [(*flat[g], g) for g in order]
+
+
+def _lookups(features: Sequence[str], chunks: Sequence[int], num_tables: int, pooled: bool) -> list[Lookup]:
+    """Pooled: one lookup per shared table (its chunks stacked); unpooled: one per (feature, chunk)."""
+    if pooled:
+        return [Lookup(f"unified/{s}", s, True) for s in range(num_tables)]
+    return [Lookup(f"{features[f]}/c{j}", g % num_tables, False) for f, j, g in chunk_order(chunks, num_tables)]
 
 
 def _chunk_counts(tables: Sequence[TableConfig], options: UnifiedOptions, width: int) -> list[int]:
@@ -212,20 +165,20 @@ class Unified(Method):
         self.width: int = plan.physical_tables[0].embedding_dim
         self.shared_rows: int = plan.physical_tables[0].num_embeddings
         order = chunk_order(self.chunks, opts.num_tables)
-        self._lookup_list = [f for f, _, _ in order]
-        self._one_lookup_per_feature = self._lookup_list == list(range(len(self.chunks)))
-        # the hash parameters: one key per (feature, chunk) in lookup order, serving state counted in memory_bytes
+        self._lookup_list = [f for f, _, _ in order]  # the feature each chunk copies, in store order
+        self._one_chunk_each = self._lookup_list == list(range(len(self.chunks)))
+        # the hash parameters: one key per (feature, chunk) in store order, serving state counted in memory_bytes
         keys = [hash_key(derive_seed(opts.seed, f, j)) for f, j, _ in order]
         self.register_buffer("keys", torch.tensor(keys, dtype=torch.int64))
-        self.register_buffer("_lookup_feature", torch.tensor(self._lookup_list, dtype=torch.int64), persistent=False)
-        self.register_buffer("_lookup_chunk", torch.tensor([j for _, j, _ in order], dtype=torch.int64), persistent=False)
-        # the store's w-wide column blocks (lookup order) taken in feature, chunk order; [] when they agree
-        position = {g: i for i, (_, _, g) in enumerate(order)}
-        perm = [position[g] for g in range(len(order))]
-        self._perm = [] if perm == list(range(len(perm))) else perm
+        self.register_buffer("_chunk", torch.tensor([j for _, j, _ in order], dtype=torch.int64), persistent=False)
+        T = opts.num_tables
+        self._groups = [[i for i, (_, _, g) in enumerate(order) if g % T == s] for s in range(T)]
+        self._per_table = max(len(g) for g in self._groups)  # chunks per stacked lookup, padded to the most
 
     @classmethod
-    def solve(cls, tables: Sequence[TableConfig], budget: float | None, options: UnifiedOptions, target: Target) -> Plan:
+    def solve(
+        cls, tables: Sequence[TableConfig], budget: float | None, options: UnifiedOptions, target: Target
+    ) -> Plan:
         if (budget is None) == (options.rows is None):
             raise ValueError("unified needs exactly one of budget= or rows=")
         width = options.width if options.width is not None else math.gcd(*[t.embedding_dim for t in tables])
@@ -243,7 +196,9 @@ class Unified(Method):
             )
         total_chunks, T = sum(chunks), options.num_tables
         if T > total_chunks:
-            raise ValueError(f"unified option num_tables={T} exceeds the {total_chunks} chunks, so a table would be unread")
+            raise ValueError(
+                f"unified option num_tables={T} exceeds the {total_chunks} chunks, so a table would be unread"
+            )
         key_bytes = KEY_BYTES * total_chunks
         row_bytes = 4 * T * width  # one row in every shared table
         if budget is not None:
@@ -257,8 +212,7 @@ class Unified(Method):
             M = options.rows  # type: ignore[assignment]
         physical = tuple(uniform_table(f"unified/{i}", M, width) for i in range(T))
         features = [f for t in tables for f in t.feature_names]
-        pooled = tables[0].pooling != "none"
-        lookups = [Lookup(f"{features[f]}/c{j}", g % T, pooled) for f, j, g in chunk_order(chunks, T)]
+        lookups = _lookups(features, chunks, T, tables[0].pooling != "none")
         params, i = [], 0
         for t in tables:
             c = tuple(chunks[i : i + len(t.feature_names)])
@@ -271,23 +225,25 @@ class Unified(Method):
         return [c * self.width for c in self.chunks]
 
     def remap(self, bags: Bags) -> Bags:
-        if self._one_lookup_per_feature:
-            # one chunk per feature, one table: the physical bags are the logical ones, only the ids change
-            values = hash_to_range(bags.values, bags.per_id(self.keys), self.shared_rows)
-            return Bags(values, bags.offsets, bags.weights, bags.counts, bags.batch_size)
-        phys, _, lookup = expand_lookups(bags, self._lookup_feature, self._lookup_list)
-        values = hash_to_range(phys.values, self.keys[lookup], self.shared_rows)
-        return Bags(values, phys.offsets, phys.weights, phys.counts, phys.batch_size)
+        # one copy of a feature's ids per chunk (none to make with one chunk each), hashed with the chunk's key
+        phys = bags if self._one_chunk_each else bags.select(self._lookup_list)
+        values = hash_to_range(phys.values, phys.per_id(self.keys), self.shared_rows)
+        phys = Bags(values, phys.offsets, phys.weights, phys.counts, phys.batch_size)
+        return phys.stack(self._groups) if self.pooled else phys
 
     def combine(self, pooled: Tensor | None, rows: Tensor | None, bags: Bags) -> Tensor:
+        B, C, w = bags.batch_size, len(self._lookup_list), self.width
         if self.pooled:
-            if not self._perm:
-                return pooled  # type: ignore[return-value]
-            # split + cat: views and one copy each way, cheaper on CPU than a column gather or slices
-            blocks = pooled.split(self.width, dim=1)  # type: ignore[union-attr]
-            return torch.cat([blocks[i] for i in self._perm], 1)
-        # unpooled: every feature has the same chunk count c (checked by solve); rows are lookup-major
+            assert pooled is not None
+            # row b n + i, columns s w..(s+1) w: chunk g = i T + s of sample b (round-robin, stacked sample-major),
+            # so row b of the (B, n T w) view holds chunks g = 0, 1, ... in order; padded ones (g >= C) come last
+            n, T = self._per_table, len(self._groups)
+            out = pooled.view(B, n * T * w)
+            return out if n * T == C else out[:, : C * w].contiguous()  # models may view the values
+        # unpooled: every feature has the same chunk count c (checked by solve); rows are in store order
+        assert rows is not None
         c = self.chunks[0]
-        src, lookup, _ = expansion(bags, self._lookup_feature, self._lookup_list)
-        out = rows_by_id(rows, src, self._lookup_chunk[lookup], bags.values.numel(), c)  # (N, c, w)
-        return out.reshape(-1, c * self.width)  # (N, c*w)
+        counts = torch.tensor([bags.counts[f] for f in self._lookup_list], device=rows.device)
+        slot = self._chunk.repeat_interleave(counts, output_size=rows.shape[0])
+        out = rows_by_slot(rows, bags.positions(self._lookup_list), slot, bags.values.numel(), c, 0.0)  # (N, c, w)
+        return out.reshape(-1, c * w)  # (N, c w)
