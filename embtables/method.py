@@ -81,25 +81,23 @@ class Method(nn.Module):
         return sum(t.numel() * t.element_size() for t in self.state_dict().values())
 
 
-def check_ids_in_range(bags: Bags, upper: Tensor, checked: Tensor, method: Method, where: str) -> None:
-    """Raise ValueError naming table, feature and value when an id of a checked feature is outside [0, upper).
+def check_ids_in_range(bags: Bags, upper: Sequence[int | None], method: Method, where: str) -> None:
+    """Raise ValueError naming table, feature and value when an id of feature f is outside [0, upper[f]).
 
     Args:
         bags: logical bags.
-        upper: (F,) int64 exclusive upper bound per feature.
-        checked: (F,) bool, which features must be in range.
+        upper: exclusive upper bound per feature; None where any id is valid (hashed features).
     """
-    if bags.values.numel() == 0 or not bool(checked.any()):
+    if not bags.outside(upper):  # the fast path: one min/max per feature
         return
-    bad = ((bags.values < 0) | (bags.values >= bags.per_id(upper))) & bags.per_id(checked)
-    if bool(bad.any()):
-        pos = int(bad.nonzero()[0])
-        f = bags.feature_of(pos)
-        table = method.tables[method.feature_table[f]]
-        raise ValueError(
-            f"{where}: id {int(bags.values[pos])} of feature {method.feature_names[f]!r} is outside "
-            f"[0, {table.num_embeddings}) of table {table.name!r} (method {method.name!r})"
-        )
+    for f, (ids, n) in enumerate(zip(bags.values.split(bags.counts), upper)):
+        bad = ((ids < 0) | (ids >= n)).nonzero() if n is not None and ids.numel() else None
+        if bad is not None and bad.numel():
+            table = method.tables[method.feature_table[f]]
+            raise ValueError(
+                f"{where}: id {int(ids[bad[0, 0]])} of feature {method.feature_names[f]!r} is outside "
+                f"[0, {table.num_embeddings}) of table {table.name!r} (method {method.name!r})"
+            )
 
 
 def per_feature(method: Method, values: Sequence[int], dtype: torch.dtype = torch.int64) -> Tensor:

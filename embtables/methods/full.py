@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import torch
 
 from embtables.bags import Bags
 from embtables.config import Lookup, TableConfig, uniform_table
-from embtables.method import Method, check_ids_in_range, per_feature
+from embtables.method import Method, check_ids_in_range
 from embtables.plan import InfeasibleBudget, Plan, Target
 from embtables.registry import register_method
 
@@ -39,7 +38,7 @@ class Full(Method):
 
     def __init__(self, plan: Plan) -> None:
         super().__init__(plan)
-        self.register_buffer("_upper", per_feature(self, [t.num_embeddings for t in self.tables]), persistent=False)
+        self._n = [self.tables[t].num_embeddings for t in self.feature_table]
 
     @classmethod
     def solve(cls, tables: Sequence[TableConfig], budget: float | None, options: FullOptions, target: Target) -> Plan:
@@ -53,5 +52,5 @@ class Full(Method):
         return Plan("full", options, budget, tuple(tables), physical, lookups, params, extra_bytes=0)
 
     def remap(self, bags: Bags) -> Bags:
-        check_ids_in_range(bags, self._upper, torch.ones_like(self._upper, dtype=torch.bool), self, "full")
+        check_ids_in_range(bags, self._n, self, "full")
         return bags

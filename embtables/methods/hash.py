@@ -104,7 +104,7 @@ class Hash(Method):
         self.register_buffer("_key_index", per_feature(self, key_index), persistent=False)
         self.register_buffer("_hashed", per_feature(self, hashed, torch.bool), persistent=False)
         self.register_buffer("_rows", per_feature(self, [p.rows for p in plan.params]), persistent=False)
-        self.register_buffer("_upper", per_feature(self, [t.num_embeddings for t in self.tables]), persistent=False)
+        self._whole_n = [None if hashed[t] else self.tables[t].num_embeddings for t in self.feature_table]
 
     @classmethod
     def solve(cls, tables: Sequence[TableConfig], budget: float | None, options: HashOptions, target: Target) -> Plan:
@@ -126,7 +126,7 @@ class Hash(Method):
         return Plan("hash", options, budget, tuple(tables), physical, lookups, params, KEY_BYTES * sum(hashed))
 
     def remap(self, bags: Bags) -> Bags:
-        check_ids_in_range(bags, self._upper, ~self._hashed, self, "hash")
+        check_ids_in_range(bags, self._whole_n, self, "hash")
         if self.keys.numel() == 0:
             return bags
         key = bags.per_id(self.keys[self._key_index])

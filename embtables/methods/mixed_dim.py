@@ -261,7 +261,6 @@ class MixedDim(Method):
                            if hashed[first_block[t]]]
         if not self._single_block:
             self._init_grouping(params, starts, rows, keys, hashed, first_block, group_base, first)
-        self.register_buffer("_upper", per_feature(self, [t.num_embeddings for t in self.tables]), persistent=False)
         if self.pooled:
             widths = [plan.physical_tables[lk.table].embedding_dim for lk in lookups]
             self._init_pooled(reads, widths, first_block, first)
@@ -347,8 +346,7 @@ class MixedDim(Method):
         return Bags(local[perm], offsets, weights, counts, B), perm
 
     def remap(self, bags: Bags) -> Bags:
-        if bags.outside(self._n):  # blocks are id ranges: name the offending id
-            check_ids_in_range(bags, self._upper, torch.ones_like(self._upper, dtype=torch.bool), self, "mixed_dim")
+        check_ids_in_range(bags, self._n, self, "mixed_dim")  # blocks are id ranges
         grouped, _ = self._grouped(bags)
         if self._chunk_src == list(range(self._num_groups)):
             return grouped

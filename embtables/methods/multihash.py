@@ -63,7 +63,7 @@ from embtables.bags import Bags
 from embtables.config import Lookup, TableConfig, uniform_table
 from embtables.frequency import is_ranked, table_counts, top_ids
 from embtables.hashing import derive_seed, hash_key, hash_to_range
-from embtables.method import Method, check_ids_in_range, per_feature
+from embtables.method import Method, check_ids_in_range
 from embtables.plan import InfeasibleBudget, Plan, Target, full_bytes, largest_within
 from embtables.registry import register_method
 
@@ -185,9 +185,6 @@ class MultiHash(Method):
                                        self.tables[t].num_embeddings))
         self._any_whole = len(comp_ids) < len(params)
         self._whole_n = [None if params[t].compressed else self.tables[t].num_embeddings for t in self.feature_table]
-        whole = per_feature(self, [not p.compressed for p in params], torch.bool)
-        self.register_buffer("_whole", whole, persistent=False)
-        self.register_buffer("_upper", per_feature(self, [t.num_embeddings for t in self.tables]), persistent=False)
         self.register_buffer("_j", torch.arange(self.k), persistent=False)
         # physical ids per logical id of each feature, when no table has hot rows
         self._parts = [self.k if self.mode == "concat" or params[t].compressed else 1 for t in self.feature_table]
@@ -317,8 +314,8 @@ class MultiHash(Method):
         return rows, keep, a
 
     def _all_components(self, bags: Bags) -> list[tuple[Tensor, Tensor | None, Tensor | None]]:
-        if self._any_whole and bags.outside(self._whole_n):  # whole tables index rows: name the culprit
-            check_ids_in_range(bags, self._upper, self._whole, self, "multihash")
+        if self._any_whole:  # whole tables index rows directly
+            check_ids_in_range(bags, self._whole_n, self, "multihash")
         return [self._components(t, x) for t, x in zip(self.feature_table, bags.values.split(bags.counts))]
 
     def remap(self, bags: Bags) -> Bags:

@@ -59,7 +59,7 @@ from torch import Tensor
 
 from embtables.bags import Bags, rows_by_slot
 from embtables.config import FP32_BYTES, Lookup, PhysicalTable, TableConfig
-from embtables.method import Method, check_ids_in_range, per_feature
+from embtables.method import Method, check_ids_in_range
 from embtables.methods._layout import ColumnProgram, Piece, Term, append_blocks
 from embtables.methods._partitions import partition_codes, place_values, qr_radices, radices_within
 from embtables.plan import InfeasibleBudget, Plan, Target, largest_within
@@ -245,7 +245,6 @@ class QR(Method):
         # mult composed per id before pooling: w enters once, on partition 0, and bags longer than one id are
         # looked up as one bag per id
         self._per_id = self.pooled and self._op == "mult" and opts.pooling_order == "combine_first"
-        self.register_buffer("_upper", per_feature(self, [t.num_embeddings for t in self.tables]), persistent=False)
         self.register_buffer("_src_t", torch.tensor(self._src, dtype=torch.long), persistent=False)
         # each compressed feature's place values and radices: rows [a, b) of two (sum k, 1) buffers
         ends = [0]
@@ -309,8 +308,7 @@ class QR(Method):
         return Plan("qr", options, budget, tuple(tables), tuple(physical), tuple(lookups), params, extra_bytes=0)
 
     def remap(self, bags: Bags) -> Bags:
-        if bags.outside(self._n):  # digits are unique only in [0, n): name the offending id
-            check_ids_in_range(bags, self._upper, torch.ones_like(self._upper, dtype=torch.bool), self, "qr")
+        check_ids_in_range(bags, self._n, self, "qr")  # digits are unique only in [0, n)
         ids = bags.values.split(bags.counts)
         digits = [self._digits(x, f) for f, x in enumerate(ids)]  # (k, N_f); whole tables read the ids themselves
         values = torch.cat([digits[f][j] for f, j in self._reads])  # one slice per lookup, in lookup order

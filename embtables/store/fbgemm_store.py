@@ -3,10 +3,11 @@ optimizer fused into its backward pass (no dense gradient of any table is ever f
 
 Facts of FBGEMM 1.8 this relies on: the training TBE takes fp32 weights whose dims are multiples of 4; on
 CPU its optimizers are EXACT_SGD, EXACT_ADAGRAD and EXACT_ROWWISE_ADAGRAD (Adam is refused); its forward
-fails under `torch.inference_mode()` (use `torch.no_grad()`); a TBE has one pooling mode, so per-id lookups
-(PoolingMode.NONE, one dim for all tables) get a second TBE; and its CPU row-wise Adagrad fails ("num of rows
+fails under `torch.inference_mode()` (use `torch.no_grad()`); its CPU row-wise Adagrad fails ("num of rows
 processed by adagrad ... does not match") unless each table's lookups are contiguous and in table order, so
-the store feeds the TBE its lookups sorted by table and puts the outputs back in lookup order.
+the store feeds the TBE its lookups sorted by table and puts the outputs back in lookup order; and its CPU
+backward without pooling (PoolingMode.NONE) is ~30x slower than pooled, so per-id lookups go to a second,
+pooled TBE with every id in a bag of its own (`Bags.singletons`), and their rows are sliced out.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class FbgemmStore(Store):
         self._pooled_order = _table_order(pooled)
         self._rows_order = _table_order(rows)
         self.pooled_tbe = self._make(tables, _apply(pooled, self._pooled_order), PoolingMode.SUM, "pooled", device)
-        self.rows_tbe = self._make(tables, _apply(rows, self._rows_order), PoolingMode.NONE, "rows", device)
+        self.rows_tbe = self._make(tables, _apply(rows, self._rows_order), PoolingMode.SUM, "rows", device)
         self.reset_parameters()
 
     def _make(
@@ -94,12 +95,16 @@ class FbgemmStore(Store):
 
     def rows(self, bags: Bags) -> Tensor:
         self._check_grad_mode()
-        order = self._rows_order
-        if order is None:
-            return self.rows_tbe(bags.values, bags.offsets)  # (N_rows, D)
-        sorted_bags = bags.select(order)
-        out = self.rows_tbe(sorted_bags.values, sorted_bags.offsets)
-        return _unsort(out.split(sorted_bags.counts, dim=0), order, dim=0)  # (N_rows, D) in lookup order
+        order = self._rows_order or list(range(bags.num_features))
+        sorted_bags = bags.select(order) if self._rows_order else bags
+        L, n = sorted_bags.num_features, max(sorted_bags.counts)
+        D = self.tables[self.lookups[self.num_pooled].table].embedding_dim
+        if n == 0:
+            return torch.zeros(0, D, device=bags.values.device)
+        single = sorted_bags.singletons(n)  # lookup l's ids in bags 0..N_l - 1
+        out = self.rows_tbe(single.values, single.offsets).view(n, L, D)  # (n, L, D)
+        pieces = [out[: c, i] for i, c in enumerate(sorted_bags.counts)]
+        return _unsort(pieces, order, dim=0)  # (N_rows, D) in lookup order
 
     def weights(self) -> list[Tensor]:
         split = {
