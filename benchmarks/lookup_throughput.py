@@ -150,6 +150,18 @@ CONFIGS: dict[str, Callable[[Setup], Step]] = {
 }
 
 
+def method_configs(budgets: tuple[float, ...] = (0.1, 0.01, 0.001)) -> dict[str, Callable[[Setup], Step]]:
+    """Issue 3's table: every compressed method on fbgemm next to its plain-PyTorch composition."""
+    from compositions import COMPOSITIONS, composition
+
+    out: dict[str, Callable[[Setup], Step]] = {}
+    for b in budgets:
+        for m in COMPOSITIONS:
+            out[f"embtables {m} {b}, fbgemm backend"] = ours(m, b, "fbgemm")
+            out[f"plain PyTorch {m} {b} (nn.EmbeddingBag, sparse Adagrad)"] = composition(m, b)
+    return out
+
+
 def measure(make: Callable[[Setup], Step], setup: Setup, batches: list[KeyedJaggedTensor], steps: int, repeats: int) -> tuple[float, int | None]:
     step = make(setup)
     for kjt in batches[:3]:
@@ -173,11 +185,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=20, help="steps per repeat")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--only", default="", help="comma-separated substrings: run only matching configs")
+    p.add_argument("--methods", action="store_true", help="every method at budgets 0.1/0.01/0.001 and its "
+                   "plain-PyTorch composition, after the full-table baselines")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tables = criteo_kaggle_tables(16, args.scale)
     setup = Setup(tables, args.batch_size)
     batches = draw_batches(tables, args.batch_size, count=args.steps * args.repeats, seed=0)
-    configs = {k: v for k, v in CONFIGS.items() if not args.only or any(s in k for s in args.only.split(","))}
+    every = {**CONFIGS, **(method_configs() if args.methods else {})}
+    configs = {k: v for k, v in every.items() if not args.only or any(s in k for s in args.only.split(","))}
     full = et.full_bytes(tables)
     print(f"command: python {' '.join(sys.argv)}")
     print(f"machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
