@@ -11,6 +11,8 @@ Splits (lines are physical lines, bad ones included, numbered over the inputs in
                  lines -> test, the rest -> val. Needs N: a fast first pass counts the lines.
     random       each line goes to train/val/test with probabilities `fractions`, drawn from a seeded hash
                  of its line number, so the assignment does not depend on chunking or on other lines.
+    ordered      the N lines cut in file order into consecutive train, val and test ranges of `fractions`
+                 (default 0.8, 0.1, 0.1), e.g. an 80/20 split of a sample in time order. Counts lines first.
     none         every line -> `all`.
 
 Resume: chunk k is a fixed range of input lines (files are cut every `chunk_rows` lines, and at kaggle-days
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from embtables.datasets.criteo_chunks import (
-    PARSE_THREADS, PROGRESS_DIR, SCHEMA, CriteoFormatError, Run, kaggle_days, run_chunks,
+    PARSE_THREADS, PROGRESS_DIR, SCHEMA, CriteoFormatError, Run, kaggle_days, line_ranges, run_chunks,
 )
 from embtables.datasets.layout import (
     COUNTS_FILE, MISSING_CAT, MISSING_INT, SUMMARY_FILE, read_json, save_counts, write_json,
@@ -42,7 +44,8 @@ from embtables.datasets.lines import count_lines
 
 __all__ = ["SCHEMA", "CriteoFormatError", "kaggle_days", "preprocess_criteo", "register", "run_cli"]
 
-SPLIT_MODES = ("kaggle-days", "random", "none")
+SPLIT_MODES = ("kaggle-days", "random", "ordered", "none")
+COUNTED = ("kaggle-days", "ordered")  # splits that need the line count first
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 DEFAULT_CHUNK_ROWS = 1 << 21
 
@@ -50,8 +53,10 @@ DEFAULT_CHUNK_ROWS = 1 << 21
 def _check_settings(split: str, seed: int | None, fractions: Sequence[float] | None, chunk_rows: int) -> None:
     if split not in SPLIT_MODES:
         raise ValueError(f"split must be one of {SPLIT_MODES}, got {split!r}")
-    if split != "random" and (seed is not None or fractions is not None):
-        raise ValueError(f"seed and fractions apply to split='random' only, not split={split!r}")
+    if split != "random" and seed is not None:
+        raise ValueError(f"seed applies to split='random' only, not split={split!r}")
+    if split not in ("random", "ordered") and fractions is not None:
+        raise ValueError(f"fractions apply to split='random' or 'ordered' only, not split={split!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     if fractions is not None:
@@ -104,9 +109,9 @@ def preprocess_criteo(
     Args:
         inputs: one or more files (plain or gzip), read in this order as one stream of lines.
         out: the data folder to write.
-        split: `"kaggle-days"`, `"random"` or `"none"` (see the module docstring).
+        split: `"kaggle-days"`, `"random"`, `"ordered"` or `"none"` (see the module docstring).
         seed: hash seed of `split="random"` (default 0); an error with other splits.
-        fractions: (train, val, test) probabilities of `split="random"` (default (0.8, 0.1, 0.1)).
+        fractions: (train, val, test) shares of `split="random"` or `"ordered"` (default (0.8, 0.1, 0.1)).
         strict: stop at the first bad line with CriteoFormatError (file, line number, reason, content);
             otherwise bad lines are skipped, counted, and the first 100 listed.
         chunk_rows: input lines per part file: the unit of resume (memory does not grow with it).
@@ -131,8 +136,8 @@ def preprocess_criteo(
         if not os.path.isfile(p):
             raise FileNotFoundError(f"{p}: no such input file")
     _check_settings(split, seed, fractions, chunk_rows)
-    if split == "random":
-        seed = 0 if seed is None else seed
+    if split in ("random", "ordered"):
+        seed = (0 if seed is None else seed) if split == "random" else None
         fractions = tuple(float(f) for f in (DEFAULT_FRACTIONS if fractions is None else fractions))
     out = Path(out)
     manifest = _manifest(out, _settings(paths, split, seed, fractions, chunk_rows))  # type: ignore[arg-type]
@@ -140,7 +145,7 @@ def preprocess_criteo(
         return read_json(out / SUMMARY_FILE)  # this exact run already completed
 
     run = Run(paths, out, split, seed or 0, tuple(fractions or ()), strict, chunk_rows, progress)
-    if split == "kaggle-days":
+    if split in COUNTED:
         if manifest.get("lines") is None:
             manifest["lines"] = [count_lines(p) for p in paths]
             write_json(out / PROGRESS_DIR / "manifest.json", manifest)
@@ -170,8 +175,11 @@ def _finish(run: Run) -> dict[str, Any]:
     }
     if run.split == "random":
         summary.update(seed=run.seed, fractions=list(run.fractions))
+    if run.split == "ordered":
+        summary.update(fractions=list(run.fractions))
     if run.file_lines is not None:
-        summary["line_ranges"] = {s: list(r) for s, r in kaggle_days(sum(run.file_lines)).items()}
+        ranges = line_ranges(run.split, sum(run.file_lines), run.fractions)
+        summary["line_ranges"] = {s: list(r) for s, r in ranges.items()}
     write_json(run.out / SUMMARY_FILE, summary)
     return summary
 
@@ -198,7 +206,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersActi
     p.add_argument("--split", choices=SPLIT_MODES, default="kaggle-days")
     p.add_argument("--seed", type=int, default=None, help="hash seed of --split random (default 0)")
     p.add_argument("--fractions", type=_fractions_arg, default=None, metavar="TRAIN,VAL,TEST",
-                   help="split probabilities of --split random (default 0.8,0.1,0.1)")
+                   help="split shares of --split random or ordered (default 0.8,0.1,0.1)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad line instead of skipping it")
     p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="input lines per part file")
     p.set_defaults(run=run_cli)

@@ -54,6 +54,24 @@ def kaggle_days(total_lines: int) -> dict[str, tuple[int, int]]:
     return {"train": (0, day7), "test": (day7, mid), "val": (mid, total_lines)}
 
 
+def ordered_ranges(total_lines: int, fractions: Sequence[float]) -> dict[str, tuple[int, int]]:
+    """The `ordered` split of N lines: consecutive train, val, test ranges of `fractions` of N (rounded down,
+    test takes the rest), in file order.
+
+    Example:
+        >>> ordered_ranges(10_000, (0.8, 0.1, 0.1))
+        {'train': (0, 8000), 'val': (8000, 9000), 'test': (9000, 10000)}
+    """
+    a = int(total_lines * fractions[0])
+    b = a + int(total_lines * fractions[1])
+    return {"train": (0, a), "val": (a, b), "test": (b, total_lines)}
+
+
+def line_ranges(split: str, total_lines: int, fractions: Sequence[float]) -> dict[str, tuple[int, int]]:
+    """Line ranges of the splits that cut the input in file order (`kaggle-days`, `ordered`)."""
+    return kaggle_days(total_lines) if split == "kaggle-days" else ordered_ranges(total_lines, fractions)
+
+
 def _random_splits(global_lines: np.ndarray, seed: int, fractions: Sequence[float]) -> np.ndarray:
     """(G,) index into SPLITS of each line, from a uniform [0, 1) number hashed from (seed, line number)."""
     u = hash_to_range(torch.from_numpy(global_lines), hash_key(seed), 1 << 53).numpy() * 2.0**-53
@@ -130,11 +148,11 @@ class Run:
 
 def chunk_sizes(run: Run, first_global: int, file_lines: int | None) -> Iterator[tuple[str | None, int]]:
     """(split, or None for random; lines) of the successive chunks of one file: unbounded when streaming
-    (`file_lines` None), else the file's share of the kaggle-days ranges cut every `chunk_rows` lines."""
+    (`file_lines` None), else the file's share of the kaggle-days or ordered ranges cut every `chunk_rows` lines."""
     if file_lines is None or run.file_lines is None:
         while True:
             yield ("all" if run.split == "none" else None), run.chunk_rows
-    for s, (a, b) in kaggle_days(sum(run.file_lines)).items():
+    for s, (a, b) in line_ranges(run.split, sum(run.file_lines), run.fractions).items():
         lo, hi = max(a, first_global), min(b, first_global + file_lines)
         for c in range(lo, hi, run.chunk_rows):
             yield s, min(run.chunk_rows, hi - c)

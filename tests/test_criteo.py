@@ -196,6 +196,20 @@ def test_kaggle_days_exact_split_sizes(tmp_path, n):
     assert s["line_ranges"] == {k: list(v) for k, v in kaggle_days(n).items()}
 
 
+def test_ordered_split_cuts_the_file_in_order(tmp_path):
+    lines = random_lines(1003, seed=2)
+    files = [write(tmp_path / "a.tsv", lines[:400]), write(tmp_path / "b.tsv", lines[400:])]
+    s = preprocess_criteo(files, tmp_path / "out", split="ordered", fractions=(0.8, 0.1, 0.1), progress=False,
+                          chunk_rows=150)
+    expected = {"train": (0, 802), "val": (802, 902), "test": (902, 1003)}
+    assert s["line_ranges"] == {k: list(v) for k, v in expected.items()}
+    for split, (a, b) in expected.items():
+        assert read_rows(tmp_path / "out", split)["I1"].tolist() == list(range(a, b))
+        assert s["splits"][split]["rows"] == b - a
+    with pytest.raises(ValueError, match="seed applies to split='random' only"):
+        preprocess_criteo(files, tmp_path / "o2", split="ordered", seed=1, progress=False)
+
+
 def test_kaggle_days_full_size_numbers():
     assert kaggle_days(45_840_617) == {"train": (0, 39_291_958), "test": (39_291_958, 42_566_288),
                                        "val": (42_566_288, 45_840_617)}
@@ -309,8 +323,8 @@ def test_rerun_with_other_settings_is_refused(tmp_path):
 
 @pytest.mark.parametrize("kw, match", [
     (dict(split="days"), "split must be one of"),
-    (dict(split="kaggle-days", seed=1), "apply to split='random' only"),
-    (dict(split="none", fractions=(1, 0, 0)), "apply to split='random' only"),
+    (dict(split="kaggle-days", seed=1), "applies to split='random' only"),
+    (dict(split="none", fractions=(1, 0, 0)), "apply to split='random' or 'ordered' only"),
     (dict(split="random", fractions=(0.5, 0.5)), "3 numbers"),
     (dict(split="random", fractions=(0.5, 0.2, 0.2)), "summing to 1"),
     (dict(split="random", fractions=(0, 0.5, 0.5)), "train fraction must be > 0"),
@@ -391,7 +405,7 @@ def test_cli_parser_runs_and_reports_errors(tmp_path, capsys):
     assert args.run(args) == 0
     assert read_json(tmp_path / "out" / "summary.json")["fractions"] == [0.5, 0.25, 0.25]
     bad = parser.parse_args(["preprocess", "criteo", str(src), "--out", str(tmp_path / "o2"), "--seed", "3"])
-    assert bad.run(bad) == 2 and "apply to split='random' only" in capsys.readouterr().err
+    assert bad.run(bad) == 2 and "applies to split='random' only" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser.parse_args(["preprocess", "criteo", str(src), "--out", "x", "--fractions", "0.5,0.5"])
 
