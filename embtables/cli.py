@@ -1,4 +1,4 @@
-"""`embtables` command line. Each subcommand lives with the code it drives and adds itself through a
+"""The `embtables` command line. Each subcommand lives with the code it drives and adds itself through a
 `register(subparsers)` function; this module only lists them and parses method options.
 
     embtables plan --tables criteo-kaggle --method qr --budget 0.01
@@ -17,7 +17,10 @@ import sys
 from typing import Any, Sequence
 
 # Modules that add subcommands; each defines `register(subparsers)`.
-COMMAND_MODULES = ("embtables.cli", "embtables.datasets.criteo", "embtables.train", "embtables.sweep")
+COMMAND_MODULES = (
+    "embtables.cli", "embtables.datasets.criteo", "embtables.datasets.synthetic", "embtables.datasets.sequences",
+    "embtables.train", "embtables.sweep",
+)
 
 
 def parse_options(items: Sequence[str]) -> dict[str, Any]:
@@ -79,7 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="embtables", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="embtables", description="Compressed embedding tables: plan, "
+                                     "prepare data, train, sweep memory budgets and report.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

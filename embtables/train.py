@@ -101,8 +101,9 @@ def open_data(path: str | Path) -> Any:
 def build_model(config: TrainConfig, data: Any) -> nn.Module:
     """The model of `config` over collections built by `config.method` for `data`'s tables.
 
-    DLRM gets one pooled collection of every table. DIN gets the unpooled item collection (history and
-    target) and a pooled collection of the other tables; each collection meets the budget on its own.
+    DLRM gets one pooled collection of every table. DIN gets one unpooled collection of the tables read per
+    history position (each with a (history, target) feature pair: the item first, then side information such
+    as categories) and a pooled collection of the other tables; each collection meets the budget on its own.
     """
     from embtables.models import DIN, DLRM
 
@@ -122,8 +123,12 @@ def build_model(config: TrainConfig, data: Any) -> nn.Module:
     others = [t for t in tables if t.pooling != "none"]
     if not items:
         raise ValueError(f"DIN needs an unpooled item table; data {config.data!r} is of kind {data.kind!r} (use --model dlrm)")
-    return DIN(collection(items), collection(others) if others else None, dense_in=data.dense_dim,
-               **config.model_options)
+    bad = [t.name for t in items if len(t.feature_names) != 2]
+    if bad:
+        raise ValueError(f"DIN: unpooled tables {bad} must each hold a (history, target) feature pair")
+    history, target = [t.feature_names[0] for t in items], [t.feature_names[1] for t in items]
+    return DIN(collection(items), collection(others) if others else None, history=history, target=target,
+               dense_in=data.dense_dim, item_counts=counts.get(history[0]), **config.model_options)
 
 
 class Trainer:

@@ -1,13 +1,15 @@
 """DIN: Deep Interest Network (Zhou et al., KDD 2018, arXiv:1706.06978).
 
-    q        = e(target item)                                       (B, D)
-    k_l      = e(history item l), l < L_b                           (B, L, D), padding masked
+    q        = [e(target item), e(target category), ...]            (B, D), side features concatenated
+    k_l      = [e(history item l), e(history category l), ...]      (B, L, D), padding masked
     a_l      = unit([q, k_l, q - k_l, q * k_l])                     local activation unit, Dice or PReLU
     u        = sum_l a_l k_l                                        no softmax (paper); softmax optional
     p        = mlp([others, u, q])                                  (B,) logit
 
 The history and the target are looked up in the same (possibly compressed) item table: an unpooled
-collection with features `hist` and `target`. `pooling="sum"` replaces the attention by a plain sum over the
+collection with features `hist` and `target`; side information of each item (its category, as the paper's
+goods_id + cate_id) comes as further feature pairs (`hist_cat`, `target_cat`) whose vectors are concatenated
+to the item's before attention. `pooling="sum"` replaces the attention by a plain sum over the
 history: the baseline that shows what attention buys. Mini-batch aware regularisation (the paper's section
 4.3) adds lambda * sum over the distinct items j of the batch of ||e(j)||^2 / n_j, n_j the item's training
 frequency, instead of an L2 penalty over the whole table.
@@ -46,8 +48,9 @@ class DIN(nn.Module):
         items: unpooled collection (`pooling="none"`) holding the history and target features, e.g.
             `et.build_collection([TableConfig("item", N, D, feature_names=("hist", "target"), pooling="none")])`
             or a `torchrec.EmbeddingCollection`.
-        others: optional pooled collection for the remaining sparse features (user, context, categories).
-        history: name of the history feature; target: name of the target feature.
+        others: optional pooled collection for the remaining sparse features (user, context).
+        history: the history feature(s): the item first, then side features of the same items.
+        target: the target feature(s), in the same order as `history`.
         dense_in: number of dense features appended to the MLP input (0 for none).
         pooling: `"attention"` (DIN) or `"sum"` (the same model with the history sum-pooled).
         attention_hidden: hidden sizes of the local activation unit.
@@ -72,8 +75,8 @@ class DIN(nn.Module):
         self,
         items: nn.Module,
         others: nn.Module | None = None,
-        history: str = "hist",
-        target: str = "target",
+        history: str | Sequence[str] = "hist",
+        target: str | Sequence[str] = "target",
         dense_in: int = 0,
         pooling: Literal["attention", "sum"] = "attention",
         attention_hidden: Sequence[int] = (80, 40),
@@ -85,16 +88,21 @@ class DIN(nn.Module):
     ) -> None:
         super().__init__()
         dims = output_dims(items)
-        for f in (history, target):
-            if f not in dims:
-                raise ValueError(f"DIN: the item collection has no feature {f!r} (it has {list(dims)})")
-        if dims[history] != dims[target]:
-            raise ValueError(f"DIN: history and target widths differ ({dims[history]} vs {dims[target]})")
+        history = [history] if isinstance(history, str) else list(history)
+        target = [target] if isinstance(target, str) else list(target)
+        if len(history) != len(target) or not history:
+            raise ValueError(f"DIN: history {history} and target {target} must pair up one to one")
+        for h, t in zip(history, target):
+            for f in (h, t):
+                if f not in dims:
+                    raise ValueError(f"DIN: the item collection has no feature {f!r} (it has {list(dims)})")
+            if dims[h] != dims[t]:
+                raise ValueError(f"DIN: widths of {h!r} and {t!r} differ ({dims[h]} vs {dims[t]})")
         if pooling not in ("attention", "sum"):
             raise ValueError(f"DIN: pooling must be 'attention' or 'sum', got {pooling!r}")
         if mba_lambda < 0 or (mba_lambda > 0 and item_counts is None):
             raise ValueError("DIN: mba_lambda must be >= 0, and > 0 needs item_counts")
-        D = dims[history]
+        D = sum(dims[h] for h in history)
         self.items, self.others = items, others
         self.history, self.target, self.pooling, self.softmax = history, target, pooling, softmax
         self.attention = activation_mlp([4 * D, *attention_hidden, 1], activation) if pooling == "attention" else None
@@ -107,10 +115,12 @@ class DIN(nn.Module):
     def forward(self, dense: Tensor, sparse: KeyedJaggedTensor) -> Tensor:
         """dense (B, dense_in), sparse KJT with the history, target and other features -> (B,) logits."""
         rows = self.items(sparse)
-        q = rows[self.target].values()  # (B, D): one target per sample
-        k, mask = padded(rows[self.history])  # (B, L, D), (B, L)
+        q = torch.cat([rows[t].values() for t in self.target], dim=1)  # (B, D): one target per sample
+        padded_history = [padded(rows[h]) for h in self.history]
+        k = torch.cat([p for p, _ in padded_history], dim=-1)  # (B, L, D)
+        mask = padded_history[0][1]  # (B, L)
         if q.shape[0] != mask.shape[0]:
-            raise ValueError(f"DIN: feature {self.target!r} must hold exactly one id per sample")
+            raise ValueError(f"DIN: features {self.target} must hold exactly one id per sample")
         if self.attention is None:
             u = (k * mask.unsqueeze(-1)).sum(1)  # (B, D)
         else:
@@ -132,11 +142,12 @@ class DIN(nn.Module):
         """Mini-batch aware L2: lambda * sum over distinct batch items j of ||e(j)||^2 / n_j (0 when disabled)."""
         if self.mba_lambda == 0:
             return torch.zeros(())
-        ids = torch.cat([sparse[self.history].values(), sparse[self.target].values()]).unique()
-        kjt = KeyedJaggedTensor(
-            [self.history, self.target], torch.cat([ids, ids[:0]]),
-            lengths=torch.tensor([ids.numel(), 0], device=ids.device),
-        )
-        e = self.items(kjt)[self.history].values()  # (U, D)
+        hist, target = self.history[0], self.target[0]  # the item features
+        ids = torch.cat([sparse[hist].values(), sparse[target].values()]).unique()
+        features = [*self.history, *self.target]
+        lengths = torch.zeros(len(features), dtype=torch.long, device=ids.device)
+        lengths[0] = ids.numel()
+        kjt = KeyedJaggedTensor(features, torch.cat([ids] + [ids[:0]] * (len(features) - 1)), lengths=lengths)
+        e = self.items(kjt)[hist].values()  # (U, D_item)
         n = self.item_counts[ids].clamp(min=1.0)
         return self.mba_lambda * (e.pow(2).sum(1) / n).sum()

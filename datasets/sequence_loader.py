@@ -1,0 +1,229 @@
+"""Batches of a sequence data folder (kind "sequences", `datasets/sequences.py`) for DIN-style models.
+
+    data = SequenceData("data/amazon")
+    tables = data.tables(embedding_dim=16)                 # item table unpooled; category and user tables pooled
+    for batch in data.batches("train", 1024, shuffle=True, seed=epoch, drop_last=True):
+        logits = model(batch.dense, batch.sparse)          # batch.dense is (B, 0): no dense features
+
+A batch's `sparse` KeyedJaggedTensor holds, in this key order,
+
+    hist        jagged item indices (the history, oldest first; lengths 1 .. max_history)
+    target      one item index per row
+    hist_cat, target_cat   the same for item categories, when the data set has them
+    user        one user index per row
+
+Indices come from the frequency-ranked `Vocabulary` (datasets/vocab.py) of each of `counts.npz`'s features
+`item`, `cat` and `user`, as for Criteo: index 0 the most frequent id, ids seen fewer than `min_count` times
+in training (items only in val/test targets or negatives, with min_count 1) share the last,
+out-of-vocabulary index. `hist` and `target` share the unpooled item table (DIN looks both up in the same
+table, one vector per history item); `hist_cat` (summed) and `target_cat` share a pooled category table, so a
+trainer can put every pooled table in one collection. A split is held in memory as flat numpy arrays (the
+history as values + offsets), and a batch is gathered from them with vectorised index arithmetic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torchrec import KeyedJaggedTensor
+
+from embtables.config import TableConfig
+from embtables.datasets import layout
+from embtables.datasets.din_samples import KIND, _ranges
+from embtables.datasets.vocab import Vocabulary
+
+ITEM, CAT, USER = "item", "cat", "user"
+
+
+@dataclass
+class SequenceBatch:
+    """One batch of DIN samples, shaped like the Criteo loader's `Batch`.
+
+    Args:
+        dense: (B, 0) float32: sequence data sets have no dense features.
+        sparse: KeyedJaggedTensor keyed hist, target, [hist_cat, target_cat,] user (see the module docstring).
+        labels: (B,) float32 clicks (0 or 1).
+    """
+
+    dense: torch.Tensor
+    sparse: KeyedJaggedTensor
+    labels: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.labels.numel())
+
+
+class SequenceData:
+    """A sequence data folder: its splits, vocabularies, table configs, counts and batches.
+
+    Args:
+        path: a folder written by `embtables prepare-sequences` or `embtables synth sequences`.
+
+    Raises:
+        FileNotFoundError / ValueError: the folder or its files are missing, or its kind is not "sequences".
+
+    Example:
+        >>> import tempfile
+        >>> from embtables.datasets.synthetic_sequences import synth_sequences
+        >>> d = tempfile.mkdtemp(); _ = synth_sequences(d, users=100, items=200, clusters=10, clusters_per_category=2)
+        >>> b = next(SequenceData(d).batches("train", 8))
+        >>> b.sparse.keys(), b.dense.shape, b.labels.shape
+        (['hist', 'target', 'hist_cat', 'target_cat', 'user'], torch.Size([8, 0]), torch.Size([8]))
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"{self.path}: no such data folder")
+        summary = self.path / layout.SUMMARY_FILE
+        if not summary.exists():
+            raise ValueError(f"{self.path} is not a sequence data folder: {layout.SUMMARY_FILE} is missing")
+        self.summary = layout.read_json(summary)
+        if self.summary.get("kind") != KIND:
+            raise ValueError(f"{self.path} is not a sequence data folder: {layout.SUMMARY_FILE} has kind "
+                             f"{self.summary.get('kind')!r}, expected {KIND!r}")
+        counts_path = self.path / layout.COUNTS_FILE
+        if not counts_path.exists():
+            raise ValueError(f"{self.path}: {layout.COUNTS_FILE} is missing")
+        self._counts = layout.load_counts(counts_path)
+        self.has_categories = CAT in self._counts
+        for name in (ITEM, USER):
+            if name not in self._counts:
+                raise ValueError(f"{counts_path} has no counts for {name!r}")
+        self.kind = KIND
+        self.dense_dim = 0
+        self.max_history = int(self.summary["max_history"])
+        self.splits = tuple(s for s in layout.SPLITS if any((self.path / s).glob("part-*.parquet")))
+        self._vocabs: dict[tuple[str, int], Vocabulary] = {}
+        self._raw: dict[str, dict[str, np.ndarray]] = {}
+        self._indexed: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+
+    def vocabulary(self, name: str, min_count: int = 1) -> Vocabulary:
+        """The frequency-ranked vocabulary of `item`, `user` or `cat`, cached per (name, min_count)."""
+        if name not in self._counts:
+            raise ValueError(f"{self.path} has no vocabulary {name!r}; it has {sorted(self._counts)}")
+        key = (name, min_count)
+        if key not in self._vocabs:
+            self._vocabs[key] = Vocabulary(*self._counts[name], min_count=min_count)
+        return self._vocabs[key]
+
+    @property
+    def features(self) -> list[str]:
+        """KJT keys of a batch, in order."""
+        return ["hist", "target", *(["hist_cat", "target_cat"] if self.has_categories else []), "user"]
+
+    def tables(self, embedding_dim: int, min_count: int = 1) -> list[TableConfig]:
+        """The unpooled item table shared by `hist` and `target`, the unpooled category table shared by
+        `hist_cat` and `target_cat` (when the data has categories), then the pooled user table.
+
+        Sizes are the vocabulary sizes (kept ids + one out-of-vocabulary row). DIN builds two collections from
+        these: the unpooled tables (attention needs one vector per history position: item and category
+        vectors concatenated, as the DIN paper's goods_id + cate_id) and the pooled others.
+        """
+        def rows(name: str) -> int:
+            return self.vocabulary(name, min_count).num_embeddings
+
+        tables = [TableConfig(ITEM, rows(ITEM), embedding_dim, ("hist", "target"), "none")]
+        if self.has_categories:
+            tables.append(TableConfig(CAT, rows(CAT), embedding_dim, ("hist_cat", "target_cat"), "none"))
+        tables.append(TableConfig(USER, rows(USER), embedding_dim))
+        return tables
+
+    def counts(self, min_count: int = 1) -> dict[str, torch.Tensor]:
+        """(num_embeddings,) int64 training counts indexed by vocabulary index (the OOV slot last), per table
+        name and per feature name (`hist` and `target` give the item counts)."""
+        out = {}
+        for t in self.tables(1, min_count):
+            c = torch.from_numpy(self.vocabulary(t.name, min_count).index_counts())
+            out[t.name] = c
+            out.update({f: c for f in t.feature_names})
+        return out
+
+    def parts(self, split: str) -> list[Path]:
+        if split not in self.splits:
+            raise ValueError(f"{self.path} has no split {split!r}; it has {list(self.splits)}")
+        return sorted((self.path / split).glob("part-*.parquet"), key=lambda p: int(p.stem.split("-")[1]))
+
+    def rows(self, split: str) -> int:
+        return sum(pq.ParquetFile(p).metadata.num_rows for p in self.parts(split))
+
+    def _load(self, split: str, min_count: int) -> dict[str, np.ndarray]:
+        """The split as arrays: float labels, vocabulary indices of user, target, hist (values + offsets), cats."""
+        key = (split, min_count)
+        if key in self._indexed:
+            return self._indexed[key]
+        if split not in self._raw:
+            table = pa.concat_tables([pq.read_table(p) for p in self.parts(split)])
+            hist = table.column("hist").combine_chunks()
+            raw = {
+                "label": table.column(layout.LABEL).to_numpy().astype(np.float32),
+                "user": table.column("user").to_numpy(),
+                "target": table.column("target").to_numpy(),
+                "offsets": (hist.offsets.to_numpy() - hist.offsets[0].as_py()).astype(np.int64),
+                "hist": hist.flatten().to_numpy(),
+            }
+            if self.has_categories:
+                raw["target_cat"] = table.column("target_cat").to_numpy()
+                raw["hist_cat"] = table.column("hist_cat").combine_chunks().flatten().to_numpy()
+            self._raw[split] = raw
+        raw = self._raw[split]
+        vocab = {"user": USER, "target": ITEM, "hist": ITEM, "target_cat": CAT, "hist_cat": CAT}
+        out = {k: self.vocabulary(vocab[k], min_count).lookup(v) if k in vocab else v for k, v in raw.items()}
+        self._indexed[key] = out
+        return out
+
+    def num_batches(self, split: str, batch_size: int, drop_last: bool = False) -> int:
+        n = self.rows(split)
+        return n // batch_size if drop_last else -(-n // batch_size)
+
+    def batches(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0,
+                drop_last: bool = False, min_count: int = 1) -> Iterator[SequenceBatch]:
+        """Iterate `split` as `SequenceBatch`es.
+
+        Args:
+            split: "train", "val" or "test".
+            batch_size: rows B per batch.
+            shuffle: a seeded random row order (else file order).
+            seed: the shuffle seed (use the epoch number for a new order per epoch).
+            drop_last: drop the final batch when it has fewer than B rows.
+            min_count: vocabulary cut-off (see `Vocabulary`).
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        data = self._load(split, min_count)
+        n = data["label"].size
+        order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+        return self._iterate(data, order, batch_size, drop_last)
+
+    def _iterate(self, data: dict[str, np.ndarray], order: np.ndarray, batch_size: int,
+                 drop_last: bool) -> Iterator[SequenceBatch]:
+        stop = order.size - order.size % batch_size if drop_last else order.size
+        for start in range(0, stop, batch_size):
+            yield self._batch(data, order[start : start + batch_size])
+
+    def _batch(self, data: dict[str, np.ndarray], rows: np.ndarray) -> SequenceBatch:
+        B = rows.size
+        lengths = data["offsets"][rows + 1] - data["offsets"][rows]  # (B,)
+        gather = _ranges(data["offsets"][rows], lengths)  # (N,) positions of the batch's history items
+        ones = np.ones(B, dtype=np.int64)
+        values = [data["hist"][gather], data["target"][rows]]
+        lens = [lengths, ones]
+        if self.has_categories:
+            values += [data["hist_cat"][gather], data["target_cat"][rows]]
+            lens += [lengths, ones]
+        values.append(data["user"][rows])
+        lens.append(ones)
+        kjt = KeyedJaggedTensor(
+            keys=self.features,
+            values=torch.from_numpy(np.concatenate(values)),
+            lengths=torch.from_numpy(np.concatenate(lens)),
+            stride=B,
+        )
+        return SequenceBatch(torch.zeros(B, 0), kjt, torch.from_numpy(data["label"][rows]))

@@ -1,0 +1,118 @@
+"""Sequence data for DIN: the Amazon interactions file to DIN samples, the CLI, and the public names.
+
+    embtables prepare-sequences amazon INPUT --out DIR [--max-history 50] [--seed 0] [--force]
+    embtables synth sequences --users 20000 --out DIR [--seed 0]       (registered by datasets/synthetic.py)
+
+INPUT holds one `user<TAB>item` interaction per line (integer ids), grouped by user and in time order within
+each user: the format of `../shared/data/amazon_video_games_interactions.tsv` (Amazon Video Games, SASRec's
+preprocessing). The samples, splits and output layout are those of `datasets/din_samples.py`: for every
+position i >= 1 of a user's sequence, the (at most max_history) items before it with target s_i (label 1)
+and with a seeded negative not among s_0..s_i (label 0); each user's last position is `test`, the one before
+`val`, the rest `train`. Users with a single interaction give no sample. Amazon items have no categories.
+
+Everything a caller needs is importable from here:
+
+    from embtables.datasets.sequences import prepare_amazon, synth_sequences, SequenceData, SequenceBatch
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from embtables.datasets.din_samples import DinSamples, din_samples, write_sequences
+from embtables.datasets.sequence_loader import SequenceBatch, SequenceData
+from embtables.datasets.synthetic_sequences import SynthSequencesConfig, synth_sequences
+from embtables.datasets.truth import check_out
+
+__all__ = [
+    "DinSamples",
+    "SequenceBatch",
+    "SequenceData",
+    "SynthSequencesConfig",
+    "din_samples",
+    "prepare_amazon",
+    "read_interactions",
+    "register",
+    "synth_sequences",
+]
+
+MAX_HISTORY = 50
+
+
+def read_interactions(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(users, items) int64 arrays of a `user<TAB>item` file, one interaction per line.
+
+    Raises:
+        ValueError: naming the file and the first bad line (1-based): a wrong field count or a non-integer id.
+    """
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, sep="\t", header=None, names=["user", "item"], dtype=str, keep_default_na=False,
+                         skip_blank_lines=False, engine="c")
+    except pd.errors.ParserError as e:  # more than two fields on a line; pandas names the line
+        raise ValueError(f"{path}: {e}") from None
+    out = []
+    for column in ("user", "item"):
+        text = df[column].str.strip()
+        good = text.str.fullmatch(r"-?\d+")
+        if not good.all():
+            line = int(np.flatnonzero(~good.to_numpy())[0])
+            raise ValueError(f"{path}: line {line + 1}: expected two integer fields user<TAB>item, got "
+                             f"{df.iloc[line].tolist()!r}")
+        out.append(text.astype(np.int64).to_numpy())
+    return out[0], out[1]
+
+
+def prepare_amazon(input: str | Path, out: str | Path, max_history: int = MAX_HISTORY, seed: int = 0,
+                   force: bool = False) -> dict[str, Any]:
+    """Write the DIN samples of an interactions file to `out` (kind "sequences") and return its summary.
+
+    Args:
+        input: `user<TAB>item` lines grouped by user, time-ordered.
+        out: the data folder; it must not hold a data set already unless `force`.
+        max_history: L, the most recent items kept in each history.
+        seed: seeds the negative items; the same (input, max_history, seed) give the same bytes.
+        force: replace an earlier data set in `out`.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "x.tsv"; _ = f.write_text("1\\t5\\n1\\t6\\n1\\t7\\n2\\t6\\n2\\t8\\n")
+        >>> s = prepare_amazon(f, f.parent / "out", max_history=2)
+        >>> s["splits"]["test"]["rows"], s["users"], s["items"]
+        (4, 2, 4)
+    """
+    users, items = read_interactions(input)
+    out = Path(out)
+    check_out(out, force)
+    rng = np.random.default_rng(np.random.SeedSequence([seed]))
+    samples = din_samples(users, items, max_history, rng, source=str(input))
+    return write_sequences(out, samples, users, items, np.unique(items), None,
+                           {"source": "interactions", "input": str(input), "seed": seed, "rows_read": int(users.size),
+                            "max_history": max_history})
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    try:
+        s = prepare_amazon(args.input, args.out, args.max_history, args.seed, args.force)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    splits = ", ".join(f"{k} {v['rows']:,} rows" for k, v in s["splits"].items())
+    print(f"{s['rows_read']:,} interactions of {s['users']:,} users and {s['items']:,} items -> {splits} in {args.out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `prepare-sequences` (the `synth sequences` subcommand lives with `synth` in datasets/synthetic.py)."""
+    p = sub.add_parser("prepare-sequences", help="DIN samples of a user<TAB>item interactions file")
+    p.add_argument("source", choices=["amazon"], help="the input's format (Amazon / SASRec user<TAB>item lines)")
+    p.add_argument("input", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--max-history", type=int, default=MAX_HISTORY)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace an earlier data set in --out")
+    p.set_defaults(run=_prepare)
