@@ -145,7 +145,11 @@ def main(argv: list[str] | None = None) -> None:
     for name, make in CONFIGS.items():
         if args.only and not any(s in name for s in args.only.split(",")):
             continue
-        step = make(tables)
+        try:
+            step = make(tables)
+        except et.InfeasibleBudget as e:
+            print(f"| {name} | infeasible: {e} | |", flush=True)
+            continue
         for b in batches[:2]:
             step(b)
         rates = []

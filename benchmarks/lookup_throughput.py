@@ -204,11 +204,37 @@ def main(argv: list[str] | None = None) -> None:
     print("| config | samples/s | vs first | table bytes | of full |")
     print("|---|---|---|---|---|")
     base = None
+    rates: dict[str, float] = {}
     for name, make in configs.items():
-        rate, mem = measure(make, setup, batches, args.steps, args.repeats)
+        try:
+            rate, mem = measure(make, setup, batches, args.steps, args.repeats)
+        except et.InfeasibleBudget as e:
+            print(f"| {name} | infeasible: {e} | | | |", flush=True)
+            continue
+        rates[name] = rate
         base = base or rate
         mem_s = f"{mem:,} | {mem / full:.4g}" if mem is not None else f"{full:,} | 1"
         print(f"| {name} | {rate:,.0f} | {rate / base:.2f}x | {mem_s} |", flush=True)
+    if args.methods:
+        print_method_summary(rates)
+
+
+def print_method_summary(rates: dict[str, float]) -> None:
+    """Issue 3's two targets as ratios of rates measured above, in the same process."""
+    full = rates.get("embtables full, fbgemm backend")
+    print("\n| method | budget | samples/s | vs full fbgemm | vs plain PyTorch |")
+    print("|---|---|---:|---:|---:|")
+    for name, rate in rates.items():
+        if not (name.startswith("embtables ") and name.endswith(", fbgemm backend")):
+            continue
+        parts = name.removeprefix("embtables ").removesuffix(", fbgemm backend").split(" ")
+        if len(parts) != 2:  # the full table itself
+            continue
+        method, budget = parts
+        plain = rates.get(f"plain PyTorch {method} {budget} (nn.EmbeddingBag, sparse Adagrad)")
+        vs_full = f"{rate / full:.2f}x" if full else "-"
+        vs_plain = f"{rate / plain:.2f}x" if plain else "-"
+        print(f"| {method} | {budget} | {rate:,.0f} | {vs_full} | {vs_plain} |")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from torchrec import KeyedJaggedTensor
 import embtables as et
 from embtables.datasets import layout
 from embtables.datasets.synthetic import SynthCriteoConfig, synth_criteo
-from embtables.datasets.truth import auc, logloss
+from embtables.datasets.truth import probability_scores
 from embtables.datasets.vocab import Vocabulary
 
 
@@ -117,7 +117,7 @@ def train(args: argparse.Namespace, tables: list[et.TableConfig], data: dict, me
         scores = {}
         for split in ("val", "test"):  # test is only reported at the epoch chosen on val
             p, y = predict(model, *data[split][:2]), data[split][2].numpy()
-            scores[split] = {"auc": auc(y, p), "logloss": logloss(y, p)}
+            scores[split] = probability_scores(y, p)
         print(f"  {method} epoch {epoch + 1}: val AUC {scores['val']['auc']:.4f}", flush=True)
         if best is None or scores["val"]["auc"] > best["val"]["auc"]:
             best = {**scores, "epoch": epoch + 1}

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 import embtables as et
 from embtables.datasets.sequence_loader import SequenceBatch, SequenceData
 from embtables.datasets.synthetic_sequences import synth_sequences
-from embtables.datasets.truth import auc, logloss
+from embtables.datasets.truth import probability_scores
 
 
 def padded(values: Tensor, lengths: Tensor, max_len: int) -> tuple[Tensor, Tensor]:
@@ -114,7 +114,7 @@ def train(args: argparse.Namespace, data: SequenceData, attention: bool) -> dict
         scores = {}
         for split in ("val", "test"):  # test is only reported at the epoch chosen on val
             y, p = predict(model, data, split)
-            scores[split] = {"auc": auc(y, p), "logloss": logloss(y, p)}
+            scores[split] = probability_scores(y, p)
         print(f"  {name} epoch {epoch + 1}: val AUC {scores['val']['auc']:.4f}", flush=True)
         if best is None or scores["val"]["auc"] > best["val"]["auc"]:
             best = {**scores, "epoch": epoch + 1}

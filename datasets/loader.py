@@ -36,7 +36,7 @@ _COLUMNS = [LABEL, *DENSE, *SPARSE]
 
 @dataclass
 class Batch:
-    """One batch of Criteo rows.
+    """One batch of Criteo rows (sequence data sets use the same class, with dense (B, 0) and their own keys).
 
     Args:
         dense: (B, 13) float32, log(1 + max(x, 0)) of I1..I13 (missing values give 0).

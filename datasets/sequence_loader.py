@@ -23,7 +23,6 @@ history as values + offsets), and a batch is gathered from them with vectorised 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -36,28 +35,16 @@ from torchrec import KeyedJaggedTensor
 from embtables.config import TableConfig
 from embtables.datasets import layout
 from embtables.datasets.din_samples import KIND, _ranges
+from embtables.datasets.loader import Batch
 from embtables.datasets.vocab import Vocabulary
 
 ITEM, CAT, USER = "item", "cat", "user"
 
 
-@dataclass
-class SequenceBatch:
-    """One batch of DIN samples, shaped like the Criteo loader's `Batch`.
-
-    Args:
-        dense: (B, 0) float32: sequence data sets have no dense features.
-        sparse: KeyedJaggedTensor keyed hist, target, [hist_cat, target_cat,] user (see the module docstring).
-        labels: (B,) float32 clicks (0 or 1).
-    """
-
-    dense: torch.Tensor
-    sparse: KeyedJaggedTensor
-    labels: torch.Tensor
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.labels.numel())
+# One batch of DIN samples is the Criteo loader's `Batch`: dense (B, 0) float32 (sequence data sets have no
+# dense features), sparse a KeyedJaggedTensor keyed hist, target, [hist_cat, target_cat,] user (see the module
+# docstring), labels (B,) float32 clicks.
+SequenceBatch = Batch
 
 
 class SequenceData:

@@ -137,14 +137,17 @@ def write_report(folder: str | Path) -> Path:
               "against the full table's mean; bytes are `memory_bytes()` of the embeddings.", ""]
     lines += [f"![AUC against bytes]({n})" for n in names[:1]] + [""]
     lines += ["## Recommendation per budget", ""] + recommendations(agg) + [""]
+    bayes_col = bayes is not None  # data without a planted truth has no Bayes column
     for budget, g in agg[agg["method"] != "full"].groupby("budget", sort=False):
         lines += [f"## Budget {budget:g}", "", "| rank | method | bytes | of full | test AUC | gap to full | "
-                  "gap to Bayes | train samples/s | vs full speed |", "|---|---|---|---|---|---|---|---|---|"]
+                  + ("gap to Bayes | " if bayes_col else "") + "train samples/s | vs full speed |",
+                  "|---|---|---|---|---|---|" + ("---|" if bayes_col else "") + "---|---|"]
         for rank, (_, r) in enumerate(g.sort_values("auc", ascending=False).iterrows(), 1):
             lines.append(
                 f"| {rank} | {label(r['method'], r['options'])} | {r['bytes']:,.0f} | {r['bytes'] / r['full_bytes']:.4g} | "
                 f"{r['auc']:.4f} ({r['auc_min']:.4f}..{r['auc_max']:.4f}) | {r['gap_to_full']:+.4f} | "
-                f"{r.get('gap_to_bayes', math.nan):+.4f} | {r['speed']:,.0f} | {r['speed_vs_full']:.2f}x |"
+                + (f"{r.get('gap_to_bayes', math.nan):+.4f} | " if bayes_col else "")
+                + f"{r['speed']:,.0f} | {r['speed_vs_full']:.2f}x |"
             )
         lines.append("")
     full = agg[agg["method"] == "full"]

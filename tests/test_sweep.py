@@ -95,6 +95,19 @@ def test_report_from_results_file_alone(data, tmp_path, in_process):
     shutil.copy(tmp_path / "a" / "results.parquet", tmp_path / "b")
     text = write_report(tmp_path / "b").read_text()
     assert "| 1 | hash |" in text and "over 2 seed(s)" in text
+    assert "gap to Bayes" in text
+
+
+def test_report_without_planted_truth_has_no_bayes_column(data, tmp_path, in_process):
+    sw.sweep(config(data, methods=("full", "hash"), budgets=(0.3,)), tmp_path, progress=False)
+    df = pd.read_parquet(tmp_path / "results.parquet")
+    df[["bayes_val_auc", "bayes_test_auc", "gap_to_bayes"]] = float("nan")  # as on real data
+    df.to_parquet(tmp_path / "results.parquet")
+    text = write_report(tmp_path).read_text()
+    assert "gap to Bayes" not in text and "nan" not in text
+    header = next(line for line in text.splitlines() if line.startswith("| rank"))
+    row = next(line for line in text.splitlines() if line.startswith("| 1 | hash"))
+    assert header.count("|") == row.count("|")
 
 
 def test_different_recipe_in_same_folder_is_refused(data, tmp_path, in_process):
