@@ -53,6 +53,10 @@ def label(method: str, options: str) -> str:
     return method + ("" if not opts else " " + ",".join(f"{k}={v}" for k, v in sorted(opts.items())))
 
 
+MARKERS = "osD^vP*X"
+DASHES = ["-", "--", "-.", (0, (5, 1, 1, 1, 1, 1))]
+
+
 def figures(agg: pd.DataFrame, bayes: float | None, out: Path) -> list[str]:
     import matplotlib
 
@@ -65,13 +69,16 @@ def figures(agg: pd.DataFrame, bayes: float | None, out: Path) -> list[str]:
     for y, ylabel, fname in (("auc", "test AUC (at best validation step)", "auc_vs_bytes.png"),
                              ("speed", "training samples / s", "throughput_vs_bytes.png")):
         fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-        for (method, options), g in curves.groupby(["method", "options"]):
+        for i, ((method, options), g) in enumerate(curves.groupby(["method", "options"])):
             g = g.sort_values("bytes")
+            # distinct markers and dashes, so curves that coincide stay distinguishable
+            style = dict(marker=MARKERS[i % len(MARKERS)], ms=6 - i % 3, ls=DASHES[i % len(DASHES)], alpha=0.9,
+                         label=label(method, options))
             if y == "auc":
                 err = [g["auc"] - g["auc_min"], g["auc_max"] - g["auc"]]
-                ax.errorbar(g["bytes"], g["auc"], yerr=err, marker="o", ms=4, capsize=3, label=label(method, options))
+                ax.errorbar(g["bytes"], g["auc"], yerr=err, capsize=3, **style)
             else:
-                ax.plot(g["bytes"], g["speed"], marker="o", ms=4, label=label(method, options))
+                ax.plot(g["bytes"], g["speed"], **style)
         if len(full):
             ax.axhline(full[y].mean(), color="black", lw=1.2, label=f"full table ({full['bytes'].mean() / 1e6:,.1f} MB)")
         if y == "auc":
@@ -93,24 +100,28 @@ def figures(agg: pd.DataFrame, bayes: float | None, out: Path) -> list[str]:
 
 
 def recommendations(agg: pd.DataFrame) -> list[str]:
-    """One line per range of consecutive budgets with the same winner, derived from the table."""
-    lines: list[tuple[list[float], str]] = []
+    """One line per range of consecutive budgets with the same winner, derived from the table, with the
+    winner's numbers at each budget of the range."""
+    groups: list[tuple[str, list[tuple[float, str]]]] = []  # (winner, [(budget, its numbers)])
     for budget, g in agg[agg["method"] != "full"].groupby("budget", sort=False):
         g = g.sort_values("auc", ascending=False)
         top = g.iloc[0]
         tied = [label(r["method"], r["options"]) for _, r in g.iloc[1:].iterrows()
                 if top["auc"] - r["auc"] <= max(_spread(top), _spread(r))]
         who = label(top["method"], top["options"]) + (f" (tied within seed spread with {', '.join(tied)})" if tied else "")
-        text = (f"use **{who}**: {top['gap_to_full']:+.4f} AUC vs full at {top['bytes'] / 1e6:,.2f} MB, "
-                f"{top['speed_vs_full']:.2f}x full's training speed")
-        if lines and lines[-1][1].split(":")[0] == text.split(":")[0]:
-            lines[-1][0].append(budget)
+        numbers = (f"{top['gap_to_full']:+.4f} AUC vs full at {top['bytes'] / 1e6:,.3g} MB, "
+                   f"{top['speed_vs_full']:.2f}x full's training speed")
+        if groups and groups[-1][0] == who:
+            groups[-1][1].append((budget, numbers))
         else:
-            lines.append(([budget], text))
+            groups.append((who, [(budget, numbers)]))
     out = []
-    for budgets, text in lines:
-        rng = f"budget {budgets[0]:g}" if len(budgets) == 1 else f"budgets {budgets[0]:g} to {budgets[-1]:g}"
-        out.append(f"- {rng}: {text}")
+    for who, items in groups:
+        if len(items) == 1:
+            out.append(f"- budget {items[0][0]:g}: use **{who}**: {items[0][1]}")
+        else:
+            each = "; ".join(f"at {b:g} {numbers}" for b, numbers in items)
+            out.append(f"- budgets {items[0][0]:g} to {items[-1][0]:g}: use **{who}**: {each}")
     return out
 
 

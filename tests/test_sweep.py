@@ -125,3 +125,19 @@ def test_bad_sweep_arguments():
         sw.SweepConfig(train=TrainConfig(data="x"), methods=("hash",), budgets=(2.0,))
     with pytest.raises(ValueError, match="not in the sweep"):
         sw.SweepConfig(train=TrainConfig(data="x"), methods=("hash",), options={"qr": {"operation": "add"}})
+
+
+def test_recommendations_follow_the_numbers():
+    from embtables.report import recommendations
+
+    def r(method, budget, auc, spread=0.0):
+        return dict(method=method, options="{}", budget=budget, auc=auc, auc_min=auc - spread, auc_max=auc + spread,
+                    seeds=2, gap_to_full=auc - 0.80, bytes=budget * 1e6, speed_vs_full=1.0)
+
+    agg = pd.DataFrame([r("qr", 0.1, 0.79), r("hash", 0.1, 0.78), r("qr", 0.01, 0.75), r("hash", 0.01, 0.70),
+                        r("hash", 0.001, 0.65, 0.01), r("qr", 0.001, 0.649)])
+    lines = recommendations(agg)
+    assert len(lines) == 2
+    assert lines[0].startswith("- budgets 0.1 to 0.01: use **qr**:")
+    assert "at 0.1 -0.0100 AUC" in lines[0] and "at 0.01 -0.0500 AUC" in lines[0]
+    assert lines[1].startswith("- budget 0.001: use **hash (tied within seed spread with qr)**: -0.1500 AUC")
