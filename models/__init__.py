@@ -1,7 +1,7 @@
 """Recommendation models that take any embedding collection as an argument (imported as embtables.models)."""
 
-from embtables.models.din import DIN
+from embtables.models.din import DIN, DINHead
 from embtables.models.dlrm import DLRM, DLRMHead
 from embtables.models.layers import Dice, output_dims
 
-__all__ = ["DIN", "DLRM", "DLRMHead", "Dice", "output_dims"]
+__all__ = ["DIN", "DINHead", "DLRM", "DLRMHead", "Dice", "output_dims"]

@@ -13,6 +13,9 @@ to the item's before attention. `pooling="sum"` replaces the attention by a plai
 history: the baseline that shows what attention buys. Mini-batch aware regularisation (the paper's section
 4.3) adds lambda * sum over the distinct items j of the batch of ||e(j)||^2 / n_j, n_j the item's training
 frequency, instead of an L2 penalty over the whole table.
+
+Serving: everything after the lookups is `DINHead`, which `torch.jit.script` compiles; the lookups stay in the
+collection (a KeyedJaggedTensor in, per-id rows out), as in DLRM.
 """
 
 from __future__ import annotations
@@ -104,10 +107,9 @@ class DIN(nn.Module):
             raise ValueError("DIN: mba_lambda must be >= 0, and > 0 needs item_counts")
         D = sum(dims[h] for h in history)
         self.items, self.others = items, others
-        self.history, self.target, self.pooling, self.softmax = history, target, pooling, softmax
-        self.attention = activation_mlp([4 * D, *attention_hidden, 1], activation) if pooling == "attention" else None
+        self.history, self.target, self.pooling = history, target, pooling
         other_width = sum(output_dims(others).values()) if others is not None else 0
-        self.head = activation_mlp([other_width + dense_in + 2 * D, *mlp, 1], activation)
+        self.head = DINHead(D, dense_in + other_width, pooling, attention_hidden, mlp, activation, softmax)
         self.mba_lambda = mba_lambda
         if item_counts is not None:
             self.register_buffer("item_counts", torch.as_tensor(item_counts, dtype=torch.float32), persistent=False)
@@ -121,22 +123,10 @@ class DIN(nn.Module):
         mask = padded_history[0][1]  # (B, L)
         if q.shape[0] != mask.shape[0]:
             raise ValueError(f"DIN: features {self.target} must hold exactly one id per sample")
-        if self.attention is None:
-            u = (k * mask.unsqueeze(-1)).sum(1)  # (B, D)
-        else:
-            qe = q.unsqueeze(1).expand_as(k)  # (B, L, D)
-            a = self.attention(torch.cat([qe, k, qe - k, qe * k], dim=-1)).squeeze(-1)  # (B, L)
-            if self.softmax:
-                a = torch.softmax(a.masked_fill(~mask, float("-inf")), dim=1).nan_to_num(0.0)
-            else:
-                a = a * mask
-            u = torch.bmm(a.unsqueeze(1), k).squeeze(1)  # (B, D)
-        parts = [u, q]
+        side = [dense] if dense.shape[1] else []
         if self.others is not None:
-            parts.insert(0, self.others(sparse).values())
-        if dense.shape[1]:
-            parts.insert(0, dense)
-        return self.head(torch.cat(parts, dim=1)).squeeze(1)
+            side.append(self.others(sparse).values())
+        return self.head(q, k, mask, torch.cat(side, dim=1) if side else q.new_zeros(q.shape[0], 0))
 
     def regularization(self, sparse: KeyedJaggedTensor) -> Tensor:
         """Mini-batch aware L2: lambda * sum over distinct batch items j of ||e(j)||^2 / n_j (0 when disabled)."""
@@ -151,3 +141,43 @@ class DIN(nn.Module):
         e = self.items(kjt)[hist].values()  # (U, D_item)
         n = self.item_counts[ids].clamp(min=1.0)
         return self.mba_lambda * (e.pow(2).sum(1) / n).sum()
+
+
+class DINHead(nn.Module):
+    """DIN after the lookups: attention (or sum) over the padded history, then the MLP. It holds no embedding
+    and no jagged input, so it scripts for serving: `torch.jit.script(model.head)` behind any collection.
+
+    Args:
+        dim: D, the width of a history position and of the target (item and side features concatenated).
+        side_width: S, width of the other inputs of the MLP (dense features, then pooled other features).
+        pooling, attention_hidden, mlp, activation, softmax: as `DIN`.
+
+    Forward: q (B, D) target, k (B, L, D) padded history, mask (B, L) bool, side (B, S) -> (B,) logits.
+
+    Example:
+        >>> import torch
+        >>> head = torch.jit.script(DINHead(8, 3, "attention", (8,), (16,), "prelu", False))
+        >>> head(torch.randn(2, 8), torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool), torch.randn(2, 3)).shape
+        torch.Size([2])
+    """
+
+    def __init__(self, dim: int, side_width: int, pooling: str, attention_hidden: Sequence[int], mlp: Sequence[int],
+                 activation: str, softmax: bool) -> None:
+        super().__init__()
+        self.use_attention, self.softmax = pooling == "attention", softmax
+        # an Identity placeholder keeps the attribute's type fixed for TorchScript when pooling is "sum"
+        self.attention = activation_mlp([4 * dim, *attention_hidden, 1], activation) if self.use_attention else nn.Identity()
+        self.mlp = activation_mlp([side_width + 2 * dim, *mlp, 1], activation)
+
+    def forward(self, q: Tensor, k: Tensor, mask: Tensor, side: Tensor) -> Tensor:
+        if self.use_attention:
+            qe = q.unsqueeze(1).expand_as(k)  # (B, L, D)
+            a = self.attention(torch.cat([qe, k, qe - k, qe * k], dim=-1)).squeeze(-1)  # (B, L)
+            if self.softmax:
+                a = torch.softmax(a.masked_fill(~mask, float("-inf")), dim=1).nan_to_num(0.0)
+            else:
+                a = a * mask
+            u = torch.bmm(a.unsqueeze(1), k).squeeze(1)  # (B, D)
+        else:
+            u = (k * mask.unsqueeze(-1)).sum(1)  # (B, D)
+        return self.mlp(torch.cat([side, u, q], dim=1)).squeeze(1)

@@ -166,6 +166,25 @@ def test_dlrm_accepts_torchrec_ebc_and_scripts_its_head():
     torch.testing.assert_close(scripted(torch.ones(2, 3), ebc(kjt).values()), eager)
 
 
+@pytest.mark.parametrize("pooling, softmax", [("attention", False), ("attention", True), ("sum", False)])
+def test_din_head_scripts_and_matches_the_eager_model(pooling, softmax):
+    from embtables.models.din import padded
+
+    torch.manual_seed(0)
+    items = et.build_collection([et.TableConfig("item", 50, 8, ("hist", "target"), "none")])
+    users = et.build_collection([et.TableConfig("user", 10, 4)])
+    model = DIN(items, users, dense_in=2, pooling=pooling, softmax=softmax, attention_hidden=(8,), mlp=(16,)).eval()
+    kjt = KeyedJaggedTensor(["hist", "target", "user"], torch.tensor([1, 2, 3, 9, 7, 8, 5, 6]),
+                            lengths=torch.tensor([3, 1, 1, 1, 1, 1]))
+    dense = torch.randn(2, 2)
+    scripted = torch.jit.script(model.head)
+    with torch.no_grad():
+        rows = items(kjt)
+        k, mask = padded(rows["hist"])
+        side = torch.cat([dense, users(kjt).values()], dim=1)
+        torch.testing.assert_close(scripted(rows["target"].values(), k, mask, side), model(dense, kjt))
+
+
 def test_dlrm_interaction_counts_pairs():
     ebc = et.build_collection([et.TableConfig(f"t{i}", 10, 4) for i in range(3)])
     strict = DLRM(ebc, dense_in=2, bottom=(4,), top=(8,))
