@@ -8,14 +8,15 @@ Every config trains the same DLRM (Criteo Kaggle reference sizes: D = 16, bottom
 sample drawn Zipf(1)-like over each table (as in lookup_throughput.py). One step = forward, BCE loss,
 backward, Adam on the dense parameters and the embedding optimizer (row-wise Adagrad: fused into backward on
 FBGEMM, a sparse optimizer on the torch backend). Samples/s is the median over repeats; ratios are to the
-first config of the same run. `--tables criteo` uses Criteo Kaggle's real cardinalities (33.8M rows,
+first config of the same run; each config runs in a fresh process, so none inherits another's allocations.
+`--tables criteo` uses Criteo Kaggle's real cardinalities (33.8M rows,
 2.16 GB); `--tables synthetic` the scaled ones of the built-in synthetic data.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import json
 import os
 import statistics
 import sys
@@ -27,7 +28,7 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lookup_throughput import draw_batches  # noqa: E402
+from lookup_throughput import draw_batches, isolated  # noqa: E402
 
 import embtables as et  # noqa: E402
 from embtables.models import DLRM  # noqa: E402
@@ -122,8 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tables", choices=["criteo", "synthetic"], default="criteo")
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=20, help="untimed steps first")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--only", default="", help="comma-separated substrings: run only matching configs")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: measure this one config
     args = p.parse_args(argv)
     if args.tables == "criteo":
         tables = criteo_kaggle_tables(16)
@@ -131,38 +134,47 @@ def main(argv: list[str] | None = None) -> None:
         from embtables.datasets.synthetic import SynthCriteoConfig
 
         tables = [et.TableConfig(f"C{i + 1}", n, 16) for i, n in enumerate(SynthCriteoConfig().cardinalities())]
+    if args.child is not None:
+        print(json.dumps(measure_one(CONFIGS[args.child], tables, args)))
+        return
+    print(f"command: python {' '.join(sys.argv)}")
+    print(f"machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"tables: {args.tables}, {sum(t.num_embeddings for t in tables):,} rows, dim 16; batch {args.batch_size}; "
+          f"median of {args.repeats} x {args.steps} steps after {args.warmup} untimed; each config in a fresh process\n")
+    print("| config | samples/s | vs first |")
+    print("|---|---|---|")
+    base = None
+    child_argv = list(argv if argv is not None else sys.argv[1:])
+    for name in CONFIGS:
+        if args.only and not any(s in name for s in args.only.split(",")):
+            continue
+        r = isolated(__file__, [*child_argv, "--child", name])
+        if "infeasible" in r:
+            print(f"| {name} | infeasible: {r['infeasible']} | |", flush=True)
+            continue
+        base = base or r["rate"]
+        print(f"| {name} | {r['rate']:,.0f} | {r['rate'] / base:.2f}x |", flush=True)
+
+
+def measure_one(make: Callable[[list[et.TableConfig]], Step], tables: list[et.TableConfig], args: argparse.Namespace) -> dict:
+    """Median samples/s of one config over `args.repeats` x `args.steps` steps on pre-drawn batches."""
     kjts = draw_batches(tables, args.batch_size, count=args.steps * args.repeats, seed=0)
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(args.batch_size, 13, generator=g), k,
                 torch.randint(0, 2, (args.batch_size,), generator=g).float()) for k in kjts]
-    print(f"command: python {' '.join(sys.argv)}")
-    print(f"machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"tables: {args.tables}, {sum(t.num_embeddings for t in tables):,} rows, dim 16; batch {args.batch_size}; "
-          f"median of {args.repeats} x {args.steps} steps\n")
-    print("| config | samples/s | vs first |")
-    print("|---|---|---|")
-    base = None
-    for name, make in CONFIGS.items():
-        if args.only and not any(s in name for s in args.only.split(",")):
-            continue
-        try:
-            step = make(tables)
-        except et.InfeasibleBudget as e:
-            print(f"| {name} | infeasible: {e} | |", flush=True)
-            continue
-        for b in batches[:2]:
-            step(b)
-        rates = []
-        for r in range(args.repeats):
-            t0 = time.perf_counter()
-            for i in range(args.steps):
-                step(batches[(r * args.steps + i) % len(batches)])
-            rates.append(args.steps * args.batch_size / (time.perf_counter() - t0))
-        rate = statistics.median(rates)
-        base = base or rate
-        print(f"| {name} | {rate:,.0f} | {rate / base:.2f}x |", flush=True)
-        del step
-        gc.collect()
+    try:
+        step = make(tables)
+    except et.InfeasibleBudget as e:
+        return {"infeasible": str(e)}
+    for i in range(args.warmup):  # page faults of fresh optimizer state and allocator growth stay out of the timing
+        step(batches[i % len(batches)])
+    rates = []
+    for r in range(args.repeats):
+        t0 = time.perf_counter()
+        for i in range(args.steps):
+            step(batches[(r * args.steps + i) % len(batches)])
+        rates.append(args.steps * args.batch_size / (time.perf_counter() - t0))
+    return {"rate": statistics.median(rates)}
 
 
 if __name__ == "__main__":

@@ -6,14 +6,20 @@
 Every config sees the same pre-drawn batches: B ids per table, one per bag (Criteo has one value per
 feature), drawn Zipf(1)-like (P(rank k) ~ 1/k, ranks scattered over the table by a fixed permutation). One
 step = lookup of all 26 features, loss = <output, fixed random tensor>, backward, optimizer update of the
-rows touched. Samples/s is the median over repeats; ratios are to the first config, measured in the same run.
+rows touched. Samples/s is the median over repeats after `--warmup` untimed steps (a fresh process first
+touches its lazily zeroed optimizer state, which costs page faults that steady training does not pay);
+ratios are to the first config, measured in the same run.
+Each config runs in a fresh process (`isolated`): measured one after another in one process, a config's speed
+depended on what the earlier ones had allocated and freed (2 GB tables, optimizer state), by up to 1.6x.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
+import subprocess
 import statistics
 import sys
 import time
@@ -162,10 +168,11 @@ def method_configs(budgets: tuple[float, ...] = (0.1, 0.01, 0.001)) -> dict[str,
     return out
 
 
-def measure(make: Callable[[Setup], Step], setup: Setup, batches: list[KeyedJaggedTensor], steps: int, repeats: int) -> tuple[float, int | None]:
+def measure(make: Callable[[Setup], Step], setup: Setup, batches: list[KeyedJaggedTensor], steps: int, repeats: int,
+            warmup: int) -> tuple[float, int | None]:
     step = make(setup)
-    for kjt in batches[:3]:
-        step(kjt)
+    for i in range(warmup):  # until the optimizer state's pages are touched and the allocator has grown
+        step(batches[i % len(batches)])
     rates = []
     for r in range(repeats):
         t0 = time.perf_counter()
@@ -182,41 +189,61 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--scale", type=float, default=1.0, help="scale the table rows (1.0 = real Criteo Kaggle)")
     p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--steps", type=int, default=20, help="steps per repeat")
+    p.add_argument("--steps", type=int, default=50, help="steps per repeat")
+    p.add_argument("--warmup", type=int, default=30, help="untimed steps first")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--only", default="", help="comma-separated substrings: run only matching configs")
     p.add_argument("--methods", action="store_true", help="every method at budgets 0.1/0.01/0.001 and its "
                    "plain-PyTorch composition, after the full-table baselines")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: measure this one config
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     tables = criteo_kaggle_tables(16, args.scale)
-    setup = Setup(tables, args.batch_size)
-    batches = draw_batches(tables, args.batch_size, count=args.steps * args.repeats, seed=0)
     every = {**CONFIGS, **(method_configs() if args.methods else {})}
-    configs = {k: v for k, v in every.items() if not args.only or any(s in k for s in args.only.split(","))}
+    if args.child is not None:
+        setup = Setup(tables, args.batch_size)
+        batches = draw_batches(tables, args.batch_size, count=args.steps * args.repeats, seed=0)
+        try:
+            rate, mem = measure(every[args.child], setup, batches, args.steps, args.repeats, args.warmup)
+            print(json.dumps({"rate": rate, "memory_bytes": mem}))
+        except et.InfeasibleBudget as e:
+            print(json.dumps({"infeasible": str(e)}))
+        return
+    configs = [k for k in every if not args.only or any(s in k for s in args.only.split(","))]
     full = et.full_bytes(tables)
     print(f"command: python {' '.join(sys.argv)}")
     print(f"machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"tables: 26 Criteo Kaggle, {sum(t.num_embeddings for t in tables):,} rows, dim 16, "
-          f"{full / 1e9:.3f} GB; batch {args.batch_size}; median of {args.repeats} x {args.steps} steps\n")
+          f"{full / 1e9:.3f} GB; batch {args.batch_size}; median of {args.repeats} x {args.steps} steps after "
+          f"{args.warmup} untimed; "
+          "each config in a fresh process\n")
     print("| config | samples/s | vs first | table bytes | of full |")
     print("|---|---|---|---|---|")
     base = None
     rates: dict[str, float] = {}
-    for name, make in configs.items():
-        try:
-            rate, mem = measure(make, setup, batches, args.steps, args.repeats)
-        except et.InfeasibleBudget as e:
-            print(f"| {name} | infeasible: {e} | | | |", flush=True)
+    child_argv = [a for a in (argv if argv is not None else sys.argv[1:])]
+    for name in configs:
+        r = isolated(__file__, [*child_argv, "--child", name])
+        if "infeasible" in r:
+            print(f"| {name} | infeasible: {r['infeasible']} | | | |", flush=True)
             continue
+        rate, mem = r["rate"], r["memory_bytes"]
         rates[name] = rate
         base = base or rate
         mem_s = f"{mem:,} | {mem / full:.4g}" if mem is not None else f"{full:,} | 1"
         print(f"| {name} | {rate:,.0f} | {rate / base:.2f}x | {mem_s} |", flush=True)
     if args.methods:
         print_method_summary(rates)
+
+
+def isolated(script: str, argv: list[str]) -> dict:
+    """Run `script argv` in a fresh Python process and return the JSON object its last stdout line holds."""
+    out = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{script} {' '.join(argv)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def print_method_summary(rates: dict[str, float]) -> None:
