@@ -36,6 +36,7 @@ RUNS: list[tuple[str, str, float | None, dict[str, Any]]] = [
 
 def datasets(requested: list[str], work: Path) -> list[tuple[str, Path]]:
     from embtables.datasets.builtin import synthetic_sequences
+    from embtables.datasets.layout import SUMMARY_FILE
     from embtables.datasets.sequences import prepare_amazon
 
     out = []
@@ -47,7 +48,7 @@ def datasets(requested: list[str], work: Path) -> list[tuple[str, Path]]:
                 print(f"skipping Amazon: {AMAZON} is absent", file=sys.stderr)
                 continue
             folder = work / "amazon"
-            if not (folder / "summary.json").exists():
+            if not (folder / SUMMARY_FILE).exists():
                 prepare_amazon(AMAZON, folder)
             out.append(("Amazon Video Games (real)", folder))
         else:
@@ -63,10 +64,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None, help="also write the markdown report here")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
+    from embtables.datasets.layout import atomic_write
     from embtables.runinfo import machine
     from embtables.train import TrainConfig, train
 
     work = args.work or Path(tempfile.mkdtemp(prefix="din-compare-"))
+    seeds = [int(x) for x in args.seeds.split(",")]
     lines = [
         "# DIN: attention vs sum-pooled history, full vs compressed item table",
         "",
@@ -82,7 +85,6 @@ def main(argv: list[str] | None = None) -> None:
         lines += [f"## {title}", "", "| model | item table | bytes | test AUC | gap to DIN full (mean) | Bayes AUC | train samples/s |",
                   "|---|---|---:|---:|---:|---:|---:|"]
         print("\n".join(lines[-4:]), flush=True)
-        seeds = [int(x) for x in args.seeds.split(",")]
         ref = None
         for i, (label, method, budget, model_options) in enumerate(RUNS):
             runs = [train(TrainConfig(data=str(folder), method=method, budget=budget, model_options=model_options,
@@ -100,9 +102,7 @@ def main(argv: list[str] | None = None) -> None:
             print(row, flush=True)
         lines.append("")
     if args.out:
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text("\n".join(lines))
-        tmp.replace(args.out)
+        atomic_write(args.out, lambda tmp: Path(tmp).write_text("\n".join(lines)))
 
 
 if __name__ == "__main__":

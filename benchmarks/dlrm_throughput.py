@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +26,7 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lookup_throughput import draw_batches, isolated  # noqa: E402
+from lookup_throughput import draw_batches, isolated, timed_rate  # noqa: E402
 
 import embtables as et  # noqa: E402
 from embtables.models import DLRM  # noqa: E402
@@ -166,15 +164,7 @@ def measure_one(make: Callable[[list[et.TableConfig]], Step], tables: list[et.Ta
         step = make(tables)
     except et.InfeasibleBudget as e:
         return {"infeasible": str(e)}
-    for i in range(args.warmup):  # page faults of fresh optimizer state and allocator growth stay out of the timing
-        step(batches[i % len(batches)])
-    rates = []
-    for r in range(args.repeats):
-        t0 = time.perf_counter()
-        for i in range(args.steps):
-            step(batches[(r * args.steps + i) % len(batches)])
-        rates.append(args.steps * args.batch_size / (time.perf_counter() - t0))
-    return {"rate": statistics.median(rates)}
+    return {"rate": timed_rate(step, batches, args.batch_size, args.steps, args.repeats, args.warmup)}
 
 
 if __name__ == "__main__":

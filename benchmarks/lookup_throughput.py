@@ -11,13 +11,12 @@ touches its lazily zeroed optimizer state, which costs page faults that steady t
 ratios are to the first config, measured in the same run. `--rounds` repeats the whole list (interleaved) and
 keeps each config's best round.
 Each config runs in a fresh process (`isolated`): measured one after another in one process, a config's speed
-depended on what the earlier ones had allocated and freed (2 GB tables, optimizer state), by up to 1.6x.
+depended on what the earlier ones had allocated and freed (2 GB tables, optimizer state), by up to 2.4x.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import subprocess
@@ -44,16 +43,18 @@ class Setup:
     lr: float = 0.01
 
 
+def zipf_ranks(n: int, batch_size: int, g: torch.Generator) -> torch.Tensor:
+    """(batch_size,) ranks in [0, n) with P(rank k) ~ 1/(k + 1), by inverting the continuous log-uniform CDF."""
+    u = torch.rand(batch_size, generator=g, dtype=torch.float64)
+    return (torch.exp(u * torch.log(torch.tensor(n + 1.0))) - 1).long().clamp_(0, n - 1)
+
+
 def draw_batches(tables: list[et.TableConfig], batch_size: int, count: int, seed: int) -> list[KeyedJaggedTensor]:
     g = torch.Generator().manual_seed(seed)
     perms = [torch.randperm(t.num_embeddings, generator=g) for t in tables]
     batches = []
     for _ in range(count):
-        ids = []
-        for t, perm in zip(tables, perms):
-            u = torch.rand(batch_size, generator=g, dtype=torch.float64)
-            rank = (torch.exp(u * torch.log(torch.tensor(t.num_embeddings + 1.0))) - 1).long().clamp_(0, t.num_embeddings - 1)
-            ids.append(perm[rank])
+        ids = [perm[zipf_ranks(t.num_embeddings, batch_size, g)] for t, perm in zip(tables, perms)]
         lengths = torch.ones(len(tables) * batch_size, dtype=torch.long)
         batches.append(KeyedJaggedTensor([t.name for t in tables], torch.cat(ids), lengths=lengths))
     return batches
@@ -169,21 +170,25 @@ def method_configs(budgets: tuple[float, ...] = (0.1, 0.01, 0.001)) -> dict[str,
     return out
 
 
-def measure(make: Callable[[Setup], Step], setup: Setup, batches: list[KeyedJaggedTensor], steps: int, repeats: int,
-            warmup: int) -> tuple[float, int | None]:
-    step = make(setup)
-    for i in range(warmup):  # until the optimizer state's pages are touched and the allocator has grown
+def timed_rate(step: Callable[[object], None], batches: list, batch_size: int, steps: int, repeats: int,
+               warmup: int) -> float:
+    """Median samples/s of `step` over `repeats` x `steps` calls cycling through `batches`, after `warmup`
+    untimed calls (a fresh process page-faults its lazily zeroed optimizer state and grows its allocator)."""
+    for i in range(warmup):
         step(batches[i % len(batches)])
     rates = []
     for r in range(repeats):
         t0 = time.perf_counter()
         for i in range(steps):
             step(batches[(r * steps + i) % len(batches)])
-        rates.append(steps * setup.batch_size / (time.perf_counter() - t0))
-    mem = getattr(step, "memory_bytes", None)
-    del step
-    gc.collect()
-    return statistics.median(rates), mem
+        rates.append(steps * batch_size / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def measure(make: Callable[[Setup], Step], setup: Setup, batches: list[KeyedJaggedTensor], steps: int, repeats: int,
+            warmup: int) -> tuple[float, int | None]:
+    step = make(setup)
+    return timed_rate(step, batches, setup.batch_size, steps, repeats, warmup), getattr(step, "memory_bytes", None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -225,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|")
     # rounds interleave the configs, so a slow spell of the machine hits one round of several configs, and the
     # best round of each config is kept (other load can only slow a round down)
-    child_argv = [a for a in (argv if argv is not None else sys.argv[1:])]
+    child_argv = list(argv if argv is not None else sys.argv[1:])
     results: dict[str, list[dict]] = {name: [] for name in configs}
     for _ in range(args.rounds):
         for name in configs:
@@ -254,7 +259,7 @@ def isolated(script: str, argv: list[str]) -> dict:
 
 
 def print_method_summary(rates: dict[str, float]) -> None:
-    """Issue 3's two targets as ratios of rates measured above, in the same process."""
+    """Issue 3's two targets as ratios of rates measured above, in the same run."""
     full = rates.get("embtables full, fbgemm backend")
     print("\n| method | budget | samples/s | vs full fbgemm | vs plain PyTorch |")
     print("|---|---|---:|---:|---:|")

@@ -23,16 +23,14 @@ import json, resource, sys
 import torch, embtables as et
 from embtables.tablesets import criteo_kaggle_tables
 from torchrec import KeyedJaggedTensor
+sys.path.insert(0, "benchmarks")
+from lookup_throughput import zipf_ranks
 method, budget, steps = sys.argv[1], (None if sys.argv[2] == "none" else float(sys.argv[2])), int(sys.argv[3])
 tables = criteo_kaggle_tables(16)
 g = torch.Generator().manual_seed(0)
 def draw():
     # Zipf-like ranks scattered by a multiplicative bijection mod n: no table-sized permutation in memory
-    ids = []
-    for t in tables:
-        u = torch.rand(4096, generator=g, dtype=torch.float64)
-        rank = (torch.exp(u * torch.log(torch.tensor(t.num_embeddings + 1.0))) - 1).long().clamp_(0, t.num_embeddings - 1)
-        ids.append(rank * 1_000_003 % t.num_embeddings)
+    ids = [zipf_ranks(t.num_embeddings, 4096, g) * 1_000_003 % t.num_embeddings for t in tables]
     return KeyedJaggedTensor([t.name for t in tables], torch.cat(ids), lengths=torch.ones(26 * 4096, dtype=torch.long))
 batches = [draw() for _ in range(steps)]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -69,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None, help="also write the markdown report here")
     args = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from embtables.datasets.layout import atomic_write
     from embtables.runinfo import machine
 
     lines = [
@@ -95,9 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(row)
         print(row, flush=True)
     if args.out:
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        tmp.replace(args.out)
+        atomic_write(args.out, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
 
 
 if __name__ == "__main__":

@@ -101,8 +101,6 @@ class DIN(nn.Module):
                     raise ValueError(f"DIN: the item collection has no feature {f!r} (it has {list(dims)})")
             if dims[h] != dims[t]:
                 raise ValueError(f"DIN: widths of {h!r} and {t!r} differ ({dims[h]} vs {dims[t]})")
-        if pooling not in ("attention", "sum"):
-            raise ValueError(f"DIN: pooling must be 'attention' or 'sum', got {pooling!r}")
         if mba_lambda < 0 or (mba_lambda > 0 and item_counts is None):
             raise ValueError("DIN: mba_lambda must be >= 0, and > 0 needs item_counts")
         D = sum(dims[h] for h in history)
@@ -118,9 +116,10 @@ class DIN(nn.Module):
         """dense (B, dense_in), sparse KJT with the history, target and other features -> (B,) logits."""
         rows = self.items(sparse)
         q = torch.cat([rows[t].values() for t in self.target], dim=1)  # (B, D): one target per sample
-        padded_history = [padded(rows[h]) for h in self.history]
-        k = torch.cat([p for p, _ in padded_history], dim=-1)  # (B, L, D)
-        mask = padded_history[0][1]  # (B, L)
+        # the history features describe the same positions: concatenate their rows, then pad once
+        history = JaggedTensor(values=torch.cat([rows[h].values() for h in self.history], dim=1),
+                               lengths=rows[self.history[0]].lengths())
+        k, mask = padded(history)  # (B, L, D), (B, L)
         if q.shape[0] != mask.shape[0]:
             raise ValueError(f"DIN: features {self.target} must hold exactly one id per sample")
         side = [dense] if dense.shape[1] else []
@@ -164,6 +163,8 @@ class DINHead(nn.Module):
     def __init__(self, dim: int, side_width: int, pooling: str, attention_hidden: Sequence[int], mlp: Sequence[int],
                  activation: str, softmax: bool) -> None:
         super().__init__()
+        if pooling not in ("attention", "sum"):
+            raise ValueError(f"DIN: pooling must be 'attention' or 'sum', got {pooling!r}")
         self.use_attention, self.softmax = pooling == "attention", softmax
         # an Identity placeholder keeps the attribute's type fixed for TorchScript when pooling is "sum"
         self.attention = activation_mlp([4 * dim, *attention_hidden, 1], activation) if self.use_attention else nn.Identity()

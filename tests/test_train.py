@@ -193,3 +193,13 @@ def test_dlrm_interaction_counts_pairs():
     assert diag.head.top[0].in_features == 4 + 4 * 5 // 2
     cat = DLRM(ebc, dense_in=2, bottom=(4,), top=(8,), interaction="cat")
     assert cat.head.top[0].in_features == 4 + 12
+
+
+def test_din_and_its_head_reject_an_unknown_pooling():
+    items = et.build_collection([et.TableConfig("item", 50, 8, ("hist", "target"), "none")])
+    with pytest.raises(ValueError, match="pooling must be 'attention' or 'sum'"):
+        DIN(items, pooling="max")
+    from embtables.models import DINHead
+
+    with pytest.raises(ValueError, match="pooling must be 'attention' or 'sum'"):
+        DINHead(8, 0, "max", (8,), (16,), "prelu", False)
