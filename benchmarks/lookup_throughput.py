@@ -152,6 +152,7 @@ CONFIGS: dict[str, Callable[[Setup], Step]] = {
     "torchrec DMP EmbeddingBagCollection, fused row-wise Adagrad": torchrec_dmp,
     "embtables full, torch backend": ours("full", None, "torch"),
     "embtables full, fbgemm backend": ours("full", None, "fbgemm"),
+    "embtables full, fused backend": ours("full", None, "fused"),
     "embtables hash 0.1, fbgemm backend": ours("hash", 0.1, "fbgemm"),
     "embtables hash 0.01, fbgemm backend": ours("hash", 0.01, "fbgemm"),
     "embtables hash 0.01, torch backend": ours("hash", 0.01, "torch"),
@@ -166,6 +167,7 @@ def method_configs(budgets: tuple[float, ...] = (0.1, 0.01, 0.001)) -> dict[str,
     for b in budgets:
         for m in COMPOSITIONS:
             out[f"embtables {m} {b}, fbgemm backend"] = ours(m, b, "fbgemm")
+            out[f"embtables {m} {b}, fused backend"] = ours(m, b, "fused")
             out[f"plain PyTorch {m} {b} (nn.EmbeddingBag, sparse Adagrad)"] = composition(m, b)
     return out
 

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torchrec import KeyedJaggedTensor
 
+from embtables import kernels
+
 
 @dataclass
 class Bags:
@@ -65,6 +67,10 @@ class Bags:
             >>> Bags(torch.tensor([7, 8, 9]), torch.tensor([0, 2, 3]), None, [2, 1], 1).outside([9, None])
             False
         """
+        ops = kernels.ops_for(self.values)
+        if ops is not None:  # one pass in C++
+            bounds = torch.tensor([-1 if u is None else u for u in upper], dtype=torch.long)
+            return bool(ops.outside(self.values.contiguous(), torch.tensor(self.starts()), bounds))
         parts = [(p, u) for p, u in zip(self.values.split(self.counts), upper) if u is not None and p.numel()]
         if not parts:
             return False

@@ -85,8 +85,12 @@ class Collection(nn.Module):
                 names = [f for f, m in zip(self.feature_names, self._mean.tolist()) if m]
                 raise ValueError(f"per-id weights need pooling='sum'; features {names} use 'mean'")
         physical = self.method.remap(bags)
-        pooled, rows = self.store(physical)
-        out = self.method.combine(pooled, rows, bags)  # (B, sum D_out) or (N, D)
+        program = self.method.fused_program(bags) if self.store.combines else None
+        if program is not None:  # lookups and combine in one pass (the fused store)
+            out = self.store.pooled_program(physical, *program)
+        else:
+            pooled, rows = self.store(physical)
+            out = self.method.combine(pooled, rows, bags)  # (B, sum D_out) or (N, D)
         if self._any_mean:
             lengths = bags.lengths().t()  # (B, F)
             div = torch.where(self._mean, lengths.clamp(min=1), torch.ones_like(lengths)).to(out.dtype)

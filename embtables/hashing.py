@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from embtables import kernels
+
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9
@@ -66,7 +68,16 @@ def hash64(x: Tensor, key: Tensor | int) -> Tensor:
 
 
 def hash_to_range(x: Tensor, key: Tensor | int, n: Tensor | int) -> Tensor:
-    """Hash int64 ids into [0, n): `(hash64(x, key) >> 1) mod n`. `n` may be a per-id tensor."""
+    """Hash int64 ids into [0, n): `(hash64(x, key) >> 1) mod n`. `n` may be a per-id tensor.
+
+    On CPU this is one C++ pass (`embtables.kernels`); the PyTorch ops below are its reference."""
+    ops = kernels.ops_for(x) if x.dtype == torch.int64 else None
+    if ops is not None:
+        k, m = (torch.tensor(v) if isinstance(v, int) else v for v in (key, n))
+        if k.dtype == m.dtype == torch.int64 and k.device == m.device == x.device:
+            shape = torch.broadcast_shapes(x.shape, k.shape, m.shape)
+            x, k, m = (t if t.numel() == 1 else t.expand(shape).contiguous() for t in (x.expand(shape), k, m))
+            return ops.hash_to_range(x.contiguous().view(-1), k.reshape(-1), m.reshape(-1)).view(shape)
     return _shr(hash64(x, key), 1) % n
 
 

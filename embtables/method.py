@@ -69,6 +69,12 @@ class Method(nn.Module):
         """Store outputs -> (B, sum of output dims) sum-pooled bags, or (N, D) rows when unpooled."""
         return pooled if self.pooled else rows  # type: ignore[return-value]
 
+    def fused_program(self, bags: Bags) -> tuple[Any, Tensor | None] | None:
+        """The `ColumnProgram` and its flat weight (or None) when `combine` is exactly that program applied to
+        the store's pooled output for these bags, so that a store that `combines` may run both in one pass;
+        None otherwise (the default)."""
+        return None
+
     def output_dims(self) -> list[int]:
         """Width of the output vector of each logical feature."""
         return [self.tables[t].embedding_dim for t in self.feature_table]

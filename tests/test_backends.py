@@ -1,4 +1,4 @@
-"""The torch and fbgemm backends agree in forward, backward and after optimizer steps."""
+"""The fbgemm and fused backends agree with the torch reference in forward, backward and after optimizer steps."""
 
 import pytest
 import torch
@@ -6,6 +6,7 @@ import torch
 import embtables as et
 from tests.conftest import copy_state, random_kjt
 
+FAST = ["fbgemm", "fused"]  # the backends checked against torch
 TABLES = [
     et.TableConfig("big", 500, 8, feature_names=("big_a", "big_b")),
     et.TableConfig("small", 5, 4),
@@ -28,12 +29,13 @@ def train_steps(ebc: et.Collection, steps: int, seed: int = 0) -> list[torch.Ten
     return outs
 
 
+@pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("method, options", [("full", {}), ("hash", {"budget": 0.3})])
 @pytest.mark.parametrize("opt", ["rowwise_adagrad", "adagrad", "sgd"])
-def test_backends_agree_after_training_steps(method, options, opt):
+def test_backends_agree_after_training_steps(method, options, opt, backend):
     optimizer = et.SparseOptimizer(opt, lr=0.05)
     a = et.build_collection(TABLES, method, backend="torch", optimizer=optimizer, **options)
-    b = et.build_collection(TABLES, method, backend="fbgemm", optimizer=optimizer, **options)
+    b = et.build_collection(TABLES, method, backend=backend, optimizer=optimizer, **options)
     copy_state(a, b)
     outs_a, outs_b = train_steps(a, 4), train_steps(b, 4)
     for x, y in zip(outs_a, outs_b):
@@ -43,11 +45,12 @@ def test_backends_agree_after_training_steps(method, options, opt):
     assert not torch.equal(a.store.weights()[0], torch.zeros_like(a.store.weights()[0]))
 
 
-def test_backward_gradients_agree():
+@pytest.mark.parametrize("backend", FAST)
+def test_backward_gradients_agree(backend):
     """SGD with lr=1 turns the fused update into `w - grad`, so weight deltas compare the gradients."""
     optimizer = et.SparseOptimizer("sgd", lr=1.0)
     a = et.build_collection(TABLES, "full", backend="torch", optimizer=optimizer)
-    b = et.build_collection(TABLES, "full", backend="fbgemm", optimizer=optimizer)
+    b = et.build_collection(TABLES, "full", backend=backend, optimizer=optimizer)
     copy_state(a, b)
     before = [w.clone() for w in b.store.weights()]
     kjt = random_kjt(TABLES, batch_size=5, max_len=4, seed=11, weighted=False)
@@ -61,10 +64,11 @@ def test_backward_gradients_agree():
         assert grad_a.abs().sum() > 0
 
 
-def test_weighted_bags_agree_across_backends():
+@pytest.mark.parametrize("backend", FAST)
+def test_weighted_bags_agree_across_backends(backend):
     tables = [et.TableConfig("w", 30, 8)]
     a = et.build_collection(tables, "full", backend="torch")
-    b = et.build_collection(tables, "full", backend="fbgemm")
+    b = et.build_collection(tables, "full", backend=backend)
     copy_state(a, b)
     kjt = random_kjt(tables, batch_size=6, max_len=5, seed=2, weighted=True)
     with torch.no_grad():
@@ -86,17 +90,18 @@ def test_rowwise_adagrad_formula():
     torch.testing.assert_close(w.data, torch.tensor([[1.0, 1.0], [0.5, 0.5], [1.0, 1.0], [0.5, 0.5]]))
 
 
+@pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("pooled", [True, False])
-def test_stores_agree_when_lookups_interleave_tables(pooled):
+def test_stores_agree_when_lookups_interleave_tables(pooled, backend):
     """FBGEMM's CPU row-wise Adagrad needs each table's lookups contiguous; the store sorts and restores."""
     from embtables.bags import Bags
-    from embtables.store import FbgemmStore, TorchStore
+    from embtables.store import TorchStore, store_class
 
     tables = [et.PhysicalTable("t0", 20, 4, -0.1, 0.1), et.PhysicalTable("t1", 10, 4, -0.1, 0.1)]
     lookups = [et.Lookup(n, t, pooled) for n, t in (("x", 1), ("y", 0), ("z", 1))]
     opt = et.SparseOptimizer("rowwise_adagrad", lr=0.1)
     a = TorchStore(tables, lookups, opt, torch.device("cpu"))
-    b = FbgemmStore(tables, lookups, opt, torch.device("cpu"))
+    b = store_class(backend)(tables, lookups, opt, torch.device("cpu"))
     with torch.no_grad():
         for wa, wb in zip(a.weights(), b.weights()):
             wb.copy_(wa)
@@ -114,13 +119,14 @@ def test_stores_agree_when_lookups_interleave_tables(pooled):
         torch.testing.assert_close(wa, wb)
 
 
+@pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("method", et.list_methods())
-def test_unpooled_collections_agree_across_backends(method):
+def test_unpooled_collections_agree_across_backends(method, backend):
     tables = [et.TableConfig("item", 3000, 8, ("hist", "target"), "none")]
     budget = 0.2 if et.get_method(method).compresses else None
     torch.manual_seed(0)
     a = et.build_collection(tables, method, budget, backend="torch")
-    b = et.build_collection(tables, method, budget, backend="fbgemm")
+    b = et.build_collection(tables, method, budget, backend=backend)
     copy_state(a, b)
     for kjt in (random_kjt(tables, batch_size=6, max_len=5, seed=8),
                 random_kjt(tables, batch_size=3, max_len=0, seed=8)):  # no ids at all

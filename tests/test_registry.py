@@ -48,7 +48,7 @@ def test_memory_bytes_is_exact_and_within_budget(method, budget):
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("backend", ["torch", "fbgemm"])
+@pytest.mark.parametrize("backend", ["torch", "fbgemm", "fused"])
 def test_forward_shapes_empty_bags_and_pooling_semantics(method, backend):
     ebc = build(method, backend=backend)
     kjt = random_kjt(TABLES, batch_size=6, max_len=4, seed=1)
@@ -91,9 +91,10 @@ def test_sum_pooling_is_the_sum_of_single_id_embeddings(method):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_backends_agree_in_forward_and_after_training(method):
+@pytest.mark.parametrize("backend", ["fbgemm", "fused"])
+def test_backends_agree_in_forward_and_after_training(method, backend):
     opt = et.SparseOptimizer("rowwise_adagrad", lr=0.05)
-    a, b = build(method, backend="torch", optimizer=opt), build(method, backend="fbgemm", optimizer=opt)
+    a, b = build(method, backend="torch", optimizer=opt), build(method, backend=backend, optimizer=opt)
     copy_state(a, b)
     outs = []
     for ebc in (a, b):

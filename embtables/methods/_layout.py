@@ -11,7 +11,8 @@ Two recurring jobs:
   and per range a zero-filled gradient or an extra copy in backward; and autograd's gradient of a linear
   map's weight, grad^T @ x, takes a slow GEMM path on strided CPU inputs (~15x slower than (x^T @ grad)^T).
   `ColumnProgram` runs the whole program as one autograd function that writes every piece straight into its
-  output columns and every gradient straight into its input columns.
+  output columns and every gradient straight into its input columns. The `fused` store runs the same program
+  in C++ (`store.fused_store.kernel_program`), inside its lookup kernels.
 """
 
 from __future__ import annotations

@@ -361,6 +361,9 @@ class MixedDim(Method):
         D, d = self._block_dims[block]
         return self.projections[at : at + D * d].view(D, d)  # type: ignore[index]
 
+    def fused_program(self, bags: Bags) -> tuple[ColumnProgram, Tensor | None] | None:
+        return (self._program, self.projections) if self.pooled else None
+
     def combine(self, pooled: Tensor | None, rows: Tensor | None, bags: Bags) -> Tensor:
         if self.pooled:
             assert pooled is not None

@@ -57,6 +57,7 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
+from embtables import kernels
 from embtables.bags import Bags, rows_by_slot
 from embtables.config import FP32_BYTES, Lookup, PhysicalTable, TableConfig
 from embtables.method import Method, check_ids_in_range
@@ -255,6 +256,9 @@ class QR(Method):
         self.register_buffer("_place", torch.tensor(places + [1]).view(-1, 1), persistent=False)
         self.register_buffer("_radix", torch.tensor([b for r in self._radices for b in r] + [1]).view(-1, 1),
                              persistent=False)
+        # per lookup: the feature it reads and the row of its digit in `_place`/`_radix` (-1: the id itself)
+        digit_reads = [(f, self._digit_rows[f][0] + j if self._radices[f] else -1) for f, j in self._reads]
+        self.register_buffer("_digit_reads", torch.tensor(digit_reads, dtype=torch.long).view(-1, 2), persistent=False)
         if self.pooled:
             # feature f's output: its partitions' pooled columns composed, or for concat side by side
             widths = [plan.physical_tables[lk.table].embedding_dim for lk in lookups]
@@ -309,6 +313,12 @@ class QR(Method):
 
     def remap(self, bags: Bags) -> Bags:
         check_ids_in_range(bags, self._n, self, "qr")  # digits are unique only in [0, n)
+        ops = kernels.ops_for(bags.values) if bags.weights is None else None
+        if ops is not None:  # the digits of every lookup in one C++ pass; the PyTorch ops below are its reference
+            values, offsets = ops.digits_remap(bags.values.contiguous(), bags.offsets.contiguous(), bags.batch_size,
+                                               self._digit_reads, self._place.view(-1), self._radix.view(-1))
+            phys = Bags(values, offsets, None, [bags.counts[f] for f in self._src], bags.batch_size)
+            return phys.singletons(max(max(phys.counts, default=0), 1)) if self._per_id and bags.max_length > 1 else phys
         ids = bags.values.split(bags.counts)
         digits = [self._digits(x, f) for f, x in enumerate(ids)]  # (k, N_f); whole tables read the ids themselves
         values = torch.cat([digits[f][j] for f, j in self._reads])  # one slice per lookup, in lookup order
@@ -339,6 +349,11 @@ class QR(Method):
         if len(xs) == 1:
             return xs[0]
         return reduce(torch.mul if self._op == "mult" else torch.add, xs)
+
+    def fused_program(self, bags: Bags) -> tuple[ColumnProgram, None] | None:
+        if not self.pooled or (self._per_id and bags.max_length > 1):
+            return None
+        return self._program, None
 
     def combine(self, pooled: Tensor | None, rows: Tensor | None, bags: Bags) -> Tensor:
         if not self.pooled:

@@ -1,12 +1,14 @@
-"""Storage backends: `torch` (reference) and `fbgemm` (table-batched kernels with fused optimizers)."""
+"""Storage backends: `torch` (reference), `fbgemm` (table-batched kernels with fused optimizers) and `fused`
+(C++ CPU kernels that also run the method's combine and the optimizer)."""
 
 from __future__ import annotations
 
 from embtables.store.base import Store
 from embtables.store.fbgemm_store import FbgemmStore
+from embtables.store.fused_store import FusedStore
 from embtables.store.torch_store import TorchStore
 
-BACKENDS: dict[str, type[Store]] = {"torch": TorchStore, "fbgemm": FbgemmStore}
+BACKENDS: dict[str, type[Store]] = {"torch": TorchStore, "fbgemm": FbgemmStore, "fused": FusedStore}
 
 
 def store_class(backend: str) -> type[Store]:
@@ -15,4 +17,4 @@ def store_class(backend: str) -> type[Store]:
     return BACKENDS[backend]
 
 
-__all__ = ["BACKENDS", "FbgemmStore", "Store", "TorchStore", "store_class"]
+__all__ = ["BACKENDS", "FbgemmStore", "FusedStore", "Store", "TorchStore", "store_class"]

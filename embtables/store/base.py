@@ -32,6 +32,8 @@ class Store(nn.Module):
     name: ClassVar[str] = ""
     dim_multiple: ClassVar[int] = 1
     fused: ClassVar[bool] = False
+    # whether the store runs a method's column program itself (`pooled_program`), see `Method.fused_program`
+    combines: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -1,0 +1,106 @@
+"""C++ CPU kernels (`csrc/cpu_kernels.cpp`), compiled on first use.
+
+On CPU a training step of a compressed collection spends as much time around the embedding lookups as in them:
+remapping ids, composing partition rows, projecting narrow blocks, each a chain of PyTorch ops that costs a pass
+over memory and a few microseconds of dispatch per op. The kernels:
+
+    fused_forward / fused_backward   the `fused` store (`store/fused_store.py`): lookups, the method's column
+                                     program and the optimizer step, one kernel per direction
+    digits_remap                     qr's ids -> mixed-radix digits in lookup order, with the new offsets
+    outside                          whether some id of a feature lies outside [0, n_f) (`Bags.outside`)
+    hash_to_range                    seeded SplitMix64 into [0, n) (`embtables.hashing`)
+
+The last three serve every backend. Every kernel has a PyTorch reference next to the code that calls it (the
+torch backend is the fused store's), and tests compare them. The kernels are compiled with
+`torch.utils.cpp_extension` the first time they are needed (10-40 s; the build is cached under
+`TORCH_EXTENSIONS_DIR`, by default ~/.cache/torch_extensions, keyed by the source, flags, torch version and CPU).
+Without a working C++ compiler the references run, after one warning naming the error, and the fused backend
+refuses to build. `set_enabled(False)` (or `EMBTABLES_KERNELS=0` in the environment at start-up) makes the
+references run on purpose, e.g. to compare.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import platform
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor
+
+_SOURCE = Path(__file__).parent / "csrc" / "cpu_kernels.cpp"
+# -fopenmp: ATen's parallel_for is a header template whose OpenMP pragma needs it (it then joins torch's runtime);
+# -march=native: the row loops are 16-float vectors, one AVX-512 op where the CPU has it. The build is keyed by
+# the CPU's flags, so a home directory shared by different machines gets one build per kind of CPU.
+_FLAGS = ["-O3", "-fopenmp", "-march=native"]
+
+
+def _cpu() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    return next((line for line in info.splitlines() if line.startswith("flags")), platform.machine())
+_state: dict[str, Any] = {"enabled": os.environ.get("EMBTABLES_KERNELS", "1") != "0", "ops": None, "error": None}
+
+
+def _load() -> Any | None:
+    if _state["ops"] is None and _state["error"] is None:
+        try:
+            from torch.utils.cpp_extension import load
+
+            key = repr((_FLAGS, torch.__version__, _cpu())).encode()
+            digest = hashlib.sha1(_SOURCE.read_bytes() + key).hexdigest()[:12]
+            load(name=f"embtables_cpu_{digest}", sources=[str(_SOURCE)], extra_cflags=_FLAGS, extra_ldflags=["-fopenmp"],
+                 is_python_module=False, verbose=False)
+            _state["ops"] = torch.ops.embtables
+        except Exception as e:  # no compiler, no headers, a failed build: the PyTorch references still work
+            _state["error"] = f"{type(e).__name__}: {e}"
+            warnings.warn(f"embtables: C++ CPU kernels unavailable, using the PyTorch references ({_state['error']})")
+    return _state["ops"]
+
+
+def ops_for(*tensors: Tensor) -> Any | None:
+    """`torch.ops.embtables` when the kernels are enabled, built and every tensor is on the CPU; else None."""
+    if not _state["enabled"] or any(t.device.type != "cpu" for t in tensors):
+        return None
+    return _load()
+
+
+def available() -> bool:
+    """Whether the kernels are built (building them now if needed), regardless of `set_enabled`."""
+    return _load() is not None
+
+
+def status() -> str:
+    """One line: whether the kernels are in use, and why not when they are not."""
+    if not _state["enabled"]:
+        return "disabled (set_enabled(False) or EMBTABLES_KERNELS=0): PyTorch references in use"
+    return "C++ CPU kernels in use" if available() else f"unavailable: {_state['error']}"
+
+
+def set_enabled(enabled: bool) -> None:
+    """Use the kernels (True, the default) or the PyTorch references (False)."""
+    _state["enabled"] = bool(enabled)
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Run the PyTorch references inside the block.
+
+    Example:
+        >>> from embtables import kernels
+        >>> with kernels.disabled():
+        ...     kernels.ops_for(torch.zeros(1)) is None
+        True
+    """
+    before = _state["enabled"]
+    _state["enabled"] = False
+    try:
+        yield
+    finally:
+        _state["enabled"] = before

@@ -1,0 +1,228 @@
+"""The `fused` backend: every physical table in one flat fp32 tensor, looked up, combined and updated by the C++
+CPU kernels `fused_forward` and `fused_backward` (`embtables/csrc/cpu_kernels.cpp`, built by `embtables.kernels`).
+
+Why: around FBGEMM's TBE, a compressed method's CPU step writes the (B, sum of lookup dims) pooled tensor, reads it
+back in `combine` (qr's products, mixed_dim's projections: a pass per piece), writes the gradient of that tensor,
+and the TBE sorts the ids to update rows. Here
+
+  forward   pools each lookup's bags, one lookup (so one table) at a time as FBGEMM does; lookups the method only
+            copies go straight to their output columns, the others to a lookup-major buffer x from which the
+            method's column program (`methods/_layout.py` `ColumnProgram`, translated by `kernel_program`) writes
+            the output in one pass over blocks of 32 samples;
+  backward  runs the program's backward in one pass (dL/dx, lookup-major), then table by table adds each id's
+            gradient to its row's sum (open addressing: no sort, no table-sized buffer) and updates every touched
+            row once ("exact", as FBGEMM's optimizers) inside the backward pass: no gradient of table size exists.
+
+Each row is owned by one work item (a table, or a part of a table with many ids: a hash of the row id picks the
+part), so updates take no locks. Optimizers are the torch backend's (`SparseOptimizer`): row-wise Adagrad
+(`embtables.optim`), Adagrad and SGD, with their state in the `state` buffer, saved with the weights. Gradients
+reach per-id weights (multihash's importance) and the program's weight (mixed_dim's projections) through autograd.
+Dims need not be multiples of 4. CPU and fp32 only; building the store raises when the kernels cannot be built.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from embtables import kernels
+from embtables.bags import Bags
+from embtables.config import Lookup, PhysicalTable, SparseOptimizer
+from embtables.methods._layout import ColumnProgram, Piece, Term  # noqa: F401 (Piece, Term: the docstring example)
+from embtables.store.base import Store
+
+_OPTIMIZERS = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2}
+_NO_PROGRAM = torch.zeros(0, dtype=torch.long)
+
+
+class _Group:
+    """The lookups of one kind (pooled, or per id), as the kernels take them: their tables, per table the lookups
+    that read it (CSR), and per program (`kernel_program`) the spec and where each lookup's rows go."""
+
+    def __init__(self, tables: Sequence[PhysicalTable], lookups: Sequence[Lookup]) -> None:
+        self.dims = [tables[lk.table].embedding_dim for lk in lookups]
+        self.width = sum(self.dims)
+        self.table = torch.tensor([lk.table for lk in lookups], dtype=torch.long)
+        by_table = [[i for i, lk in enumerate(lookups) if lk.table == t] for t in range(len(tables))]
+        self.table_lookups = torch.tensor([i for ls in by_table for i in ls], dtype=torch.long)
+        self.table_lookup_start = torch.tensor([0] + [len(ls) for ls in by_table], dtype=torch.long).cumsum(0)
+        self._programs: dict[int, tuple[ColumnProgram, KernelProgram]] = {}
+        cols = [sum(self.dims[:i]) for i in range(len(self.dims))]
+        self.identity = KernelProgram(_NO_PROGRAM, torch.tensor([cols, [-1] * len(cols)], dtype=torch.long), 0)
+
+    def program(self, program: ColumnProgram) -> "KernelProgram":
+        """`kernel_program` of a method's program, built once per program."""
+        key = id(program)
+        if key not in self._programs:  # the program is kept with its translation, so its id stays its own
+            self._programs[key] = (program, kernel_program(program, self.dims))
+        return self._programs[key][1]
+
+
+@dataclass(frozen=True)
+class KernelProgram:
+    """A column program as the fused kernels run it: `spec` (see `kernel_program`), `cols` (2, L): each lookup's
+    output column, or -1, and its column in x, or -1; `width_x`: x's width."""
+
+    spec: Tensor
+    cols: Tensor
+    width_x: int
+
+
+def kernel_program(program: ColumnProgram, dims: Sequence[int]) -> KernelProgram:
+    """Translate a `ColumnProgram` over the pooled lookups (widths `dims`, side by side) for the fused kernels.
+
+    A lookup that the program only copies into the output, whole, is pooled straight into its output columns and
+    leaves the program. The others go to x, kept lookup-major there, so every term must lie inside one lookup:
+    repeated pieces are expanded, plain copies and sums cut wherever a term crosses from one lookup to the next,
+    and each term is given as (lookup, column offset in it, width, weight offset). The spec holds, per piece: op
+    (0 add, 1 mult), output start, width, number of terms, then the terms' four numbers each.
+
+    Example:
+        >>> prog = ColumnProgram(8, [Piece(0, 4, (Term(0, 4), Term(4, 4)), "mult")])  # a product of two lookups
+        >>> k = kernel_program(prog, [4, 4])
+        >>> k.spec.tolist(), k.cols.tolist(), k.width_x
+        ([1, 0, 4, 2, 0, 0, 4, -1, 1, 0, 4, -1], [[-1, -1], [0, 4]], 8)
+    """
+    cols = [sum(dims[:i]) for i in range(len(dims))]
+    ends = [c + d for c, d in zip(cols, dims)]
+
+    def lookup_of(column: int) -> int:
+        return bisect.bisect_right(cols, column) - 1
+
+    pieces: list[tuple[int, int, int, list[tuple[int, int, int, int]]]] = []  # op, start, width, terms
+    for p in program.pieces:
+        for c in range(p.count):
+            terms = [(t.start + c * t.width, t.width, t.weight + c * p.width * t.width if t.weight >= 0 else -1)
+                     for t in p.terms]
+            start = p.start + c * p.width
+            if any(w >= 0 for _, _, w in terms):  # projections: every term is one lookup by construction
+                cuts = [0, p.width]
+            else:  # cut the piece wherever one of its terms crosses a lookup boundary
+                cuts = sorted({0, p.width} | {ends[lookup_of(a + k)] - a for a, _, _ in terms
+                                              for k in range(p.width) if ends[lookup_of(a + k)] - a < p.width})
+            for lo, hi in zip(cuts[:-1], cuts[1:]):
+                width = hi - lo if terms[0][2] < 0 else p.width
+                placed = []
+                for a, w, weight in terms:
+                    first = a + (lo if weight < 0 else 0)
+                    l, span = lookup_of(first), (width if weight < 0 else w)
+                    if first + span > ends[l]:
+                        raise ValueError(f"fused store: a projected term at column {a} spans two lookups")
+                    placed.append((l, first - cols[l], span, weight))
+                pieces.append((int(p.op == "mult"), start + lo, width, placed))
+    reads = [l for _, _, _, terms in pieces for l, _, _, _ in terms]
+    direct = {terms[0][0]: start for _, start, width, terms in pieces
+              if len(terms) == 1 and terms[0][3] < 0 and terms[0][1] == 0 and width == dims[terms[0][0]]
+              and reads.count(terms[0][0]) == 1}
+    out_col = [direct.get(l, -1) for l in range(len(dims))]
+    x_col, width_x = [], 0
+    for l, d in enumerate(dims):
+        x_col.append(-1 if l in direct else width_x)
+        width_x += 0 if l in direct else d
+    spec: list[int] = []
+    for op, start, width, terms in pieces:
+        if len(terms) == 1 and terms[0][0] in direct:
+            continue
+        spec += [op, start, width, len(terms)] + [v for t in terms for v in t]
+    return KernelProgram(torch.tensor(spec, dtype=torch.long), torch.tensor([out_col, x_col], dtype=torch.long),
+                         width_x)
+
+
+class FusedStore(Store):
+    name = "fused"
+    dim_multiple = 1
+    fused = True
+    combines = True  # runs a method's column program itself (`pooled_program`)
+
+    def __init__(
+        self, tables: Sequence[PhysicalTable], lookups: Sequence[Lookup], optimizer: SparseOptimizer, device: torch.device
+    ) -> None:
+        super().__init__(tables, lookups, optimizer, device)
+        if torch.device(device).type != "cpu":
+            raise ValueError("the fused backend runs on the CPU; on CUDA use backend='fbgemm'")
+        if not kernels.available():
+            raise RuntimeError(f"the fused backend needs the C++ CPU kernels, which are {kernels.status()}")
+        sizes = [t.num_embeddings * t.embedding_dim for t in tables]
+        rows = [t.num_embeddings for t in tables]
+        self.register_buffer("weight", torch.empty(sum(sizes)))
+        per_row = {"sgd": [0] * len(tables), "adagrad": sizes, "rowwise_adagrad": rows}[optimizer.name]
+        self.register_buffer("state", torch.zeros(max(sum(per_row), 1)))
+        self._state_offset = _starts(per_row)
+        self._offset = _starts(sizes)
+        self._dim = torch.tensor([t.embedding_dim for t in tables], dtype=torch.long)
+        self._rows = torch.tensor(rows, dtype=torch.long)
+        self._pooled = _Group(tables, [lk for lk in lookups if lk.pooled])
+        self._per_id = _Group(tables, [lk for lk in lookups if not lk.pooled])
+        # an input that needs a gradient, so that autograd calls backward (where the update happens) even when
+        # nothing else does, as FBGEMM's TBE does
+        self._placeholder = torch.zeros(0, requires_grad=True)
+        self.reset_parameters()
+
+    def pooled(self, bags: Bags) -> Tensor:
+        g = self._pooled
+        return self._run(bags, g, g.identity, None, g.width, True)  # (B, sum D)
+
+    def pooled_program(self, bags: Bags, program: ColumnProgram, weight: Tensor | None) -> Tensor:
+        """Pooled lookups composed by a method's column program: (B, program.width_out)."""
+        g = self._pooled
+        return self._run(bags, g, g.program(program), weight, program.width_out, program.exact)
+
+    def rows(self, bags: Bags) -> Tensor:
+        L, n = bags.num_features, max(bags.counts)
+        D = self.tables[self.lookups[self.num_pooled].table].embedding_dim
+        if n == 0:
+            return torch.zeros(0, D)
+        g = self._per_id
+        out = self._run(bags.singletons(n), g, g.identity, None, g.width, True)  # (n, L*D)
+        out = out.view(n, L, D)
+        return torch.cat([out[:c, i] for i, c in enumerate(bags.counts)])  # (N_rows, D) in lookup order
+
+    def _run(self, bags: Bags, group: _Group, program: KernelProgram, weight: Tensor | None, width_out: int,
+             exact: bool) -> Tensor:
+        psw = bags.weights
+        if psw is not None and psw.dtype != torch.float32:
+            raise TypeError(f"the fused backend takes fp32 per-id weights, got {psw.dtype}")
+        return _FusedLookup.apply(self._placeholder, psw, weight, self, group, bags, program, width_out, exact)
+
+    def weights(self) -> list[Tensor]:
+        return [self.weight[o : o + t.num_embeddings * t.embedding_dim].view(t.num_embeddings, t.embedding_dim)
+                for o, t in zip(self._offset.tolist(), self.tables)]
+
+
+def _starts(sizes: Sequence[int]) -> Tensor:
+    return torch.tensor([0] + list(sizes[:-1]), dtype=torch.long).cumsum(0)
+
+
+class _FusedLookup(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, placeholder: Tensor, psw: Tensor | None, weight: Tensor | None, store: FusedStore,
+                group: _Group, bags: Bags, program: KernelProgram, width_out: int, exact: bool) -> Tensor:
+        ops = kernels.ops_for(bags.values)
+        w = None if weight is None else weight.detach().contiguous()
+        p = None if psw is None else psw.detach().contiguous()
+        out, x = ops.fused_forward(store.weight, store._offset, store._dim, store._rows, group.table, program.cols,
+                                   bags.values, bags.offsets, p, bags.batch_size, program.width_x, program.spec, w,
+                                   width_out)
+        ctx.args = (store, group, bags, program, exact)
+        ctx.save_for_backward(p, w, x)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        store, group, bags, program, exact = ctx.args
+        psw, w, x = ctx.saved_tensors
+        ops = kernels.ops_for(grad)
+        o = store.optimizer
+        need_psw, need_w = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        gw, gpsw = ops.fused_backward(
+            grad, store.weight, store.state, store._state_offset, _OPTIMIZERS[o.name], o.lr, o.eps, store._offset,
+            store._dim, store._rows, group.table, program.cols, group.table_lookups, group.table_lookup_start,
+            bags.values, bags.offsets, psw, bags.batch_size, program.width_x, program.spec, w, x, exact, need_w,
+            need_psw)
+        return None, (gpsw if need_psw else None), (gw if need_w else None), None, None, None, None, None, None
