@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -32,6 +33,20 @@ inline float dot(const float* __restrict a, const float* __restrict b, int64_t n
   float s = 0.f;
   for (int64_t j = 0; j < n; ++j) s += a[j] * b[j];
   return s;
+}
+
+// f(n) with n a compile-time constant for the common widths, so that the row loops inside f unroll into a few
+// vector instructions (a 16-float row is one AVX-512 register) instead of a generic loop with tail handling.
+template <typename F>
+inline void with_width(int64_t n, F&& f) {
+  switch (n) {
+    case 4: return f(std::integral_constant<int64_t, 4>{});
+    case 8: return f(std::integral_constant<int64_t, 8>{});
+    case 16: return f(std::integral_constant<int64_t, 16>{});
+    case 32: return f(std::integral_constant<int64_t, 32>{});
+    case 64: return f(std::integral_constant<int64_t, 64>{});
+    default: return f(n);
+  }
 }
 
 // ---- the fused store (embtables/store/fused_store.py) ----
@@ -139,22 +154,34 @@ void program_rows(const std::vector<Piece>& pieces, const float* wt, const float
       const float* xi = X + t.base;
       if (t.weight >= 0) {
         const float* mt = wt + t.weight;
-        for (int64_t b = b0; b < b1; ++b) {
-          float* __restrict ob = o + b * Wout;
-          if (first) std::fill(ob, ob + p.width, 0.f);
-          const float* xb = xi + b * t.stride;
-          for (int64_t k = 0; k < t.width; ++k) {
-            const float v = xb[k];
-            const float* __restrict mk = mt + k * p.width;
-            for (int64_t j = 0; j < p.width; ++j) ob[j] += mk[j] * v;
-          }
-        }
-      } else if (first) {
-        for (int64_t b = b0; b < b1; ++b) set(o + b * Wout, xi + b * t.stride, p.width);
-      } else if (p.op == 1) {
-        for (int64_t b = b0; b < b1; ++b) mul(o + b * Wout, xi + b * t.stride, p.width);
+        with_width(p.width, [&](auto D) {
+          with_width(t.width, [&](auto d) {
+            for (int64_t b = b0; b < b1; ++b) {
+              float* __restrict ob = o + b * Wout;
+              if (first) std::fill(ob, ob + D, 0.f);
+              const float* xb = xi + b * t.stride;
+              for (int64_t k = 0; k < d; ++k) {
+                const float v = xb[k];
+                const float* __restrict mk = mt + k * D;
+                for (int64_t j = 0; j < D; ++j) ob[j] += mk[j] * v;
+              }
+            }
+          });
+        });
       } else {
-        for (int64_t b = b0; b < b1; ++b) add(o + b * Wout, xi + b * t.stride, p.width);
+        const int64_t how = first ? 0 : p.op == 1 ? 1 : 2;
+        with_width(p.width, [&](auto D) {
+          for (int64_t b = b0; b < b1; ++b) {
+            float* ob = o + b * Wout;
+            const float* xb = xi + b * t.stride;
+            if (how == 0)
+              set(ob, xb, D);
+            else if (how == 1)
+              mul(ob, xb, D);
+            else
+              add(ob, xb, D);
+          }
+        });
       }
       first = false;
     }
@@ -173,22 +200,26 @@ void program_rows_backward(const std::vector<Piece>& pieces, const float* w, con
       const float* xi = X + t.base;
       if (t.weight >= 0) {
         const float* m = w + t.weight;  // (D, d) row-major: gx = g^T M, a sum of M's rows, each d wide
-        for (int64_t b = b0; b < b1; ++b) {
-          const float* gb = g + b * Wout;
-          float* __restrict gib = gi + b * t.stride;
-          if (exact) std::fill(gib, gib + t.width, 0.f);
-          for (int64_t j = 0; j < p.width; ++j) {
-            const float gj = gb[j];
-            const float* __restrict mj = m + j * t.width;
-            for (int64_t k = 0; k < t.width; ++k) gib[k] += gj * mj[k];
-          }
-          if (gwt)
-            for (int64_t k = 0; k < t.width; ++k) {
-              const float v = xi[b * t.stride + k];
-              float* __restrict row = gwt + t.weight + k * p.width;
-              for (int64_t j = 0; j < p.width; ++j) row[j] += v * gb[j];
+        with_width(p.width, [&](auto D) {
+          with_width(t.width, [&](auto d) {
+            for (int64_t b = b0; b < b1; ++b) {
+              const float* gb = g + b * Wout;
+              float* __restrict gib = gi + b * t.stride;
+              if (exact) std::fill(gib, gib + d, 0.f);
+              for (int64_t j = 0; j < D; ++j) {
+                const float gj = gb[j];
+                const float* __restrict mj = m + j * d;
+                for (int64_t k = 0; k < d; ++k) gib[k] += gj * mj[k];
+              }
+              if (gwt)
+                for (int64_t k = 0; k < d; ++k) {
+                  const float v = xi[b * t.stride + k];
+                  float* __restrict row = gwt + t.weight + k * D;
+                  for (int64_t j = 0; j < D; ++j) row[j] += v * gb[j];
+                }
             }
-        }
+          });
+        });
       } else if (p.op == 1 && p.terms.size() > 1) {
         // g times every other term, built in place (exact) or in scratch and added
         for (int64_t b = b0; b < b1; ++b) {
@@ -206,13 +237,27 @@ void program_rows_backward(const std::vector<Piece>& pieces, const float* w, con
           }
           if (!exact) add(gi + b * t.stride, dst, p.width);
         }
-      } else if (exact) {
-        for (int64_t b = b0; b < b1; ++b) set(gi + b * t.stride, g + b * Wout, p.width);
       } else {
-        for (int64_t b = b0; b < b1; ++b) add(gi + b * t.stride, g + b * Wout, p.width);
+        with_width(p.width, [&](auto D) {
+          for (int64_t b = b0; b < b1; ++b) {
+            if (exact)
+              set(gi + b * t.stride, g + b * Wout, D);
+            else
+              add(gi + b * t.stride, g + b * Wout, D);
+          }
+        });
       }
     }
   }
+}
+
+// n floats: the front of `spare` when it is a large enough fp32 CPU buffer, else a new tensor. The store keeps one
+// for backward's dL/dx, which lives only during the call: 10 MB freshly allocated cost ~0.4 ms of page faults.
+at::Tensor workspace(const c10::optional<at::Tensor>& spare, int64_t n, const at::Tensor& like) {
+  if (spare.has_value() && spare->defined() && spare->numel() >= n && spare->scalar_type() == at::kFloat &&
+      spare->is_contiguous() && spare->device().is_cpu())
+    return spare->narrow(0, 0, n);
+  return at::empty({n}, like.options());
 }
 
 // Lookup l's pooled bags into rows x + b * stride. Row reads are random and miss the cache; prefetching the row
@@ -227,22 +272,24 @@ void pool_lookup(const Store& s, int64_t l, int64_t b0, int64_t b1, float* x, in
   const int64_t* off = s.offsets + l * s.B;
   const int64_t hi = off[b1];
   for (int64_t i = off[b0]; i < std::min(off[b0] + kAhead, hi); ++i) __builtin_prefetch(tab + s.values[i] * d);
-  for (int64_t b = b0; b < b1; ++b) {
-    float* __restrict xb = x + b * stride;
-    const int64_t lo = off[b], end = off[b + 1];
-    if (lo == end) std::fill(xb, xb + d, 0.f);
-    for (int64_t i = lo; i < end; ++i) {
-      if (i + kAhead < hi) __builtin_prefetch(tab + s.values[i + kAhead] * d);
-      const int64_t id = s.values[i];
-      TORCH_CHECK(id >= 0 && id < rows, "fused store: id ", id, " of lookup ", l, " is outside [0, ", rows, ")");
-      const float* __restrict r = tab + id * d;
-      const float a = s.psw ? s.psw[i] : 1.f;
-      if (i == lo)
-        for (int64_t j = 0; j < d; ++j) xb[j] = a * r[j];
-      else
-        for (int64_t j = 0; j < d; ++j) xb[j] += a * r[j];
+  with_width(d, [&](auto D) {
+    for (int64_t b = b0; b < b1; ++b) {
+      float* __restrict xb = x + b * stride;
+      const int64_t lo = off[b], end = off[b + 1];
+      if (lo == end) std::fill(xb, xb + D, 0.f);
+      for (int64_t i = lo; i < end; ++i) {
+        if (i + kAhead < hi) __builtin_prefetch(tab + s.values[i + kAhead] * D);
+        const int64_t id = s.values[i];
+        TORCH_CHECK(id >= 0 && id < rows, "fused store: id ", id, " of lookup ", l, " is outside [0, ", rows, ")");
+        const float* __restrict r = tab + id * D;
+        const float a = s.psw ? s.psw[i] : 1.f;
+        if (i == lo)
+          for (int64_t j = 0; j < D; ++j) xb[j] = a * r[j];
+        else
+          for (int64_t j = 0; j < D; ++j) xb[j] += a * r[j];
+      }
     }
-  }
+  });
 }
 
 // -> (out (B, width_out), lookup-major x when there is a program, kept for its backward, else undefined)
@@ -368,7 +415,7 @@ std::tuple<at::Tensor, at::Tensor> fused_backward(
     const at::Tensor& table_lookup_start, const at::Tensor& values, const at::Tensor& offsets,
     const c10::optional<at::Tensor>& psw, int64_t batch_size, int64_t width_in, const at::Tensor& spec,
     const c10::optional<at::Tensor>& program_weight, const c10::optional<at::Tensor>& saved_x, bool exact,
-    bool weight_grad, bool psw_grad) {
+    bool weight_grad, bool psw_grad, const c10::optional<at::Tensor>& spare) {
   const Store s = make_store(weight, table_offset, table_dim, table_rows, lookup_table, lookup_cols, values, offsets,
                              psw, batch_size, width_in);
   TORCH_CHECK(state.scalar_type() == at::kFloat && state.is_contiguous(), "fused store: fp32 optimizer state");
@@ -386,7 +433,8 @@ std::tuple<at::Tensor, at::Tensor> fused_backward(
     const float* pw = has_pw ? program_weight->data_ptr<float>() : nullptr;
     const int64_t wsize = has_pw ? program_weight->numel() : 0;
     at::Tensor partial = weight_grad && has_pw ? at::zeros({threads, wsize}, grad.options()) : at::Tensor();
-    gx = exact ? at::empty({B * W}, grad.options()) : at::zeros({B * W}, grad.options());
+    gx = workspace(spare, B * W, grad);
+    if (!exact) gx.zero_();
     int64_t widest = 0;
     for (const Piece& p : pieces) widest = std::max(widest, p.width);
     const float* X = saved_x->data_ptr<float>();
@@ -467,38 +515,40 @@ std::tuple<at::Tensor, at::Tensor> fused_backward(
   at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t i0, int64_t i1) {
     RowGrads acc;
     for (int64_t item = i0; item < i1; ++item) {
-      const int64_t t = items[item].table, d = s.dim[t];
+      const int64_t t = items[item].table;
       const float* tab = s.weight + s.offset[t];
-      acc.reset(d, items[item].expected);  // grows if the split is uneven
-      auto add_id = [&](int64_t i, const float* g) {
-        const int64_t id = s.values[i];
-        const float a = s.psw ? s.psw[i] : 1.f;
-        float* __restrict dst = acc.row(id);
-        for (int64_t j = 0; j < d; ++j) dst[j] += a * g[j];
-        if (GP) GP[i] = dot(g, tab + id * d, d);  // d out / d w_i = <dL/dx of the bag, the row>
-      };
-      if (part_bits[t]) {
-        for (const Entry& e : buckets[t][items[item].part]) add_id(e.i, e.g);
-      } else {
-        for (int64_t k = tls[t]; k < tls[t + 1]; ++k) {
-          const int64_t l = tl[k];
-          for (int64_t b = 0; b < B; ++b) {
-            const float* g = grad_row(l, b);
-            for (int64_t i = s.offsets[l * B + b]; i < s.offsets[l * B + b + 1]; ++i) add_id(i, g);
+      acc.reset(s.dim[t], items[item].expected);  // grows if the split is uneven
+      with_width(s.dim[t], [&](auto d) {
+        auto add_id = [&](int64_t i, const float* g) {
+          const int64_t id = s.values[i];
+          const float a = s.psw ? s.psw[i] : 1.f;
+          float* __restrict dst = acc.row(id);
+          for (int64_t j = 0; j < d; ++j) dst[j] += a * g[j];
+          if (GP) GP[i] = dot(g, tab + id * d, d);  // d out / d w_i = <dL/dx of the bag, the row>
+        };
+        if (part_bits[t]) {
+          for (const Entry& e : buckets[t][items[item].part]) add_id(e.i, e.g);
+        } else {
+          for (int64_t k = tls[t]; k < tls[t + 1]; ++k) {
+            const int64_t l = tl[k];
+            for (int64_t b = 0; b < B; ++b) {
+              const float* g = grad_row(l, b);
+              for (int64_t i = s.offsets[l * B + b]; i < s.offsets[l * B + b + 1]; ++i) add_id(i, g);
+            }
           }
         }
-      }
-      const size_t touched = acc.ids.size();
-      for (size_t u = 0; u < touched; ++u) {
-        if (u + kAhead < touched) {  // rows are random: fetch a later one's weights and state meanwhile
-          const int64_t later = acc.ids[u + kAhead];
-          __builtin_prefetch(wmut + s.offset[t] + later * d, 1);
-          if (optimizer) __builtin_prefetch(st + soff[t] + (optimizer == 1 ? later * d : later), 1);
+        const size_t touched = acc.ids.size();
+        for (size_t u = 0; u < touched; ++u) {
+          if (u + kAhead < touched) {  // rows are random: fetch a later one's weights and state meanwhile
+            const int64_t later = acc.ids[u + kAhead];
+            __builtin_prefetch(wmut + s.offset[t] + later * d, 1);
+            if (optimizer) __builtin_prefetch(st + soff[t] + (optimizer == 1 ? later * d : later), 1);
+          }
+          const int64_t id = acc.ids[u];
+          float* state_row = optimizer == 0 ? st : st + soff[t] + (optimizer == 1 ? id * d : id);
+          update_row(wmut + s.offset[t] + id * d, state_row, acc.grad.data() + u * d, d, optimizer, lr, eps);
         }
-        const int64_t id = acc.ids[u];
-        float* state_row = optimizer == 0 ? st : st + soff[t] + (optimizer == 1 ? id * d : id);
-        update_row(wmut + s.offset[t] + id * d, state_row, acc.grad.data() + u * d, d, optimizer, lr, eps);
-      }
+      });
     }
   });
   return {gw, gpsw};
@@ -629,7 +679,7 @@ TORCH_LIBRARY(embtables, m) {
         "float lr, float eps, Tensor table_offset, Tensor table_dim, Tensor table_rows, Tensor lookup_table, "
         "Tensor lookup_cols, Tensor table_lookups, Tensor table_lookup_start, Tensor values, Tensor offsets, "
         "Tensor? psw, int batch_size, int width_in, Tensor spec, Tensor? program_weight, Tensor? saved_x, bool exact, "
-        "bool weight_grad, bool psw_grad) -> (Tensor, Tensor)",
+        "bool weight_grad, bool psw_grad, Tensor? spare) -> (Tensor, Tensor)",
         &fused_backward);
   m.def("digits_remap(Tensor values, Tensor offsets, int batch_size, Tensor reads, Tensor place, Tensor radix) -> "
         "(Tensor, Tensor)",

@@ -161,6 +161,7 @@ class FusedStore(Store):
         # an input that needs a gradient, so that autograd calls backward (where the update happens) even when
         # nothing else does, as FBGEMM's TBE does
         self._placeholder = torch.zeros(0, requires_grad=True)
+        self._workspace = torch.empty(0)  # backward's dL/dx, reused from step to step (see the kernel)
         self.reset_parameters()
 
     def pooled(self, bags: Bags) -> Tensor:
@@ -220,9 +221,11 @@ class _FusedLookup(torch.autograd.Function):
         ops = kernels.ops_for(grad)
         o = store.optimizer
         need_psw, need_w = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        if store._workspace.numel() < bags.batch_size * program.width_x:
+            store._workspace = torch.empty(bags.batch_size * program.width_x)
         gw, gpsw = ops.fused_backward(
             grad, store.weight, store.state, store._state_offset, _OPTIMIZERS[o.name], o.lr, o.eps, store._offset,
             store._dim, store._rows, group.table, program.cols, group.table_lookups, group.table_lookup_start,
             bags.values, bags.offsets, psw, bags.batch_size, program.width_x, program.spec, w, x, exact, need_w,
-            need_psw)
+            need_psw, store._workspace)
         return None, (gpsw if need_psw else None), (gw if need_w else None), None, None, None, None, None, None
