@@ -12,6 +12,8 @@ ratios are to the first config, measured in the same run. `--rounds` repeats the
 keeps each config's best round.
 Each config runs in a fresh process (`isolated`): measured one after another in one process, a config's speed
 depended on what the earlier ones had allocated and freed (2 GB tables, optimizer state), by up to 2.4x.
+`--methods` runs every method on both fast backends: `fbgemm` (FBGEMM's TBE, the method's remap and combine in
+PyTorch around it) and `fused` (embtables' C++ kernels: lookups, combine and optimizer in one kernel per direction).
 """
 
 from __future__ import annotations
@@ -261,21 +263,29 @@ def isolated(script: str, argv: list[str]) -> dict:
 
 
 def print_method_summary(rates: dict[str, float]) -> None:
-    """Issue 3's two targets as ratios of rates measured above, in the same run."""
-    full = rates.get("embtables full, fbgemm backend")
-    print("\n| method | budget | samples/s | vs full fbgemm | vs plain PyTorch |")
-    print("|---|---|---:|---:|---:|")
-    for name, rate in rates.items():
-        if not (name.startswith("embtables ") and name.endswith(", fbgemm backend")):
-            continue
-        parts = name.removeprefix("embtables ").removesuffix(", fbgemm backend").split(" ")
-        if len(parts) != 2:  # the full table itself
-            continue
-        method, budget = parts
+    """Issue 3's two targets as ratios of rates measured above, in the same run: each method on both fast
+    backends, against the full table on FBGEMM (the production baseline), on the fused backend, and against its
+    plain-PyTorch composition."""
+    full = {be: rates.get(f"embtables full, {be} backend") for be in ("fbgemm", "fused")}
+    print("\n| method | budget | fbgemm samples/s | fused samples/s | fbgemm vs full fbgemm | fused vs full fbgemm "
+          "| fused vs full fused | fbgemm vs plain PyTorch | fused vs plain PyTorch |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    seen = []
+    for name in rates:
+        parts = name.removeprefix("embtables ").split(", ")[0].split(" ")
+        if name.startswith("embtables ") and len(parts) == 2 and parts not in seen:
+            seen.append(parts)
+    for method, budget in seen:
+        r = {be: rates.get(f"embtables {method} {budget}, {be} backend") for be in ("fbgemm", "fused")}
         plain = rates.get(f"plain PyTorch {method} {budget} (nn.EmbeddingBag, sparse Adagrad)")
-        vs_full = f"{rate / full:.2f}x" if full else "-"
-        vs_plain = f"{rate / plain:.2f}x" if plain else "-"
-        print(f"| {method} | {budget} | {rate:,.0f} | {vs_full} | {vs_plain} |")
+
+        def ratio(a: float | None, b: float | None) -> str:
+            return f"{a / b:.2f}x" if a and b else "-"
+
+        cells = [f"{v:,.0f}" if v else "-" for v in (r["fbgemm"], r["fused"])]
+        cells += [ratio(r["fbgemm"], full["fbgemm"]), ratio(r["fused"], full["fbgemm"]), ratio(r["fused"], full["fused"]),
+                  ratio(r["fbgemm"], plain), ratio(r["fused"], plain)]
+        print(f"| {method} | {budget} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

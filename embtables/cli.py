@@ -16,6 +16,8 @@ import importlib
 import sys
 from typing import Any, Sequence
 
+from embtables.store import BACKENDS
+
 # Modules that add subcommands; each defines `register(subparsers)`.
 COMMAND_MODULES = (
     "embtables.cli", "embtables.datasets.criteo", "embtables.datasets.synthetic", "embtables.datasets.sequences",
@@ -41,7 +43,7 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
     """The method arguments shared by `plan`, `train` and friends."""
     p.add_argument("--method", default="full", help="a registered method (see `embtables plan --list`)")
     p.add_argument("--budget", type=float, default=None, help="fraction of the full fp32 bytes, in (0, 1]")
-    p.add_argument("--backend", default="fbgemm", choices=["torch", "fbgemm"])
+    p.add_argument("--backend", default="fbgemm", choices=sorted(BACKENDS))
     p.add_argument("-o", "--option", action="append", default=[], metavar="NAME=VALUE",
                    help="a method option, e.g. -o buckets=1000 -o seed=3 (repeatable)")
 

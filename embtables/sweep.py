@@ -25,6 +25,7 @@ import pandas as pd
 import embtables as et
 from embtables.datasets.layout import atomic_write, read_json, write_json
 from embtables.runinfo import machine, versions
+from embtables.store import BACKENDS
 from embtables.train import TrainConfig
 
 RESULTS = "results.parquet"
@@ -217,7 +218,7 @@ def register(sub: Any) -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--backend", default="fbgemm", choices=["torch", "fbgemm"])
+    p.add_argument("--backend", default="fbgemm", choices=sorted(BACKENDS))
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--embedding-lr", type=float, default=TrainConfig.embedding_lr)
     p.add_argument("--dense-lr", type=float, default=TrainConfig.dense_lr)
