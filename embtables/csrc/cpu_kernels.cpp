@@ -91,7 +91,7 @@ Store make_store(const at::Tensor& weight, const at::Tensor& table_offset, const
           batch_size, width_in};
 }
 
-// ---- column programs on lookup-major x (embtables/store/fused_store.py: `lookup_major_spec`) ----
+// ---- column programs on lookup-major x (embtables/store/fused_store.py: `kernel_program`) ----
 // Per piece: op (0 add, 1 mult), output start, width, number of terms; per term: lookup, column offset in the
 // lookup, width, weight (offset of its (piece width x width) matrix in the flat program weight, or -1).
 struct Term {
@@ -263,8 +263,6 @@ at::Tensor workspace(const c10::optional<at::Tensor>& spare, int64_t n, const at
 // Lookup l's pooled bags into rows x + b * stride. Row reads are random and miss the cache; prefetching the row
 // kAhead ids on keeps several misses in flight.
 constexpr int64_t kAhead = 8;
-// ids per work item of the optimizer step (a table with more is split), so that its sums stay in the cache
-constexpr int64_t kPartIds = 16384;
 
 void pool_lookup(const Store& s, int64_t l, int64_t b0, int64_t b1, float* x, int64_t stride) {
   const int64_t t = s.table[l], d = s.dim[t], rows = s.rows[t];
@@ -471,47 +469,26 @@ std::tuple<at::Tensor, at::Tensor> fused_backward(
   const int64_t* soff = state_offset.data_ptr<int64_t>();
   const int64_t* tl = table_lookups.data_ptr<int64_t>();
   const int64_t* tls = table_lookup_start.data_ptr<int64_t>();
-  // Work items (table, part). A table with many ids is split into a power-of-two number of parts by a hash of
-  // the row id, so that each part's sums stay in the cache (and, with fewer tables than threads, at least once
-  // per thread); its ids are first dealt into one bucket per part, in one pass.
+  // Work items (table, part): with fewer tables than threads (unified's one shared table) a table is split into
+  // parts by a hash of the row id, and each part scans the table's ids, skipping those of other parts.
   struct Item {
     int64_t table, part, expected;
   };
-  struct Entry {
-    int64_t i;       // index into values
-    const float* g;  // the gradient row of i's bag
-  };
   std::vector<Item> items;
-  std::vector<std::vector<std::vector<Entry>>> buckets(T);  // per split table, per part
   std::vector<int> part_bits(T, 0);
   for (int64_t t = 0; t < T; ++t) {
     int64_t n = 0;
     for (int64_t k = tls[t]; k < tls[t + 1]; ++k) n += s.offsets[(tl[k] + 1) * B] - s.offsets[tl[k] * B];
     if (n == 0) continue;
     int bits = 0;
-    while (bits < 6 && ((n >> bits) > kPartIds || (T < 2 * threads && (int64_t(1) << bits) < threads))) ++bits;
+    while (T < 2 * threads && (int64_t(1) << bits) < threads) ++bits;
     part_bits[t] = bits;
     for (int64_t q = 0; q < (int64_t(1) << bits); ++q)
       items.push_back({t, q, std::min((n >> bits) + 1, s.rows[t])});
-    if (bits) buckets[t].resize(size_t(1) << bits);
   }
   auto part_of = [](int64_t id, int bits) {
     return bits ? static_cast<int64_t>((static_cast<uint64_t>(id) * 0x9E3779B97F4A7C15ULL) >> (64 - bits)) : 0;
   };
-  at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      if (!part_bits[t]) continue;
-      for (auto& bucket : buckets[t]) bucket.reserve(2 * ((s.offsets[s.L * B] >> part_bits[t]) + 1));
-      for (int64_t k = tls[t]; k < tls[t + 1]; ++k) {
-        const int64_t l = tl[k];
-        for (int64_t b = 0; b < B; ++b) {
-          const float* g = grad_row(l, b);
-          for (int64_t i = s.offsets[l * B + b]; i < s.offsets[l * B + b + 1]; ++i)
-            buckets[t][part_of(s.values[i], part_bits[t])].push_back({i, g});
-        }
-      }
-    }
-  });
   at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t i0, int64_t i1) {
     RowGrads acc;
     for (int64_t item = i0; item < i1; ++item) {
@@ -526,15 +503,14 @@ std::tuple<at::Tensor, at::Tensor> fused_backward(
           for (int64_t j = 0; j < d; ++j) dst[j] += a * g[j];
           if (GP) GP[i] = dot(g, tab + id * d, d);  // d out / d w_i = <dL/dx of the bag, the row>
         };
-        if (part_bits[t]) {
-          for (const Entry& e : buckets[t][items[item].part]) add_id(e.i, e.g);
-        } else {
-          for (int64_t k = tls[t]; k < tls[t + 1]; ++k) {
-            const int64_t l = tl[k];
-            for (int64_t b = 0; b < B; ++b) {
-              const float* g = grad_row(l, b);
-              for (int64_t i = s.offsets[l * B + b]; i < s.offsets[l * B + b + 1]; ++i) add_id(i, g);
-            }
+        const int bits = part_bits[t];
+        const int64_t part = items[item].part;
+        for (int64_t k = tls[t]; k < tls[t + 1]; ++k) {
+          const int64_t l = tl[k];
+          for (int64_t b = 0; b < B; ++b) {
+            const float* g = grad_row(l, b);
+            for (int64_t i = s.offsets[l * B + b]; i < s.offsets[l * B + b + 1]; ++i)
+              if (!bits || part_of(s.values[i], bits) == part) add_id(i, g);
           }
         }
         const size_t touched = acc.ids.size();

@@ -24,8 +24,12 @@ Store layout. Pooled collections read each shared table with ONE lookup whose ba
 chunks it serves, sample-major (`Bags.stack`: bag b n + i is sample b's i-th chunk on that table, batch B n).
 FBGEMM 1.8's CPU row-wise Adagrad takes a slow scalar path for a table read by several lookups (it keeps its
 vectorised kernel for tables read by one), so this is ~2x faster in backward than one lookup per chunk, and
-the store's (B n, T w) output already is (B, n T w) in feature, chunk order: `combine` is a view. Unpooled
-collections use one per-id lookup per (feature, chunk), table by table, and regroup the rows per id.
+the store's (B n, T w) output already is (B, n T w) in feature, chunk order: `combine` is a view. On the fused
+backend, which has no such slow path, pooled collections take one lookup per (feature, chunk) instead, table by
+table: each feature's ids are then pooled together, while its own hot rows are in the cache (stacked, sample
+b's 26 features would take turns over the whole shared table), and the store writes each chunk straight to its
+output columns. Unpooled collections use one per-id lookup per (feature, chunk), table by table, and regroup
+the rows per id.
 
 Unified Embedding is not per table (one space serves all features), so it has no single-table drop-in: use
 `et.build_collection(tables, "unified", budget)`.
@@ -51,6 +55,7 @@ from embtables.bags import Bags, rows_by_slot
 from embtables.config import Lookup, TableConfig, uniform_table
 from embtables.hashing import derive_seed, hash_key, hash_to_range
 from embtables.method import Method
+from embtables.methods._layout import ColumnProgram, Piece, Term
 from embtables.plan import InfeasibleBudget, Plan, Target, full_bytes
 from embtables.registry import register_method
 
@@ -123,11 +128,12 @@ def chunk_order(chunks: Sequence[int], num_tables: int) -> list[tuple[int, int, 
     return [(*flat[g], g) for g in order]
 
 
-def _lookups(features: Sequence[str], chunks: Sequence[int], num_tables: int, pooled: bool) -> list[Lookup]:
-    """Pooled: one lookup per shared table (its chunks stacked); unpooled: one per (feature, chunk)."""
-    if pooled:
+def _lookups(features: Sequence[str], chunks: Sequence[int], num_tables: int, pooled: bool, stacked: bool
+             ) -> list[Lookup]:
+    """Stacked: one pooled lookup per shared table (its chunks stacked); else one per (feature, chunk)."""
+    if stacked:
         return [Lookup(f"unified/{s}", s, True) for s in range(num_tables)]
-    return [Lookup(f"{features[f]}/c{j}", g % num_tables, False) for f, j, g in chunk_order(chunks, num_tables)]
+    return [Lookup(f"{features[f]}/c{j}", g % num_tables, pooled) for f, j, g in chunk_order(chunks, num_tables)]
 
 
 def _chunk_counts(tables: Sequence[TableConfig], options: UnifiedOptions, width: int) -> list[int]:
@@ -174,6 +180,11 @@ class Unified(Method):
         T = opts.num_tables
         self._groups = [[i for i, (_, _, g) in enumerate(order) if g % T == s] for s in range(T)]
         self._per_table = max(len(g) for g in self._groups)  # chunks per stacked lookup, padded to the most
+        self._stacked = [lk.name for lk in plan.lookups] == [f"unified/{s}" for s in range(T)]
+        # pooled, one lookup per chunk (the fused backend): chunk i of the store is output chunk g
+        w, C = self.width, len(order)
+        self._program = ColumnProgram(C * w, sorted((Piece(g * w, w, (Term(i * w, w),)) for i, (_, _, g) in
+                                                     enumerate(order)), key=lambda p: p.start))
 
     @classmethod
     def solve(
@@ -212,7 +223,8 @@ class Unified(Method):
             M = options.rows  # type: ignore[assignment]
         physical = tuple(uniform_table(f"unified/{i}", M, width) for i in range(T))
         features = [f for t in tables for f in t.feature_names]
-        lookups = _lookups(features, chunks, T, tables[0].pooling != "none")
+        pooled = tables[0].pooling != "none"
+        lookups = _lookups(features, chunks, T, pooled, stacked=pooled and target.backend != "fused")
         params, i = [], 0
         for t in tables:
             c = tuple(chunks[i : i + len(t.feature_names)])
@@ -229,10 +241,16 @@ class Unified(Method):
         phys = bags if self._one_chunk_each else bags.select(self._lookup_list)
         values = hash_to_range(phys.values, phys.per_id(self.keys), self.shared_rows)
         phys = Bags(values, phys.offsets, phys.weights, phys.counts, phys.batch_size)
-        return phys.stack(self._groups) if self.pooled else phys
+        return phys.stack(self._groups) if self._stacked else phys
+
+    def fused_program(self, bags: Bags) -> tuple[ColumnProgram, None] | None:
+        return (self._program, None) if self.pooled and not self._stacked else None
 
     def combine(self, pooled: Tensor | None, rows: Tensor | None, bags: Bags) -> Tensor:
         B, C, w = bags.batch_size, len(self._lookup_list), self.width
+        if self.pooled and not self._stacked:  # one lookup per chunk, in store order: put them in output order
+            assert pooled is not None
+            return self._program(pooled, None)
         if self.pooled:
             assert pooled is not None
             # row b n + i, columns s w..(s+1) w: chunk g = i T + s of sample b (round-robin, stacked sample-major),
