@@ -13,8 +13,8 @@ and the TBE sorts the ids to update rows. Here
             gradient to its row's sum (open addressing: no sort, no table-sized buffer) and updates every touched
             row once ("exact", as FBGEMM's optimizers) inside the backward pass: no gradient of table size exists.
 
-Each row is owned by one work item (a table, or a part of a table with many ids: a hash of the row id picks the
-part), so updates take no locks. Optimizers are the torch backend's (`SparseOptimizer`): row-wise Adagrad
+Each row is owned by one work item (a table; with fewer tables than threads, a part of a table that a hash of
+the row id picks), so updates take no locks. Optimizers are the torch backend's (`SparseOptimizer`): row-wise Adagrad
 (`embtables.optim`), Adagrad and SGD, with their state in the `state` buffer, saved with the weights. Gradients
 reach per-id weights (multihash's importance) and the program's weight (mixed_dim's projections) through autograd.
 Dims need not be multiples of 4. CPU and fp32 only; building the store raises when the kernels cannot be built.
