@@ -12,7 +12,7 @@ over memory and a few microseconds of dispatch per op. The kernels:
 
 The last three serve every backend. Every kernel has a PyTorch reference next to the code that calls it (the
 torch backend is the fused store's), and tests compare them. The kernels are compiled with
-`torch.utils.cpp_extension` the first time they are needed (10-40 s; the build is cached under
+`torch.utils.cpp_extension` the first time they are needed (about 15 s on 2 cores; cached under
 `TORCH_EXTENSIONS_DIR`, by default ~/.cache/torch_extensions, keyed by the source, flags, torch version and CPU).
 Without a working C++ compiler the references run, after one warning naming the error, and the fused backend
 refuses to build. `set_enabled(False)` (or `EMBTABLES_KERNELS=0` in the environment at start-up) makes the
