@@ -76,8 +76,8 @@ def hash_to_range(x: Tensor, key: Tensor | int, n: Tensor | int) -> Tensor:
         k, m = (torch.tensor(v) if isinstance(v, int) else v for v in (key, n))
         if k.dtype == m.dtype == torch.int64 and k.device == m.device == x.device:
             shape = torch.broadcast_shapes(x.shape, k.shape, m.shape)
-            x, k, m = (t if t.numel() == 1 else t.expand(shape).contiguous() for t in (x.expand(shape), k, m))
-            return ops.hash_to_range(x.contiguous().view(-1), k.reshape(-1), m.reshape(-1)).view(shape)
+            k, m = (t if t.numel() == 1 else t.expand(shape).contiguous() for t in (k, m))
+            return ops.hash_to_range(x.expand(shape).contiguous().view(-1), k.reshape(-1), m.reshape(-1)).view(shape)
     return _shr(hash64(x, key), 1) % n
 
 

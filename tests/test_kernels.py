@@ -36,6 +36,9 @@ def test_hash_to_range_broadcasts_keys_and_sizes_like_the_reference():
     n = torch.tensor([[10, 1000, 7]])
     a, b = both(lambda: hash_to_range(x, keys, n))
     assert a.shape == (4, 3) and torch.equal(a, b)
+    one = torch.tensor([[42]])  # a single id against two keys: the id is broadcast, not the keys shrunk
+    a, b = both(lambda: hash_to_range(one, keys[:, :2], 1000))
+    assert a.shape == (1, 2) and torch.equal(a, b)
     per_id = torch.tensor([3, 4, 5, 6])
     a, b = both(lambda: hash_to_range(x.view(-1), 11, per_id))
     assert torch.equal(a, b)
