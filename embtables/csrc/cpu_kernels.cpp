@@ -63,14 +63,14 @@ struct Store {
   const int64_t *table, *ocol, *xcol;  // per lookup
   const int64_t *values, *offsets;
   const float* psw;
-  int64_t L, B, W;
+  int64_t L, B;
   int64_t lookup_dim(int64_t l) const { return dim[table[l]]; }
 };
 
 Store make_store(const at::Tensor& weight, const at::Tensor& table_offset, const at::Tensor& table_dim,
                  const at::Tensor& table_rows, const at::Tensor& lookup_table, const at::Tensor& lookup_cols,
                  const at::Tensor& values, const at::Tensor& offsets, const c10::optional<at::Tensor>& psw,
-                 int64_t batch_size, int64_t width_in) {
+                 int64_t batch_size) {
   TORCH_CHECK(weight.device().is_cpu() && weight.scalar_type() == at::kFloat && weight.is_contiguous(),
               "fused store: weight must be a contiguous fp32 CPU tensor");
   for (const at::Tensor* t : {&table_offset, &table_dim, &table_rows, &lookup_table, &lookup_cols, &values, &offsets})
@@ -88,7 +88,7 @@ Store make_store(const at::Tensor& weight, const at::Tensor& table_offset, const
   return {weight.data_ptr<float>(), table_offset.data_ptr<int64_t>(), table_dim.data_ptr<int64_t>(),
           table_rows.data_ptr<int64_t>(), lookup_table.data_ptr<int64_t>(), lookup_cols.data_ptr<int64_t>(),
           lookup_cols.data_ptr<int64_t>() + L, values.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(), w, L,
-          batch_size, width_in};
+          batch_size};
 }
 
 // ---- column programs on lookup-major x (embtables/store/fused_store.py: `kernel_program`) ----
@@ -125,18 +125,28 @@ std::vector<Piece> parse(const at::Tensor& spec, const Store& s) {
   return pieces;
 }
 
-// The matrices of projected terms transposed to (d, D), so that the forward's inner loop runs over D
-// contiguous output columns.
-std::vector<float> transposed(const at::Tensor& weight, const std::vector<Piece>& pieces) {
-  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.is_contiguous(), "program weight: contiguous fp32");
-  std::vector<float> wt(weight.numel());
-  const float* w = weight.data_ptr<float>();
+// Every projected term's (D, d) matrix of a flat program weight, copied between its own row-major layout and the
+// transposed (d, D) one at the same offset: `to_dd` (to (d, D)) lets the forward's inner loop run over D
+// contiguous output columns; backward's (d, D) weight gradient goes back the other way.
+void transpose_projections(const float* from, float* to, const std::vector<Piece>& pieces, bool to_dd) {
   for (const Piece& p : pieces)
     for (const Term& t : p.terms) {
       if (t.weight < 0) continue;
       for (int64_t j = 0; j < p.width; ++j)
-        for (int64_t k = 0; k < t.width; ++k) wt[t.weight + k * p.width + j] = w[t.weight + j * t.width + k];
+        for (int64_t k = 0; k < t.width; ++k) {
+          const int64_t rm = t.weight + j * t.width + k, dd = t.weight + k * p.width + j;
+          if (to_dd)
+            to[dd] = from[rm];
+          else
+            to[rm] = from[dd];
+        }
     }
+}
+
+std::vector<float> transposed(const at::Tensor& weight, const std::vector<Piece>& pieces) {
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.is_contiguous(), "program weight: contiguous fp32");
+  std::vector<float> wt(weight.numel());
+  transpose_projections(weight.data_ptr<float>(), wt.data(), pieces, true);
   return wt;
 }
 
@@ -297,7 +307,7 @@ std::tuple<at::Tensor, at::Tensor> fused_forward(
     const c10::optional<at::Tensor>& psw, int64_t batch_size, int64_t width_in, const at::Tensor& spec,
     const c10::optional<at::Tensor>& program_weight, int64_t width_out) {
   const Store s = make_store(weight, table_offset, table_dim, table_rows, lookup_table, lookup_cols, values, offsets,
-                             psw, batch_size, width_in);
+                             psw, batch_size);
   const std::vector<Piece> pieces = parse(spec, s);
   at::Tensor out = at::empty({batch_size, width_out}, weight.options());
   at::Tensor x = pieces.empty() ? at::Tensor() : at::empty({batch_size * width_in}, weight.options());
@@ -402,9 +412,9 @@ void update_row(float* __restrict w, float* __restrict state, const float* __res
 }
 
 // Backward and optimizer step. The program's backward turns the output gradient into lookup-major dL/dx, row
-// block by row block; then table by table (a table with few tables for many threads split further by row id
-// modulo `parts`, so that each row has one owner), every id's gradient is added to its row's sum and each touched
-// row is updated once. Returns the gradients of the program weight and of the per-id weights (each undefined
+// block by row block; then table by table (with fewer tables than threads, each table split further into parts
+// by a hash of the row id, so that each row has one owner), every id's gradient is added to its row's sum and each
+// touched row is updated once. Returns the gradients of the program weight and of the per-id weights (each undefined
 // unless asked for), both taken before any update.
 std::tuple<at::Tensor, at::Tensor> fused_backward(
     const at::Tensor& grad_out, at::Tensor weight, at::Tensor state, const at::Tensor& state_offset, int64_t optimizer,
@@ -415,7 +425,7 @@ std::tuple<at::Tensor, at::Tensor> fused_backward(
     const c10::optional<at::Tensor>& program_weight, const c10::optional<at::Tensor>& saved_x, bool exact,
     bool weight_grad, bool psw_grad, const c10::optional<at::Tensor>& spare) {
   const Store s = make_store(weight, table_offset, table_dim, table_rows, lookup_table, lookup_cols, values, offsets,
-                             psw, batch_size, width_in);
+                             psw, batch_size);
   TORCH_CHECK(state.scalar_type() == at::kFloat && state.is_contiguous(), "fused store: fp32 optimizer state");
   const std::vector<Piece> pieces = parse(spec, s);
   const at::Tensor grad = grad_out.contiguous();
@@ -448,14 +458,8 @@ std::tuple<at::Tensor, at::Tensor> fused_backward(
     GX = GXm;
     if (partial.defined()) {  // per-thread transposed sums -> the flat weight's (D, d) blocks
       const at::Tensor summed = partial.sum(0);
-      const float* back = summed.data_ptr<float>();
       gw = at::zeros_like(*program_weight);
-      float* o = gw.data_ptr<float>();
-      for (const Piece& p : pieces)
-        for (const Term& t : p.terms)
-          if (t.weight >= 0)
-            for (int64_t j = 0; j < p.width; ++j)
-              for (int64_t k = 0; k < t.width; ++k) o[t.weight + j * t.width + k] = back[t.weight + k * p.width + j];
+      transpose_projections(summed.data_ptr<float>(), gw.data_ptr<float>(), pieces, false);
     }
   }
   // where lookup l's gradient row b is: in the output gradient, or in dL/dx
@@ -474,19 +478,17 @@ std::tuple<at::Tensor, at::Tensor> fused_backward(
   struct Item {
     int64_t table, part, expected;
   };
+  int bits = 0;  // every table has 2^bits parts
+  while (T < 2 * threads && (int64_t(1) << bits) < threads) ++bits;
   std::vector<Item> items;
-  std::vector<int> part_bits(T, 0);
   for (int64_t t = 0; t < T; ++t) {
     int64_t n = 0;
     for (int64_t k = tls[t]; k < tls[t + 1]; ++k) n += s.offsets[(tl[k] + 1) * B] - s.offsets[tl[k] * B];
     if (n == 0) continue;
-    int bits = 0;
-    while (T < 2 * threads && (int64_t(1) << bits) < threads) ++bits;
-    part_bits[t] = bits;
     for (int64_t q = 0; q < (int64_t(1) << bits); ++q)
       items.push_back({t, q, std::min((n >> bits) + 1, s.rows[t])});
   }
-  auto part_of = [](int64_t id, int bits) {
+  auto part_of = [bits](int64_t id) {
     return bits ? static_cast<int64_t>((static_cast<uint64_t>(id) * 0x9E3779B97F4A7C15ULL) >> (64 - bits)) : 0;
   };
   at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t i0, int64_t i1) {
@@ -503,14 +505,13 @@ std::tuple<at::Tensor, at::Tensor> fused_backward(
           for (int64_t j = 0; j < d; ++j) dst[j] += a * g[j];
           if (GP) GP[i] = dot(g, tab + id * d, d);  // d out / d w_i = <dL/dx of the bag, the row>
         };
-        const int bits = part_bits[t];
         const int64_t part = items[item].part;
         for (int64_t k = tls[t]; k < tls[t + 1]; ++k) {
           const int64_t l = tl[k];
           for (int64_t b = 0; b < B; ++b) {
             const float* g = grad_row(l, b);
             for (int64_t i = s.offsets[l * B + b]; i < s.offsets[l * B + b + 1]; ++i)
-              if (!bits || part_of(s.values[i], bits) == part) add_id(i, g);
+              if (part_of(s.values[i]) == part) add_id(i, g);
           }
         }
         const size_t touched = acc.ids.size();

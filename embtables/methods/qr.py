@@ -313,12 +313,19 @@ class QR(Method):
 
     def remap(self, bags: Bags) -> Bags:
         check_ids_in_range(bags, self._n, self, "qr")  # digits are unique only in [0, n)
+        phys = self._lookups(bags)
+        if self._per_id and bags.max_length > 1:
+            phys = phys.singletons(max(max(phys.counts, default=0), 1))
+        return phys
+
+    def _lookups(self, bags: Bags) -> Bags:
+        """Logical bags -> one lookup per (feature, partition) read, each id replaced by its digit."""
+        counts = [bags.counts[f] for f in self._src]
         ops = kernels.ops_for(bags.values) if bags.weights is None else None
         if ops is not None:  # the digits of every lookup in one C++ pass; the PyTorch ops below are its reference
             values, offsets = ops.digits_remap(bags.values.contiguous(), bags.offsets.contiguous(), bags.batch_size,
                                                self._digit_reads, self._place.view(-1), self._radix.view(-1))
-            phys = Bags(values, offsets, None, [bags.counts[f] for f in self._src], bags.batch_size)
-            return phys.singletons(max(max(phys.counts, default=0), 1)) if self._per_id and bags.max_length > 1 else phys
+            return Bags(values, offsets, None, counts, bags.batch_size)
         ids = bags.values.split(bags.counts)
         digits = [self._digits(x, f) for f, x in enumerate(ids)]  # (k, N_f); whole tables read the ids themselves
         values = torch.cat([digits[f][j] for f, j in self._reads])  # one slice per lookup, in lookup order
@@ -327,12 +334,8 @@ class QR(Method):
             w = bags.weights.split(bags.counts)
             first = self._per_id  # a product carries the weight once
             weights = torch.cat([w[f] if j == 0 or not first else torch.ones_like(w[f]) for f, j in self._reads])
-        counts = [bags.counts[f] for f in self._src]
         lengths = bags.lengths().index_select(0, self._src_t).reshape(-1)  # (lookups * B,)
-        phys = Bags(values, torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]), weights, counts, bags.batch_size)
-        if self._per_id and bags.max_length > 1:
-            phys = phys.singletons(max(max(counts, default=0), 1))
-        return phys
+        return Bags(values, torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]), weights, counts, bags.batch_size)
 
     def _digits(self, x: Tensor, f: int) -> Tensor:
         """(N_f,) ids of feature f, checked in [0, n) -> (k, N_f) digits (id // p_j) mod b_j, as

@@ -103,8 +103,8 @@ def kernel_program(program: ColumnProgram, dims: Sequence[int]) -> KernelProgram
             if any(w >= 0 for _, _, w in terms):  # projections: every term is one lookup by construction
                 cuts = [0, p.width]
             else:  # cut the piece wherever one of its terms crosses a lookup boundary
-                cuts = sorted({0, p.width} | {ends[lookup_of(a + k)] - a for a, _, _ in terms
-                                              for k in range(p.width) if ends[lookup_of(a + k)] - a < p.width})
+                cuts = sorted({0, p.width} | {ends[lk] - a for a, _, _ in terms
+                                              for lk in range(lookup_of(a), lookup_of(a + p.width - 1))})
             for lo, hi in zip(cuts[:-1], cuts[1:]):
                 width = hi - lo if terms[0][2] < 0 else p.width
                 placed = []
