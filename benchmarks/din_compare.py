@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from embtables.datasets.layout import atomic_write
-    from embtables.runinfo import machine
-    from embtables.train import TrainConfig, train
+    from embtables.app.runinfo import machine
+    from embtables.app.train import TrainConfig, train
 
     work = args.work or Path(tempfile.mkdtemp(prefix="din-compare-"))
     seeds = [int(x) for x in args.seeds.split(",")]

@@ -30,7 +30,7 @@ from lookup_throughput import draw_batches, isolated, timed_rate  # noqa: E402
 
 import embtables as et  # noqa: E402
 from embtables.models import DLRM  # noqa: E402
-from embtables.runinfo import machine  # noqa: E402
+from embtables.app.runinfo import machine  # noqa: E402
 from embtables.tablesets import criteo_kaggle_tables  # noqa: E402
 
 Batch = tuple[torch.Tensor, KeyedJaggedTensor, torch.Tensor]

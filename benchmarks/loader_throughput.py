@@ -29,7 +29,7 @@ from embtables.datasets.layout import DENSE, LABEL, MISSING_INT, SPARSE, save_co
 from embtables.datasets.loader import CriteoData
 from embtables.datasets.parts import ROW_GROUP_ROWS, PartWriter
 from embtables.tablesets import CRITEO_KAGGLE_ROWS
-from embtables.runinfo import machine
+from embtables.app.runinfo import machine
 
 
 def make_data(out: Path, rows: int, scale: float, seed: int = 0) -> None:

@@ -32,7 +32,7 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 import embtables as et
-from embtables.runinfo import machine
+from embtables.app.runinfo import machine
 from embtables.tablesets import criteo_kaggle_tables
 
 Step = Callable[[KeyedJaggedTensor], None]

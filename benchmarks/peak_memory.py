@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from embtables.datasets.layout import atomic_write
-    from embtables.runinfo import machine
+    from embtables.app.runinfo import machine
 
     lines = [
         "# Peak memory: building and training on the full-size Criteo Kaggle tables",

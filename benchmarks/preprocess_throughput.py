@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from embtables.runinfo import machine
+from embtables.app.runinfo import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "criteo_kaggle_head10k.tsv"

@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +41,7 @@ from embtables.datasets.layout import (
 )
 from embtables.datasets.lines import count_lines
 
-__all__ = ["SCHEMA", "CriteoFormatError", "kaggle_days", "preprocess_criteo", "register", "run_cli"]
+__all__ = ["SCHEMA", "CriteoFormatError", "kaggle_days", "preprocess_criteo"]
 
 SPLIT_MODES = ("kaggle-days", "random", "ordered", "none")
 COUNTED = ("kaggle-days", "ordered")  # splits that need the line count first
@@ -182,46 +181,3 @@ def _finish(run: Run) -> dict[str, Any]:
         summary["line_ranges"] = {s: list(r) for s, r in ranges.items()}
     write_json(run.out / SUMMARY_FILE, summary)
     return summary
-
-
-def _fractions_arg(text: str) -> tuple[float, float, float]:
-    try:
-        parts = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected TRAIN,VAL,TEST numbers, got {text!r}") from None
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"expected 3 comma-separated numbers TRAIN,VAL,TEST, got {text!r}")
-    return parts  # type: ignore[return-value]
-
-
-def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    """Add `preprocess criteo INPUT... --out DIR [...]` to a CLI; returns the `preprocess` sub-commands action
-    so that other data sets can add theirs (`preprocess <dataset>`). Parsed args run with `args.run(args)`."""
-    pre = subparsers.add_parser("preprocess", help="convert raw data sets to the Parquet layout")
-    datasets = pre.add_subparsers(dest="dataset", required=True, metavar="DATASET")
-    p = datasets.add_parser("criteo", help="Criteo Kaggle train.txt or Criteo 1TB day_N files (plain or .gz)",
-                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="TSV files, read in order as one stream")
-    p.add_argument("--out", required=True, metavar="DIR", help="output data folder (resumed if it exists)")
-    p.add_argument("--split", choices=SPLIT_MODES, default="kaggle-days")
-    p.add_argument("--seed", type=int, default=None, help="hash seed of --split random (default 0)")
-    p.add_argument("--fractions", type=_fractions_arg, default=None, metavar="TRAIN,VAL,TEST",
-                   help="split shares of --split random or ordered (default 0.8,0.1,0.1)")
-    p.add_argument("--strict", action="store_true", help="stop at the first bad line instead of skipping it")
-    p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="input lines per part file")
-    p.set_defaults(run=run_cli)
-    return datasets
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """Run `preprocess criteo` from parsed args; prints the totals, returns the exit status."""
-    try:
-        s = preprocess_criteo(args.inputs, args.out, split=args.split, seed=args.seed, fractions=args.fractions,
-                              strict=args.strict, chunk_rows=args.chunk_rows)
-    except (CriteoFormatError, ValueError, FileNotFoundError) as e:
-        print(f"embtables preprocess criteo: error: {e}", file=sys.stderr)
-        return 2
-    per_split = ", ".join(f"{k} {v['rows']:,} rows ({v['clicks']:,} clicks)" for k, v in s["splits"].items())
-    print(f"{args.out}: {s['rows_written']:,} rows written of {s['rows_read']:,} read, {s['bad_rows']:,} bad; "
-          f"{per_split}")
-    return 0

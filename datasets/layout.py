@@ -21,13 +21,13 @@ never leaves a half-written file under a final name.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Mapping
 
 import numpy as np
+
+# every file is written atomically by the library's helpers, imported here for the modules that read `layout.*`
+from embtables.files import atomic_write, read_json, write_json  # noqa: F401
 
 DENSE = [f"I{i}" for i in range(1, 14)]
 SPARSE = [f"C{i}" for i in range(1, 27)]
@@ -38,37 +38,6 @@ MISSING_CAT = -1  # C1..C26 when the field is empty (real values are unsigned 32
 COUNTS_FILE = "counts.npz"
 SUMMARY_FILE = "summary.json"
 TRUTH_FILE = "truth.json"
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)` then rename tmp_path to `path` atomically (same folder, fsynced)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-
-    atomic_write(path, write)
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path) as f:
-        return json.load(f)
 
 
 def save_counts(path: str | os.PathLike, counts: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:

@@ -17,7 +17,6 @@ Everything a caller needs is importable from here:
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,6 @@ __all__ = [
     "din_samples",
     "prepare_amazon",
     "read_interactions",
-    "register",
     "synth_sequences",
 ]
 
@@ -94,25 +92,3 @@ def prepare_amazon(input: str | Path, out: str | Path, max_history: int = MAX_HI
     return write_sequences(out, samples, users, items, np.unique(items), None,
                            {"source": "interactions", "input": str(input), "seed": seed, "rows_read": int(users.size),
                             "max_history": max_history})
-
-
-def _prepare(args: argparse.Namespace) -> int:
-    try:
-        s = prepare_amazon(args.input, args.out, args.max_history, args.seed, args.force)
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
-    splits = ", ".join(f"{k} {v['rows']:,} rows" for k, v in s["splits"].items())
-    print(f"{s['rows_read']:,} interactions of {s['users']:,} users and {s['items']:,} items -> {splits} in {args.out}")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add `prepare-sequences` (the `synth sequences` subcommand lives with `synth` in datasets/synthetic.py)."""
-    p = sub.add_parser("prepare-sequences", help="DIN samples of a user<TAB>item interactions file")
-    p.add_argument("source", choices=["amazon"], help="the input's format (Amazon / SASRec user<TAB>item lines)")
-    p.add_argument("input", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--max-history", type=int, default=MAX_HISTORY)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="replace an earlier data set in --out")
-    p.set_defaults(run=_prepare)

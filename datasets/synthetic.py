@@ -29,7 +29,6 @@ full table keeps (benchmarks/results/synthetic_calibration.md has both against t
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -349,49 +348,3 @@ def synth_criteo(out: str | Path, rows: int = 3_000_000, seed: int = 0, *, force
         "missing": {"dense": int(layout.MISSING_INT), "sparse": layout.MISSING_CAT},
     })
     return truth
-
-
-def _synth_criteo(args: argparse.Namespace) -> int:
-    try:
-        truth = synth_criteo(args.out, rows=args.rows, seed=args.seed, force=args.force)
-    except (ValueError, FileExistsError) as e:
-        raise SystemExit(f"error: {e}") from None
-    _print_truth(truth, args.out)
-    return 0
-
-
-def _synth_sequences(args: argparse.Namespace) -> int:
-    from embtables.datasets.synthetic_sequences import synth_sequences
-
-    try:
-        truth = synth_sequences(args.out, users=args.users, seed=args.seed, force=args.force)
-    except (ValueError, FileExistsError) as e:
-        raise SystemExit(f"error: {e}") from None
-    _print_truth(truth, args.out)
-    return 0
-
-
-def _print_truth(truth: dict, out: Path) -> None:
-    for split, t in truth["splits"].items():
-        print(f"{split}: {t['rows']:,} rows, {t['clicks']:,} clicks, Bayes AUC {t['bayes_auc']:.4f}, "
-              f"Bayes logloss {t['bayes_logloss']:.4f}")
-    print(f"written to {out}")
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add `synth criteo` and `synth sequences` (planted synthetic data sets with a truth.json)."""
-    synth = sub.add_parser("synth", help="write a synthetic data set with a planted truth (Bayes AUC in truth.json)")
-    kinds = synth.add_subparsers(dest="synth_kind", required=True)
-    defaults = SynthCriteoConfig()
-    c = kinds.add_parser("criteo", help="Criteo layout (13 dense, 26 categorical) with a planted click model")
-    c.add_argument("--rows", type=int, default=defaults.rows, help=f"rows over all splits (default {defaults.rows:,})")
-    c.add_argument("--out", type=Path, required=True)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--force", action="store_true", help="replace an earlier data set in --out")
-    c.set_defaults(run=_synth_criteo)
-    s = kinds.add_parser("sequences", help="DIN samples of users with planted interests")
-    s.add_argument("--users", type=int, default=20_000)
-    s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--force", action="store_true", help="replace an earlier data set in --out")
-    s.set_defaults(run=_synth_sequences)

@@ -25,20 +25,24 @@ class Bags:
     Args:
         values: (N,) int64 ids, feature-major.
         offsets: (F*B + 1,) int64 bag boundaries into `values`.
-        weights: (N,) float per-id weights, or None.
-        counts: F Python ints, ids per feature (sum N).
+        per_sample_weights: (N,) float weight of each id in its bag (as `torch.nn.EmbeddingBag`'s), or None.
+        ids_per_feature: F Python ints, the ids of each feature (sum N).
         batch_size: B.
     """
 
     values: Tensor
     offsets: Tensor
-    weights: Tensor | None
-    counts: list[int]
+    per_sample_weights: Tensor | None
+    ids_per_feature: list[int]
     batch_size: int
 
     @property
     def num_features(self) -> int:
-        return len(self.counts)
+        return len(self.ids_per_feature)
+
+    def with_values(self, values: Tensor) -> "Bags":
+        """The same bags holding other ids (a remap that maps each id to one id, e.g. a hash)."""
+        return Bags(values, self.offsets, self.per_sample_weights, self.ids_per_feature, self.batch_size)
 
     def lengths(self) -> Tensor:
         """(F, B) bag lengths."""
@@ -50,10 +54,10 @@ class Bags:
         return bags.repeat_interleave(self.offsets[1:] - self.offsets[:-1], output_size=self.values.numel())
 
     def sum_rows(self, rows: Tensor) -> Tensor:
-        """Pool per-id rows (N, D) into bags, weighted by `weights` when present: -> (B, F*D), feature-major
+        """Pool per-id rows (N, D) into bags, weighted by `per_sample_weights` when present: -> (B, F*D), feature-major
         blocks as a pooled store would return them (empty bags are zeros)."""
-        if self.weights is not None:
-            rows = rows * self.weights.unsqueeze(1).to(rows.dtype)
+        if self.per_sample_weights is not None:
+            rows = rows * self.per_sample_weights.unsqueeze(1).to(rows.dtype)
         F, B, D = self.num_features, self.batch_size, rows.shape[1]
         out = rows.new_zeros(F * B, D).index_add_(0, self.bag_index(), rows)  # (F*B, D)
         return out.view(F, B, D).transpose(0, 1).reshape(B, F * D)  # (B, F*D)
@@ -71,7 +75,7 @@ class Bags:
         if ops is not None:  # one pass in C++
             bounds = torch.tensor([-1 if u is None else u for u in upper], dtype=torch.long)
             return bool(ops.outside(self.values.contiguous(), torch.tensor(self.starts()), bounds))
-        parts = [(p, u) for p, u in zip(self.values.split(self.counts), upper) if u is not None and p.numel()]
+        parts = [(p, u) for p, u in zip(self.values.split(self.ids_per_feature), upper) if u is not None and p.numel()]
         if not parts:
             return False
         bounds = torch.stack([b for p, _ in parts for b in torch.aminmax(p)]).tolist()  # min, max, min, max, ...
@@ -79,25 +83,25 @@ class Bags:
 
     def per_id(self, per_feature: Tensor) -> Tensor:
         """Expand a (F,) per-feature tensor to (N,) per-id values."""
-        counts = torch.tensor(self.counts, device=self.values.device)
-        return per_feature.repeat_interleave(counts, output_size=self.values.numel())
+        sizes = torch.tensor(self.ids_per_feature, device=self.values.device)
+        return per_feature.repeat_interleave(sizes, output_size=self.values.numel())
 
     def feature_slice(self, start: int, stop: int) -> "Bags":
         """Features [start, stop) as their own Bags (values and offsets rebased, no copy of values)."""
         B = self.batch_size
-        lo, hi = sum(self.counts[:start]), sum(self.counts[:stop])
+        lo, hi = sum(self.ids_per_feature[:start]), sum(self.ids_per_feature[:stop])
         return Bags(
             values=self.values[lo:hi],
             offsets=self.offsets[start * B : stop * B + 1] - lo,
-            weights=None if self.weights is None else self.weights[lo:hi],
-            counts=self.counts[start:stop],
+            per_sample_weights=None if self.per_sample_weights is None else self.per_sample_weights[lo:hi],
+            ids_per_feature=self.ids_per_feature[start:stop],
             batch_size=B,
         )
 
     def starts(self) -> list[int]:
         """F + 1 Python ints: where each feature's ids start in `values`, then N."""
         out = [0]
-        for c in self.counts:
+        for c in self.ids_per_feature:
             out.append(out[-1] + c)
         return out
 
@@ -119,8 +123,8 @@ class Bags:
         pick = lambda t: torch.cat([t[starts[f] : starts[f + 1]] for f in order])  # noqa: E731
         lengths = self.lengths()[list(order)].reshape(-1)  # (F' * B,)
         offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
-        weights = None if self.weights is None else pick(self.weights)
-        return Bags(pick(self.values), offsets, weights, [self.counts[f] for f in order], self.batch_size)
+        weights = None if self.per_sample_weights is None else pick(self.per_sample_weights)
+        return Bags(pick(self.values), offsets, weights, [self.ids_per_feature[f] for f in order], self.batch_size)
 
     def positions(self, order: Sequence[int]) -> Tensor:
         """(N',) where each id of `select(order)` sits in `values` (to regroup rows of copies by logical id).
@@ -131,12 +135,12 @@ class Bags:
             [2, 0, 1, 2]
         """
         starts, dev = self.starts(), self.values.device
-        counts = [self.counts[f] for f in order]
-        total, before = sum(counts), [0]
-        for c in counts[:-1]:
+        sizes = [self.ids_per_feature[f] for f in order]
+        total, before = sum(sizes), [0]
+        for c in sizes[:-1]:
             before.append(before[-1] + c)
         shift = torch.tensor([starts[f] - b for f, b in zip(order, before)], device=dev)  # source - destination
-        per_copy = shift.repeat_interleave(torch.tensor(counts, device=dev), output_size=total)
+        per_copy = shift.repeat_interleave(torch.tensor(sizes, device=dev), output_size=total)
         return torch.arange(total, device=dev) + per_copy
 
     def singletons(self, batch: int) -> "Bags":
@@ -148,10 +152,10 @@ class Bags:
             >>> b.singletons(2).offsets.tolist()
             [0, 1, 2, 3, 3]
         """
-        counts = torch.tensor(self.counts, device=self.values.device)
-        filled = torch.arange(batch, device=counts.device) < counts[:, None]  # (F, batch)
-        offsets = torch.cat([counts.new_zeros(1), filled.reshape(-1).cumsum(0)])
-        return Bags(self.values, offsets, self.weights, self.counts, batch)
+        sizes = torch.tensor(self.ids_per_feature, device=self.values.device)
+        filled = torch.arange(batch, device=sizes.device) < sizes[:, None]  # (F, batch)
+        offsets = torch.cat([sizes.new_zeros(1), filled.reshape(-1).cumsum(0)])
+        return Bags(self.values, offsets, self.per_sample_weights, self.ids_per_feature, batch)
 
     def stack(self, groups: Sequence[Sequence[int]]) -> "Bags":
         """One feature per group, holding the bags of all the group's features sample-major: bag b * size + i is
@@ -162,7 +166,7 @@ class Bags:
         Example:
             >>> b = Bags(torch.tensor([7, 8, 9]), torch.tensor([0, 2, 3, 3]), None, [2, 1, 0], 1)
             >>> s = b.stack([[0, 1], [2]])
-            >>> s.batch_size, s.counts, s.offsets.tolist(), s.values.tolist()
+            >>> s.batch_size, s.ids_per_feature, s.offsets.tolist(), s.values.tolist()
             (2, [3, 0], [0, 2, 3, 3, 3], [7, 8, 9])
         """
         F, B, dev = self.num_features, self.batch_size, self.values.device
@@ -184,18 +188,9 @@ class Bags:
             rank_base = starts[members].transpose(1, 2).reshape(-1) - (bag_lengths.cumsum(0) - bag_lengths)
             index = torch.arange(N, device=dev) + rank_base.repeat_interleave(bag_lengths, output_size=N)
         offsets = torch.cat([bag_lengths.new_zeros(1), bag_lengths.cumsum(0)])
-        weights = None if self.weights is None else self.weights[index]
-        counts = [sum(self.counts[f] for f in g) for g in groups]
-        return Bags(self.values[index], offsets, weights, counts, B * size)
-
-    def feature_of(self, position: int) -> int:
-        """Index of the feature that holds value `position`."""
-        total = 0
-        for f, c in enumerate(self.counts):
-            total += c
-            if position < total:
-                return f
-        raise IndexError(position)
+        weights = None if self.per_sample_weights is None else self.per_sample_weights[index]
+        sizes = [sum(self.ids_per_feature[f] for f in g) for g in groups]
+        return Bags(self.values[index], offsets, weights, sizes, B * size)
 
 
 def concat(parts: Sequence[Bags]) -> Bags:
@@ -209,11 +204,11 @@ def concat(parts: Sequence[Bags]) -> Bags:
     offsets = torch.cat(
         [p.offsets[:-1] + s for p, s in zip(parts, shifts)] + [parts[-1].offsets[-1:] + shifts[-1]]
     )
-    has_w = [p.weights is not None for p in parts]
+    has_w = [p.per_sample_weights is not None for p in parts]
     if any(has_w) and not all(has_w):
         raise ValueError("concat: either every part has weights or none has")
-    weights = torch.cat([p.weights for p in parts]) if all(has_w) else None  # type: ignore[misc]
-    return Bags(values, offsets, weights, [c for p in parts for c in p.counts], B)
+    weights = torch.cat([p.per_sample_weights for p in parts]) if all(has_w) else None  # type: ignore[misc]
+    return Bags(values, offsets, weights, [c for p in parts for c in p.ids_per_feature], B)
 
 
 def rows_by_slot(rows: Tensor, position: Tensor, slot: Tensor, num_ids: int, num_slots: int, fill: float) -> Tensor:
@@ -291,8 +286,8 @@ def bags_from_kjt(kjt: KeyedJaggedTensor, feature_names: Sequence[str], where: s
             raise TypeError(f"{where}: weights must be floating point, got {weights.dtype}")
         if weights.numel() != values.numel():
             raise ValueError(f"{where}: {weights.numel()} weights for {values.numel()} ids")
-    counts = lengths.view(F, B).sum(1).tolist()
-    return Bags(values, offsets, weights, counts, B)
+    sizes = lengths.view(F, B).sum(1).tolist()
+    return Bags(values, offsets, weights, sizes, B)
 
 
 def bags_from_tensors(

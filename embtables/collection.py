@@ -13,7 +13,7 @@ from embtables.config import SparseOptimizer, TableConfig
 from embtables.method import Method
 from embtables.plan import Plan, Target
 from embtables.registry import get_method
-from embtables.store import Store, store_class
+from embtables.stores import Store, store_class
 
 
 class Collection(nn.Module):
@@ -73,24 +73,24 @@ class Collection(nn.Module):
         lengths = bags.lengths()
         return {
             f: JaggedTensor(values=v, lengths=lengths[i])
-            for i, (f, v) in enumerate(zip(self.feature_names, out.split(bags.counts)))
+            for i, (f, v) in enumerate(zip(self.feature_names, out.split(bags.ids_per_feature)))
         }
 
     def lookup(self, bags: Bags) -> Tensor:
         """Validated logical bags -> (B, sum D_out) pooled, or (N, D) rows when unpooled."""
-        if bags.weights is not None:
+        if bags.per_sample_weights is not None:
             if not self.pooled:
                 raise ValueError("per-id weights are only defined for pooled tables (pooling='sum')")
             if self._any_mean:
                 names = [f for f, m in zip(self.feature_names, self._mean.tolist()) if m]
                 raise ValueError(f"per-id weights need pooling='sum'; features {names} use 'mean'")
-        physical = self.method.remap(bags)
-        program = self.method.fused_program(bags) if self.store.combines else None
+        batch = self.method.remap(bags)
+        program = self.method.combine_program(batch) if self.store.combines else None
         if program is not None:  # lookups and combine in one pass (the fused store)
-            out = self.store.pooled_program(physical, *program)
+            out = self.store.pooled_program(batch.physical, *program)
         else:
-            pooled, rows = self.store(physical)
-            out = self.method.combine(pooled, rows, bags)  # (B, sum D_out) or (N, D)
+            pooled, rows = self.store(batch.physical)
+            out = self.method.combine(pooled, rows, batch)  # (B, sum D_out) or (N, D)
         if self._any_mean:
             lengths = bags.lengths().t()  # (B, F)
             div = torch.where(self._mean, lengths.clamp(min=1), torch.ones_like(lengths)).to(out.dtype)

@@ -13,7 +13,10 @@ from typing import Literal
 
 POOLINGS = ("sum", "mean", "none")
 OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")
-FP32_BYTES = 4
+# bytes of what the serving state stores, used in every memory formula (never a literal 4 or 8)
+FP32_BYTES = 4  # one fp32 weight
+KEY_BYTES = 8  # one int64 hash key
+ID_BYTES = 8  # one int64 id kept in a map (multihash's hot ids)
 
 Pooling = Literal["sum", "mean", "none"]
 

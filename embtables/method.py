@@ -3,16 +3,19 @@
 A method is three small things (see ARCHITECTURE.md):
 
     solve    (tables, budget, options) -> Plan     pure: physical tables, lookups, parameters, exact bytes
-    remap    logical Bags -> physical Bags          pure tensor ops: hash, digits, maps, ...
+    remap    logical Bags -> Remapped               pure tensor ops: hash, digits, maps, ...; the physical Bags
+                                                    and whatever combine needs from the remap of this batch
     combine  store outputs -> one vector per logical bag (pooled) or per id (unpooled)
 
-The store (torch or fbgemm) between remap and combine is shared by all methods. A method's own state
-(hash keys, maps, projections) lives in its buffers and parameters and is counted by `state_bytes()`.
+The store between remap and combine is shared by all methods; a store that can run a method's combine itself
+gets it as data (`combine_program`, a `ColumnProgram`). A method's own state (hash keys, maps, projections) lives
+in its buffers and parameters and is counted by `state_bytes()`. Methods import nothing from `embtables.stores`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
@@ -21,6 +24,23 @@ from torch import Tensor, nn
 from embtables.bags import Bags
 from embtables.config import TableConfig
 from embtables.plan import Plan, Target
+from embtables.program import ColumnProgram
+
+
+@dataclass
+class Remapped:
+    """One batch after a method's remap, given back to the same method's combine.
+
+    Args:
+        logical: the logical bags the remap read.
+        physical: the physical lookups' bags (pooled lookups first, as the plan lists them): the store's input.
+        context: what combine needs from this batch's remap and would otherwise recompute (e.g. multihash's
+            per-id components, mixed_dim's sorting permutation); None for most methods.
+    """
+
+    logical: Bags
+    physical: Bags
+    context: Any = None
 
 
 class Method(nn.Module):
@@ -62,16 +82,16 @@ class Method(nn.Module):
         return cls(plan)
 
     # ---- forward ----------------------------------------------------------------------------------------
-    def remap(self, bags: Bags) -> Bags:
+    def remap(self, bags: Bags) -> Remapped:
         raise NotImplementedError
 
-    def combine(self, pooled: Tensor | None, rows: Tensor | None, bags: Bags) -> Tensor:
+    def combine(self, pooled: Tensor | None, rows: Tensor | None, batch: Remapped) -> Tensor:
         """Store outputs -> (B, sum of output dims) sum-pooled bags, or (N, D) rows when unpooled."""
         return pooled if self.pooled else rows  # type: ignore[return-value]
 
-    def fused_program(self, bags: Bags) -> tuple[Any, Tensor | None] | None:
-        """The `ColumnProgram` and its flat weight (or None) when `combine` is exactly that program applied to
-        the store's pooled output for these bags, so that a store that `combines` may run both in one pass;
+    def combine_program(self, batch: Remapped) -> tuple[ColumnProgram, Tensor | None] | None:
+        """The `ColumnProgram` and its flat `matrices` (or None) when `combine` is exactly that program applied to
+        the store's pooled output for this batch, so that a store that `combines` may run both in one pass;
         None otherwise (the default)."""
         return None
 
@@ -96,7 +116,7 @@ def check_ids_in_range(bags: Bags, upper: Sequence[int | None], method: Method, 
     """
     if not bags.outside(upper):  # the fast path: one min/max per feature
         return
-    for f, (ids, n) in enumerate(zip(bags.values.split(bags.counts), upper)):
+    for f, (ids, n) in enumerate(zip(bags.values.split(bags.ids_per_feature), upper)):
         bad = ((ids < 0) | (ids >= n)).nonzero() if n is not None and ids.numel() else None
         if bad is not None and bad.numel():
             table = method.tables[method.feature_table[f]]

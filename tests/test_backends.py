@@ -95,7 +95,7 @@ def test_rowwise_adagrad_formula():
 def test_stores_agree_when_lookups_interleave_tables(pooled, backend):
     """FBGEMM's CPU row-wise Adagrad needs each table's lookups contiguous; the store sorts and restores."""
     from embtables.bags import Bags
-    from embtables.store import TorchStore, store_class
+    from embtables.stores import TorchStore, store_class
 
     tables = [et.PhysicalTable("t0", 20, 4, -0.1, 0.1), et.PhysicalTable("t1", 10, 4, -0.1, 0.1)]
     lookups = [et.Lookup(n, t, pooled) for n, t in (("x", 1), ("y", 0), ("z", 1))]

@@ -161,9 +161,9 @@ def _touched_rows(ebc: et.Collection, kjt: KeyedJaggedTensor) -> dict[str, set[i
     """Physical table name -> the rows the library's remap reads for this batch."""
     from embtables.bags import bags_from_kjt
 
-    physical = ebc.method.remap(bags_from_kjt(kjt, ebc.feature_names, "test"))
+    physical = ebc.method.remap(bags_from_kjt(kjt, ebc.feature_names, "test")).physical
     touched: dict[str, set[int]] = {t.name: set() for t in ebc.plan.physical_tables}
-    for lk, v in zip(ebc.plan.lookups, physical.values.split(physical.counts)):
+    for lk, v in zip(ebc.plan.lookups, physical.values.split(physical.ids_per_feature)):
         touched[ebc.plan.physical_tables[lk.table].name] |= set(v.tolist())
     return touched
 

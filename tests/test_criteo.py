@@ -3,7 +3,6 @@ and the real Kaggle sample against the statistics of its README."""
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import random
 from collections import Counter
@@ -18,6 +17,7 @@ from hypothesis import strategies as st
 import embtables.datasets.criteo as criteo
 import embtables.datasets.criteo_chunks as chunks
 import embtables.datasets.lines as lines_module
+from embtables.cli import build_parser
 from embtables.datasets.criteo import CriteoFormatError, kaggle_days, preprocess_criteo
 from embtables.datasets.criteo_parse import BadLine, parse_line, parse_lines
 from embtables.datasets.layout import DENSE, MISSING_CAT, MISSING_INT, SPARSE, load_counts, read_json
@@ -396,8 +396,7 @@ def test_strict_mode_stops_at_the_first_bad_line_naming_line_and_content(tmp_pat
 
 
 def test_cli_parser_runs_and_reports_errors(tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="embtables")
-    criteo.register(parser.add_subparsers(dest="command", required=True))
+    parser = build_parser()
     src = write(tmp_path / "d.tsv", random_lines(50))
     args = parser.parse_args(["preprocess", "criteo", str(src), "--out", str(tmp_path / "out"), "--split", "random",
                               "--seed", "3", "--fractions", "0.5,0.25,0.25", "--chunk-rows", "20"])

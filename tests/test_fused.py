@@ -9,9 +9,9 @@ from torchrec import KeyedJaggedTensor
 
 import embtables as et
 from embtables.bags import Bags
-from embtables.methods._layout import ColumnProgram, Piece, Term
-from embtables.store import FusedStore, TorchStore
-from embtables.store.fused_store import kernel_program
+from embtables.program import ColumnProgram, Piece, Term
+from embtables.stores import FusedStore, TorchStore
+from embtables.stores.fused_store import kernel_program
 from tests.conftest import copy_state, random_kjt
 
 CPU = torch.device("cpu")

@@ -1,5 +1,9 @@
 """The C++ CPU kernels (`embtables.kernels`) against their PyTorch references, which run when they are disabled."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import given
@@ -9,6 +13,7 @@ import embtables as et
 from embtables import kernels
 from embtables.bags import Bags
 from embtables.hashing import hash_to_range, reference_hash64
+from torchrec import KeyedJaggedTensor
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
 
@@ -73,9 +78,9 @@ def test_qr_digit_remap_matches_reference(n, k, operation, max_len, seed):
     values = torch.cat([torch.randint(0, u, (int(l),), generator=g) for u, l in zip(bounds, lengths.view(4, 3).sum(1))])
     bags = Bags(values, torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]), None,
                 lengths.view(4, 3).sum(1).tolist(), 3)
-    a, b = both(lambda: ebc.method.remap(bags))
+    a, b = both(lambda: ebc.method.remap(bags).physical)
     assert torch.equal(a.values, b.values) and torch.equal(a.offsets, b.offsets)
-    assert a.counts == b.counts and a.batch_size == b.batch_size
+    assert a.ids_per_feature == b.ids_per_feature and a.batch_size == b.batch_size
 
 
 def test_switches_and_status():
@@ -92,7 +97,32 @@ def test_switches_and_status():
     assert kernels.ops_for(torch.zeros(1, device="meta")) is None  # CPU tensors only
 
 
-def test_fused_backend_needs_the_kernels(monkeypatch):
-    monkeypatch.setattr(kernels, "available", lambda: False)
-    with pytest.raises(RuntimeError, match="fused backend needs the C\\+\\+ CPU kernels"):
-        et.build_collection([et.TableConfig("t", 10, 4)], backend="fused")
+def test_fused_backend_refuses_to_build_without_the_kernels(monkeypatch):
+    tables = [et.TableConfig("t", 10, 4)]
+    with kernels.disabled(), pytest.raises(RuntimeError, match="kernels, which are disabled .*EMBTABLES_KERNELS=0"):
+        et.build_collection(tables, backend="fused")
+    from embtables.kernels import cpu
+
+    monkeypatch.setitem(cpu._state, "ops", None)
+    monkeypatch.setitem(cpu._state, "error", "CalledProcessError: no compiler")
+    with pytest.raises(RuntimeError, match="could not be built \\(CalledProcessError: no compiler\\)"):
+        et.build_collection(tables, backend="fused")
+
+
+def test_fused_backend_refuses_at_build_time_under_embtables_kernels_0():
+    # the variable is read at start-up, so a fresh process; before the fix the build passed and the first forward
+    # failed with "'NoneType' object has no attribute 'fused_forward'"
+    code = ("import embtables as et\n"
+            "try:\n    et.build_collection([et.TableConfig('t', 10, 4)], backend='fused')\n"
+            "except RuntimeError as e:\n    print('refused:', e)\n")
+    env = {**os.environ, "EMBTABLES_KERNELS": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.startswith("refused: the fused backend runs embtables' C++ CPU kernels, which are disabled")
+
+
+def test_fused_collection_refuses_to_run_once_the_kernels_are_disabled():
+    ebc = et.build_collection([et.TableConfig("t", 10, 4)], backend="fused")
+    kjt = KeyedJaggedTensor(["t"], torch.tensor([1, 2]), lengths=torch.tensor([1, 1]))
+    with kernels.disabled(), pytest.raises(RuntimeError, match="fused backend runs .* which are disabled"):
+        ebc(kjt)
+    assert ebc(kjt).values().shape == (2, 4)

@@ -384,7 +384,7 @@ def test_drop_in_embedding_returns_projected_rows():
 def test_column_program_matches_autograd():
     """The one-function combine of pooled `mixed_dim` and `qr`: copies, products, sums, projections into one flat
     weight (adjacent ones batched); input columns read once (gradients written in place) or twice (accumulated)."""
-    from embtables.methods._layout import ColumnProgram, Piece as P, Term as T
+    from embtables.program import ColumnProgram, Piece as P, Term as T
 
     once = ColumnProgram(23, [P(0, 3, (T(0, 3), T(3, 3)), "mult"), P(3, 2, (T(6, 2),)), P(5, 1, (T(8, 1),)),
                               P(6, 3, (T(9, 2, 0),)), P(9, 3, (T(11, 2, 6),)), P(12, 3, (T(13, 1, 12), T(14, 3))),

@@ -348,7 +348,7 @@ def test_hashed_tables_take_any_int64_and_whole_tables_check_their_range():
         ({"rows": 0, "budget": None}, "rows must be an int >= 1"),
         ({"append_weights": True}, "append_weights needs importance=True"),
         ({"importance_ratio": 2.0}, "importance_ratio needs importance=True"),
-        ({"importance": True, "importance_ratio": 0.0}, "importance_ratio must be a positive number"),
+        ({"importance": True, "importance_ratio": 0.0}, "importance_ratio must be a number > 0"),
         ({"importance": 1}, "importance must be a bool"),
         ({"seed": "x"}, "seed must be an int"),
         ({"rows": 10}, "exactly one of budget= or rows="),

@@ -1,6 +1,7 @@
 """models/ and datasets/ ship as embtables.models and embtables.datasets, never as top-level packages."""
 
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -32,8 +33,12 @@ def test_installed_project_has_no_top_level_models_or_datasets(tmp_path):
 
 
 def test_wheel_maps_models_and_datasets_under_embtables(tmp_path):
+    # built from a copy: setuptools writes build/ and *.egg-info beside the sources it builds
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis", "results", "demo_out"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
         check=True, capture_output=True,
     )
     wheel = next(tmp_path.glob("embtables-*.whl"))
@@ -42,6 +47,7 @@ def test_wheel_maps_models_and_datasets_under_embtables(tmp_path):
     assert "models" not in tops and "datasets" not in tops
     assert "embtables/models/__init__.py" in names and "embtables/datasets/__init__.py" in names
     assert "embtables/datasets/layout.py" in names
+    assert "embtables/kernels/csrc/cpu_kernels.cpp" in names  # compiled on first use, so shipped as source
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)

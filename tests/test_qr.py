@@ -123,7 +123,7 @@ def test_integer_division_is_exact_above_2_to_the_24():
     kjt = KeyedJaggedTensor(["big"], ids, lengths=torch.ones(4, dtype=torch.long))
     from embtables.bags import bags_from_kjt
 
-    phys = ebc.method.remap(bags_from_kjt(kjt, ["big"], "test"))
+    phys = ebc.method.remap(bags_from_kjt(kjt, ["big"], "test")).physical
     assert phys.values.view(2, 4).tolist() == expected
 
 
@@ -374,10 +374,10 @@ def test_mult_composes_bags_of_one_id_pooled_and_longer_bags_one_bag_per_id():
     for lengths, weighted_batch in (([1, 0, 1, 1], 4), ([2, 0, 1, 0], 3)):
         w = torch.tensor([0.5, 2.0, -1.0])
         kjt = KeyedJaggedTensor(["t"], torch.tensor([5, 999, 7]), lengths=torch.tensor(lengths), weights=w)
-        phys = ebc.method.remap(bags_from_kjt(kjt, ["t"], "test"))
+        phys = ebc.method.remap(bags_from_kjt(kjt, ["t"], "test")).physical
         assert phys.batch_size == weighted_batch
         if weighted_batch == 4:  # (w W_q) * W_r: the weight enters once
-            assert phys.weights.tolist() == [0.5, 2.0, -1.0, 1.0, 1.0, 1.0]
+            assert phys.per_sample_weights.tolist() == [0.5, 2.0, -1.0, 1.0, 1.0, 1.0]
         else:  # one id per bag, ids in order, trailing bags empty
             assert phys.offsets.tolist() == [0, 1, 2, 3, 4, 5, 6]
         with torch.no_grad():

@@ -1,6 +1,5 @@
 """DIN sequences: sample construction, the layout, the loader, planted synthetic sequences, the real Amazon file."""
 
-import argparse
 import hashlib
 from pathlib import Path
 
@@ -12,8 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from embtables.datasets import layout
+from embtables.cli import build_parser
 from embtables.datasets.sequences import (SequenceData, SynthSequencesConfig, din_samples, prepare_amazon,
-                                          read_interactions, register, synth_sequences)
+                                          read_interactions, synth_sequences)
 from embtables.datasets.synthetic_sequences import PlantedSequences
 from embtables.datasets.truth import probability_scores
 from tests.conftest import shared_file
@@ -225,10 +225,7 @@ def test_bad_synthetic_config_names_the_option():
 
 
 def test_cli_subcommands(tiny_file, tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    args = parser.parse_args(["prepare-sequences", "amazon", str(tiny_file), "--out", str(tmp_path / "a"),
+    args = build_parser().parse_args(["prepare-sequences", "amazon", str(tiny_file), "--out", str(tmp_path / "a"),
                               "--max-history", "3"])
     assert args.run(args) == 0 and "11 interactions of 4 users" in capsys.readouterr().out
     assert layout.read_json(tmp_path / "a" / layout.SUMMARY_FILE)["max_history"] == 3

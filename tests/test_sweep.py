@@ -5,9 +5,9 @@ import shutil
 import pandas as pd
 import pytest
 
-import embtables.sweep as sw
-from embtables.report import write_report
-from embtables.train import TrainConfig
+import embtables.app.sweep as sw
+from embtables.app.report import write_report
+from embtables.app.train import TrainConfig
 
 SMALL = dict(rows=4000, scale=1e-4, min_rows=20, part_rows=2000)
 
@@ -128,7 +128,7 @@ def test_bad_sweep_arguments():
 
 
 def test_recommendations_follow_the_numbers():
-    from embtables.report import recommendations
+    from embtables.app.report import recommendations
 
     def r(method, budget, auc, spread=0.0):
         return dict(method=method, options="{}", budget=budget, auc=auc, auc_min=auc - spread, auc_max=auc + spread,

@@ -1,6 +1,5 @@
 """Synthetic Criteo: same bytes for a seed, the layout and dtypes, counts, truth.json recomputed, Zipf shape."""
 
-import argparse
 import hashlib
 from pathlib import Path
 
@@ -9,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from embtables.datasets import layout
-from embtables.datasets.synthetic import PlantedCriteo, SynthCriteoConfig, register, synth_criteo
+from embtables.cli import build_parser
+from embtables.datasets.synthetic import PlantedCriteo, SynthCriteoConfig, synth_criteo
 from embtables.datasets.truth import probability_scores
 
 SMALL = dict(scale=1e-4, min_rows=30, part_rows=1500)
@@ -183,9 +183,7 @@ def test_refuses_an_existing_data_set_and_force_replaces_stale_parts(tmp_path):
 
 
 def test_cli_subcommand(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["synth", "criteo", "--rows", "3000", "--out", str(tmp_path / "d"), "--seed", "2"])
+    args = build_parser().parse_args(["synth", "criteo", "--rows", "3000", "--out", str(tmp_path / "d"), "--seed", "2"])
     assert args.run(args) == 0
     assert "Bayes AUC" in capsys.readouterr().out
     truth = layout.read_json(tmp_path / "d" / layout.TRUTH_FILE)

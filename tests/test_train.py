@@ -8,7 +8,7 @@ from torchrec import KeyedJaggedTensor
 
 import embtables as et
 from embtables.models import DIN, DLRM
-from embtables.train import TrainConfig, Trainer, open_data
+from embtables.app.train import TrainConfig, Trainer, open_data
 
 SMALL = dict(rows=6000, scale=1e-4, min_rows=20, part_rows=2000)
 MODEL = dict(bottom=(32, 16), top=(32,))

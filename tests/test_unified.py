@@ -196,11 +196,11 @@ def _shared() -> et.Collection:
 @pytest.mark.parametrize(
     "options, match",
     [
-        ({"rows": 0}, "rows must be a positive int"),
-        ({"width": 0}, "width must be a positive int"),
-        ({"num_tables": 0}, "num_tables must be a positive int"),
+        ({"rows": 0}, "rows must be an int >= 1"),
+        ({"width": 0}, "width must be an int >= 1"),
+        ({"num_tables": 0}, "num_tables must be an int >= 1"),
         ({"seed": 1.5}, "seed must be an int"),
-        ({"chunks": {"a1": 0}}, r"chunks\['a1'\] must be a positive int"),
+        ({"chunks": {"a1": 0}}, r"chunks\['a1'\] must be an int >= 1"),
         ({"chunks": [1, 2]}, "chunks must map feature names to counts"),
         ({"chunks": {"zz": 2}}, r"chunks names features \['zz'\]"),
         ({"width": 3}, "width=3 does not divide dim 16 of table 'a'"),

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from embtables.bags import Bags
 from embtables.config import Lookup, TableConfig, uniform_table
-from embtables.method import Method, check_ids_in_range
+from embtables.method import Method, Remapped, check_ids_in_range
 from embtables.plan import InfeasibleBudget, Plan, Target
 from embtables.registry import register_method
 
@@ -51,6 +51,6 @@ class Full(Method):
         params = tuple(FullParams(t.num_embeddings, t.full_bytes) for t in tables)
         return Plan("full", options, budget, tuple(tables), physical, lookups, params, extra_bytes=0)
 
-    def remap(self, bags: Bags) -> Bags:
+    def remap(self, bags: Bags) -> Remapped:
         check_ids_in_range(bags, self._n, self, "full")
-        return bags
+        return Remapped(bags, bags)

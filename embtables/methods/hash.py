@@ -20,13 +20,13 @@ from typing import Literal, Sequence
 import torch
 
 from embtables.bags import Bags
-from embtables.config import Lookup, TableConfig, uniform_table
+from embtables.config import FP32_BYTES, KEY_BYTES, Lookup, TableConfig, uniform_table
 from embtables.hashing import derive_seed, hash_key, hash_to_range
-from embtables.method import Method, check_ids_in_range, per_feature
+from embtables.method import Method, Remapped, check_ids_in_range, per_feature
+from embtables.options import check_options, option
 from embtables.plan import InfeasibleBudget, Plan, Target, largest_within
 from embtables.registry import register_method
 
-KEY_BYTES = 8
 _SCALE_STEPS = 1 << 40
 
 
@@ -42,18 +42,13 @@ class HashOptions:
         hash_all: hash every table, also those that would fit whole (with `buckets`, into exactly that many rows).
     """
 
-    buckets: int | None = None
+    buckets: int | None = option(None, minimum=1)
     seed: int = 0
     allocation: Literal["cap", "proportional"] = "cap"
     hash_all: bool = False
 
     def __post_init__(self) -> None:
-        if self.buckets is not None and (isinstance(self.buckets, bool) or not isinstance(self.buckets, int) or self.buckets < 1):
-            raise ValueError(f"hash option buckets must be a positive int, got {self.buckets!r}")
-        if self.allocation not in ("cap", "proportional"):
-            raise ValueError(f"hash option allocation must be 'cap' or 'proportional', got {self.allocation!r}")
-        if not isinstance(self.seed, int):
-            raise ValueError(f"hash option seed must be an int, got {self.seed!r}")
+        check_options(self, "hash")
 
 
 @dataclass(frozen=True)
@@ -66,7 +61,7 @@ class HashParams:
 def hashed_rows(tables: Sequence[TableConfig], rows: Sequence[int], hash_all: bool) -> tuple[list[bool], int]:
     """Which tables are hashed, and the plan's total bytes for these row counts."""
     hashed = [hash_all or r < t.num_embeddings for t, r in zip(tables, rows)]
-    total = sum(4 * r * t.embedding_dim for t, r in zip(tables, rows)) + KEY_BYTES * sum(hashed)
+    total = sum(FP32_BYTES * r * t.embedding_dim for t, r in zip(tables, rows)) + KEY_BYTES * sum(hashed)
     return hashed, total
 
 
@@ -121,15 +116,15 @@ class Hash(Method):
         )
         lookups = tuple(Lookup(f, i, t.pooling != "none") for i, t in enumerate(tables) for f in t.feature_names)
         params = tuple(
-            HashParams(r, h, 4 * r * t.embedding_dim + KEY_BYTES * h) for t, r, h in zip(tables, rows, hashed)
+            HashParams(r, h, FP32_BYTES * r * t.embedding_dim + KEY_BYTES * h) for t, r, h in zip(tables, rows, hashed)
         )
         return Plan("hash", options, budget, tuple(tables), physical, lookups, params, KEY_BYTES * sum(hashed))
 
-    def remap(self, bags: Bags) -> Bags:
+    def remap(self, bags: Bags) -> Remapped:
         check_ids_in_range(bags, self._whole_n, self, "hash")
         if self.keys.numel() == 0:
-            return bags
+            return Remapped(bags, bags)
         key = bags.per_id(self.keys[self._key_index])
         hashed = hash_to_range(bags.values, key, bags.per_id(self._rows))
         values = torch.where(bags.per_id(self._hashed), hashed, bags.values)
-        return Bags(values, bags.offsets, bags.weights, bags.counts, bags.batch_size)
+        return Remapped(bags, bags.with_values(values))

@@ -57,18 +57,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from embtables.bags import Bags
-from embtables.config import FP32_BYTES, Lookup, PhysicalTable, TableConfig
+from embtables.config import FP32_BYTES, KEY_BYTES, Lookup, PhysicalTable, TableConfig
 from embtables.frequency import range_shares
 from embtables.hashing import derive_seed, hash_key, hash_to_range
-from embtables.method import Method, check_ids_in_range, per_feature
-from embtables.methods._layout import ColumnProgram, Piece, Term, append_blocks
+from embtables.method import Method, Remapped, check_ids_in_range, per_feature
+from embtables.methods._layout import append_blocks
 from embtables.methods._power_rule import fit_budget, frequency_blocks, md_solver, popularity, round_dim
+from embtables.options import check_options, option
 from embtables.plan import Plan, Target
+from embtables.program import ColumnProgram, Piece, Term
 from embtables.registry import register_method
 
 __all__ = ["MixedDim", "MixedDimOptions", "MixedDimParams", "frequency_blocks", "md_solver", "solve_blocks"]
 
-KEY_BYTES = 8
 GRANULARITIES = ("table", "block")
 
 
@@ -89,31 +90,17 @@ class MixedDimOptions:
             plan and its checkpoints move between backends; must be a multiple of the backend's.
     """
 
-    alpha: float = 0.3
+    alpha: float = option(0.3, minimum=0)
     granularity: Literal["table", "block"] = "table"
-    blocks: int = 4
-    d0: int | None = None
-    threshold: int = 200
+    blocks: int = option(4, minimum=1)
+    d0: int | None = option(None, minimum=1)
+    threshold: int = option(200, minimum=0)
     round_to_power_of_two: bool = False
     seed: int = 0
-    dim_multiple: int | None = None
+    dim_multiple: int | None = option(None, minimum=1)
 
     def __post_init__(self) -> None:
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha < math.inf:
-            raise ValueError(f"mixed_dim option alpha must be a finite number >= 0, got {self.alpha!r}")
-        if self.granularity not in GRANULARITIES:
-            raise ValueError(f"mixed_dim option granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
-        for name, low in (("blocks", 1), ("threshold", 0), ("d0", 1), ("dim_multiple", 1)):
-            v = getattr(self, name)
-            optional = name in ("d0", "dim_multiple") and v is None
-            if not optional and (isinstance(v, bool) or not isinstance(v, int) or v < low):
-                raise ValueError(f"mixed_dim option {name} must be an int >= {low}, got {v!r}")
-        if not isinstance(self.round_to_power_of_two, bool):
-            raise ValueError(
-                f"mixed_dim option round_to_power_of_two must be a bool, got {self.round_to_power_of_two!r}"
-            )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"mixed_dim option seed must be an int, got {self.seed!r}")
+        check_options(self, "mixed_dim")
 
 
 @dataclass(frozen=True)
@@ -325,11 +312,11 @@ class MixedDim(Method):
             # hashed tables' features hash slice by slice: cheaper than per-id keys and a where over all N
             local = bags.values
             if self._hash_plan:
-                parts = list(bags.values.split(bags.counts))
+                parts = list(bags.values.split(bags.ids_per_feature))
                 for f, key, rows in self._hash_plan:
                     parts[f] = hash_to_range(parts[f], key, rows)
                 local = torch.cat(parts)
-            return Bags(local, bags.offsets, bags.weights, bags.counts, B), None
+            return bags.with_values(local), None
         values = bags.values
         block = (values.unsqueeze(1) >= self._bounds[bags.per_id(self._table)]).sum(1)  # (N,) block in its table
         unit = bags.per_id(self._first_block) + block
@@ -341,16 +328,18 @@ class MixedDim(Method):
         perm = torch.argsort(key, stable=True)
         per_bag = torch.bincount(key, minlength=self._num_groups * B)
         offsets = torch.cat([per_bag.new_zeros(1), per_bag.cumsum(0)])
-        counts = torch.bincount(group, minlength=self._num_groups).tolist()
-        weights = None if bags.weights is None else bags.weights[perm]
-        return Bags(local[perm], offsets, weights, counts, B), perm
+        sizes = torch.bincount(group, minlength=self._num_groups).tolist()
+        weights = None if bags.per_sample_weights is None else bags.per_sample_weights[perm]
+        return Bags(local[perm], offsets, weights, sizes, B), perm
 
-    def remap(self, bags: Bags) -> Bags:
+    def remap(self, bags: Bags) -> Remapped:
+        """Context for combine: the grouped bags' ids per group and the sorting permutation (None: unsorted)."""
         check_ids_in_range(bags, self._n, self, "mixed_dim")  # blocks are id ranges
-        grouped, _ = self._grouped(bags)
+        grouped, perm = self._grouped(bags)
+        context = (grouped.ids_per_feature, perm)
         if self._chunk_src == list(range(self._num_groups)):
-            return grouped
-        return grouped.select(self._chunk_src)  # one copy per column block
+            return Remapped(bags, grouped, context)
+        return Remapped(bags, grouped.select(self._chunk_src), context)  # one copy per column block
 
     def projection(self, block: int) -> Tensor | None:
         """The (D, d_u) projection of a block (blocks numbered over the tables in order), a view of
@@ -361,21 +350,18 @@ class MixedDim(Method):
         D, d = self._block_dims[block]
         return self.projections[at : at + D * d].view(D, d)  # type: ignore[index]
 
-    def fused_program(self, bags: Bags) -> tuple[ColumnProgram, Tensor | None] | None:
+    def combine_program(self, batch: Remapped) -> tuple[ColumnProgram, Tensor | None] | None:
         return (self._program, self.projections) if self.pooled else None
 
-    def combine(self, pooled: Tensor | None, rows: Tensor | None, bags: Bags) -> Tensor:
+    def combine(self, pooled: Tensor | None, rows: Tensor | None, batch: Remapped) -> Tensor:
         if self.pooled:
             assert pooled is not None
             return self._program(pooled, self.projections)  # (B, sum D)
         assert rows is not None
-        counts, perm = bags.counts, None
-        if not self._single_block:
-            grouped, perm = self._grouped(bags)
-            counts = grouped.counts
+        sizes, perm = batch.context
         pieces, row, group = [], 0, 0
         for block, (features, d) in enumerate(self._block_shapes):
-            n = sum(counts[group : group + features])  # ids in this block, over the table's features
+            n = sum(sizes[group : group + features])  # ids in this block, over the table's features
             chunks = d // self.g
             x = rows[row : row + chunks * n].view(chunks, n, self.g).transpose(0, 1).reshape(n, d)  # (n, d)
             P = self.projection(block)

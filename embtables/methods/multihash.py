@@ -60,14 +60,14 @@ import torch
 from torch import Tensor, nn
 
 from embtables.bags import Bags
-from embtables.config import Lookup, TableConfig, uniform_table
+from embtables.config import FP32_BYTES, ID_BYTES, KEY_BYTES, Lookup, TableConfig, uniform_table
 from embtables.frequency import is_ranked, table_counts, top_ids
 from embtables.hashing import derive_seed, hash_key, hash_to_range
-from embtables.method import Method, check_ids_in_range
+from embtables.method import Method, Remapped, check_ids_in_range
+from embtables.options import check_options, option
 from embtables.plan import InfeasibleBudget, Plan, Target, full_bytes, largest_within
 from embtables.registry import register_method
 
-KEY_BYTES = 8
 COMBINES = ("sum", "mean", "concat")
 HOT_ROWS = "multihash option hot_rows"
 
@@ -88,38 +88,21 @@ class MultiHashOptions:
         hash_all: compress every table, also those a whole table would store in fewer bytes.
     """
 
-    rows: int | None = None
-    num_hashes: int = 2
+    rows: int | None = option(None, minimum=1)
+    num_hashes: int = option(2, minimum=1)
     combine: Literal["sum", "mean", "concat"] = "sum"
     importance: bool = False
-    importance_ratio: float | None = None
+    importance_ratio: float | None = option(None, above=0)
     append_weights: bool = False
-    hot_rows: int = 0
+    hot_rows: int = option(0, minimum=0)
     seed: int = 0
     hash_all: bool = False
 
     def __post_init__(self) -> None:
-        def positive(name: str, value: object, minimum: int) -> None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"multihash option {name} must be an int >= {minimum}, got {value!r}")
-
-        if self.rows is not None:
-            positive("rows", self.rows, 1)
-        positive("num_hashes", self.num_hashes, 1)
-        positive("hot_rows", self.hot_rows, 0)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"multihash option seed must be an int, got {self.seed!r}")
-        if self.combine not in COMBINES:
-            raise ValueError(f"multihash option combine must be one of {COMBINES}, got {self.combine!r}")
-        for name in ("importance", "append_weights", "hash_all"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"multihash option {name} must be a bool, got {getattr(self, name)!r}")
+        check_options(self, "multihash")
         for name in ("importance_ratio", "append_weights"):
             if getattr(self, name) not in (None, False) and not self.importance:
                 raise ValueError(f"multihash option {name} needs importance=True")
-        r = self.importance_ratio
-        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < math.inf):
-            raise ValueError(f"multihash option importance_ratio must be a positive number, got {r!r}")
 
 
 @dataclass(frozen=True)
@@ -147,6 +130,23 @@ class _Table:
     imp_offset: int  # its first row of the importance table P
     imp_rows: int  # K, at least 1
     n: int  # logical rows N
+
+
+@dataclass(frozen=True)
+class _Components:
+    """The physical rows of a feature's ids N_f, from remap to combine.
+
+    Args:
+        rows: (N_f, c) physical rows; c = k, or 1 for a whole table's id under sum or mean.
+        keep: (N_f, c) which of them are read (a hot id reads only column 0 under sum or mean); None: all.
+        weights: (N_f, c) their weights a_j(x) (importance, 1/k of a mean); None: ones.
+        importance: (N_f, k) the ids' importance vectors p(x) = P[h_0(x)]; None when the table has none.
+    """
+
+    rows: Tensor
+    keep: Tensor | None
+    weights: Tensor | None
+    importance: Tensor | None
 
 
 @register_method("multihash")
@@ -231,7 +231,7 @@ class MultiHash(Method):
                 m = M if o.hash_all and budget is None else min(M, cap)
                 K = min(max(1, t.num_embeddings - h), math.ceil(ratio * m)) if o.importance else 0
                 dim = t.embedding_dim // k if concat else t.embedding_dim
-                c = 4 * (h * t.embedding_dim + m * dim) + 4 * K * k + KEY_BYTES * (k + o.importance + h * mp)
+                c = FP32_BYTES * (h * t.embedding_dim + m * dim + K * k) + KEY_BYTES * (k + o.importance) + ID_BYTES * h * mp
                 if o.hash_all or c < t.full_bytes:
                     out.append(MultiHashParams(m, h, K, True, mp, c))
                 else:
@@ -262,7 +262,7 @@ class MultiHash(Method):
             for f in t.feature_names:
                 names = [f"{f}/h{j}" for j in range(k)] if concat else [f]
                 lookups += [Lookup(n, i, t.pooling != "none") for n in names]
-        extra = sum(p.bytes - 4 * ph.num_embeddings * ph.embedding_dim for p, ph in zip(params, physical))
+        extra = sum(p.bytes - FP32_BYTES * ph.num_embeddings * ph.embedding_dim for p, ph in zip(params, physical))
         return Plan("multihash", o, budget, tuple(tables), tuple(physical), tuple(lookups), tuple(params), extra)
 
     # ---- forward ----------------------------------------------------------------------------------------
@@ -285,13 +285,11 @@ class MultiHash(Method):
         row = s.imp_offset + hash_to_range(x, self.keys[s.key_row, self.k], s.imp_rows)
         return self.importance[row]  # type: ignore[index]
 
-    def _components(self, t: int, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """Ids (N_f,) of a feature of table t -> physical rows (N_f, c), which of them are read ((N_f, c) bool;
-        None: all) and their weights a_j(x) ((N_f, c); None: ones). c = k, or 1 for a whole table's id under
-        sum or mean; a hot id reads only column 0 under sum or mean."""
+    def _components(self, t: int, x: Tensor) -> _Components:
+        """Ids (N_f,) of a feature of table t -> their physical rows, which are read and with what weights."""
         s, k, concat = self._tables[t], self.k, self.mode == "concat"
         if not s.compressed:  # a plain row; under concat, its k parts j N + x
-            return (x[:, None] + s.n * self._j if concat else x[:, None]), None, None
+            return _Components(x[:, None] + s.n * self._j if concat else x[:, None], None, None, None)
         keys = self.keys[s.key_row]
         rows = hash_to_range(x[:, None], keys[None, :k], s.rows) + (k * s.hot if concat else s.hot)  # (N_f, k)
         hot = None
@@ -301,9 +299,9 @@ class MultiHash(Method):
                 rows = torch.where(hot[:, None], s.hot * self._j + idx[:, None], rows)
             else:
                 rows = torch.cat([torch.where(hot, idx, rows[:, 0])[:, None], rows[:, 1:]], 1)
-        a = None
+        a = p = None
         if self.importance is not None:
-            a = self._importance_of(s, x)
+            a = p = self._importance_of(s, x)
         if self.mode == "mean" and not self._scale_after:
             a = torch.full(rows.shape, 1.0 / k, device=x.device) if a is None else a / k
         if hot is not None and a is not None:
@@ -311,52 +309,53 @@ class MultiHash(Method):
         keep = None  # under sum or mean a hot id reads its hot row (column 0) only
         if hot is not None and not concat:
             keep = torch.cat([torch.ones_like(hot[:, None]), ~hot[:, None].expand(-1, k - 1)], 1)
-        return rows, keep, a
+        return _Components(rows, keep, a, p)
 
-    def _all_components(self, bags: Bags) -> list[tuple[Tensor, Tensor | None, Tensor | None]]:
+    def _all_components(self, bags: Bags) -> list[_Components]:
         if self._any_whole:  # whole tables index rows directly
             check_ids_in_range(bags, self._whole_n, self, "multihash")
-        return [self._components(t, x) for t, x in zip(self.feature_table, bags.values.split(bags.counts))]
+        return [self._components(t, x) for t, x in zip(self.feature_table, bags.values.split(bags.ids_per_feature))]
 
-    def remap(self, bags: Bags) -> Bags:
+    def remap(self, bags: Bags) -> Remapped:
+        """Context for combine: each feature's `_Components`."""
         comps, B, k = self._all_components(bags), bags.batch_size, self.k
-        w = None if bags.weights is None else bags.weights.split(bags.counts)
+        w = None if bags.per_sample_weights is None else bags.per_sample_weights.split(bags.ids_per_feature)
         weights = None
-        if w is not None or any(a is not None for _, _, a in comps):
+        if w is not None or any(c.weights is not None for c in comps):
             def weigh(f: int) -> Tensor:  # (N_f, c) weight of each physical id
-                rows, _, a = comps[f]
+                rows, a = comps[f].rows, comps[f].weights
                 a = torch.ones(rows.shape, device=rows.device) if a is None else a
                 return a if w is None else a * w[f][:, None].to(a.dtype)
 
             weights = [weigh(f) for f in range(len(comps))]
         if self.mode == "concat":  # lookup (f, j) holds component j of feature f's ids
-            values = torch.cat([r.t().reshape(-1) for r, _, _ in comps])
+            values = torch.cat([c.rows.t().reshape(-1) for c in comps])
             lengths = bags.lengths().repeat_interleave(k, dim=0).reshape(-1)  # (F k B,)
             flat = None if weights is None else torch.cat([x.t().reshape(-1) for x in weights])
             offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
-            return Bags(values, offsets, flat, [c for c in bags.counts for _ in range(k)], B)
+            return Remapped(bags, Bags(values, offsets, flat, [n for n in bags.ids_per_feature for _ in range(k)], B),
+                            comps)
         pick = lambda x, keep: x.reshape(-1) if keep is None else x[keep]  # noqa: E731  (each id's components in order)
-        values = torch.cat([pick(r, keep) for r, keep, _ in comps])
-        flat = None if weights is None else torch.cat([pick(x, keep) for x, (_, keep, _) in zip(weights, comps)])
-        if all(keep is None for _, keep, _ in comps):
+        values = torch.cat([pick(c.rows, c.keep) for c in comps])
+        flat = None if weights is None else torch.cat([pick(x, c.keep) for x, c in zip(weights, comps)])
+        if all(c.keep is None for c in comps):
             lengths = (bags.lengths() * self._parts_t[:, None]).reshape(-1)  # (F B,)
             offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
-            return Bags(values, offsets, flat, [n * p for n, p in zip(bags.counts, self._parts)], B)
-        reads = [torch.full_like(r[:, 0], r.shape[1]) if keep is None else keep.sum(1) for r, keep, _ in comps]
+            sizes = [n * p for n, p in zip(bags.ids_per_feature, self._parts)]
+            return Remapped(bags, Bags(values, offsets, flat, sizes, B), comps)
+        reads = [torch.full_like(c.rows[:, 0], c.rows.shape[1]) if c.keep is None else c.keep.sum(1) for c in comps]
         per_id = torch.cat(reads)  # physical ids of each logical id
         cum = torch.cat([per_id.new_zeros(1), per_id.cumsum(0)])
         offsets = cum[bags.offsets]  # hot ids read one row, multi-hashed ones k
-        return Bags(values, offsets, flat, offsets[::B].diff().tolist(), B)
+        return Remapped(bags, Bags(values, offsets, flat, offsets[::B].diff().tolist(), B), comps)
 
-    def _appended(self, bags: Bags) -> list[Tensor]:
-        """Per feature, its bags' pooled (weighted) importance vectors (B, k); zeros where it appends none."""
-        xs = bags.values.split(bags.counts)
-        zeros = lambda x: torch.zeros(x.numel(), self.k, device=x.device)  # noqa: E731  (whole: no importance)
-        p = [self._importance_of(self._tables[t], x) if a else zeros(x)
-             for t, x, a in zip(self.feature_table, xs, self._appends)]
-        return list(bags.sum_rows(torch.cat(p)).split(self.k, 1))
+    def _importances(self, comps: list[_Components]) -> list[Tensor]:
+        """Per feature, its ids' importance vectors p(x) (N_f, k); zeros where its table has none."""
+        return [c.importance if c.importance is not None else torch.zeros(c.rows.shape[0], self.k,
+                                                                          device=c.rows.device) for c in comps]
 
-    def combine(self, pooled: Tensor | None, rows: Tensor | None, bags: Bags) -> Tensor:
+    def combine(self, pooled: Tensor | None, rows: Tensor | None, batch: Remapped) -> Tensor:
+        comps: list[_Components] = batch.context
         if self.pooled:
             assert pooled is not None
             if self._scale_after:
@@ -364,29 +363,28 @@ class MultiHash(Method):
             if not self.append:
                 return pooled
             core = pooled.split(self._core_dims, 1)  # split + cat: views, and one copy each way
-            appended = self._appended(bags)
+            # per feature, its bags' pooled (weighted) importance vectors (B, k)
+            appended = batch.logical.sum_rows(torch.cat(self._importances(comps))).split(self.k, 1)
             pieces = [x for f, c in enumerate(core) for x in ((c, appended[f]) if self._appends[f] else (c,))]
             return torch.cat(pieces, 1)  # each feature's vector, then its weights when its table has them
         # unpooled: combine each id's physical rows with its weights a_j(x), feature by feature
         assert rows is not None
-        comps, out = self._all_components(bags), []
-        sizes = [r.numel() if keep is None else int(keep.sum()) for r, keep, _ in comps]
-        for t, (r, keep, a), x in zip(self.feature_table, comps, rows.split(sizes)):
-            n, c = r.shape
+        out = []
+        sizes = [c.rows.numel() if c.keep is None else int(c.keep.sum()) for c in comps]
+        for t, c, x in zip(self.feature_table, comps, rows.split(sizes)):
+            n, parts = c.rows.shape
             if self.mode == "concat":  # (k N_f, D/k) lookup-major -> (N_f, k, D/k)
-                x = x.view(c, n, x.shape[1]).transpose(0, 1)
-            elif keep is not None:  # hot ids fill column 0 only
-                x = x.new_zeros(n, c, x.shape[1]).index_put_((keep.nonzero(as_tuple=True)), x)
+                x = x.view(parts, n, x.shape[1]).transpose(0, 1)
+            elif c.keep is not None:  # hot ids fill column 0 only
+                x = x.new_zeros(n, parts, x.shape[1]).index_put_((c.keep.nonzero(as_tuple=True)), x)
             else:
-                x = x.view(n, c, x.shape[1])
-            x = x if a is None else x * a[:, :, None]
+                x = x.view(n, parts, x.shape[1])
+            x = x if c.weights is None else x * c.weights[:, :, None]
             if self.mode == "concat":
-                out.append(x.reshape(n, c * x.shape[2]))
+                out.append(x.reshape(n, parts * x.shape[2]))
             else:  # a mean scaled after summing, as in the pooled case
                 out.append(x.sum(1) / self.k if self._scale_after and self._tables[t].compressed else x.sum(1))
         e = torch.cat(out)  # (N, D)
         if self.append:
-            xs = bags.values.split(bags.counts)
-            p = [self._importance_of(self._tables[t], x) for t, x in zip(self.feature_table, xs)]
-            e = torch.cat([e, torch.cat(p)], 1)  # (N, D + k)
+            e = torch.cat([e, torch.cat(self._importances(comps))], 1)  # (N, D + k)
         return e

@@ -60,10 +60,12 @@ from torch import Tensor
 from embtables import kernels
 from embtables.bags import Bags, rows_by_slot
 from embtables.config import FP32_BYTES, Lookup, PhysicalTable, TableConfig
-from embtables.method import Method, check_ids_in_range
-from embtables.methods._layout import ColumnProgram, Piece, Term, append_blocks
+from embtables.method import Method, Remapped, check_ids_in_range
+from embtables.methods._layout import append_blocks
+from embtables.options import check_options, option
 from embtables.methods._partitions import partition_codes, place_values, qr_radices, radices_within
 from embtables.plan import InfeasibleBudget, Plan, Target, largest_within
+from embtables.program import ColumnProgram, Piece, Term
 from embtables.registry import register_method
 
 # the partition arithmetic lives in `_partitions`; it is part of this method's public surface
@@ -71,11 +73,6 @@ __all__ = ["QR", "QROptions", "QRParams", "partition_codes", "qr_radices", "radi
 
 OPERATIONS = ("mult", "add", "concat")
 ORDERS = ("combine_first", "pool_first")
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"qr option {name} must be an int >= {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -92,22 +89,14 @@ class QROptions:
         threshold: tables with at most this many rows are kept whole.
     """
 
-    collisions: int | None = None
-    partitions: int | None = None
+    collisions: int | None = option(None, minimum=1)
+    partitions: int | None = option(None, minimum=2)
     operation: Literal["mult", "add", "concat"] = "mult"
     pooling_order: Literal["combine_first", "pool_first"] = "combine_first"
-    threshold: int = 200
+    threshold: int = option(200, minimum=0)
 
     def __post_init__(self) -> None:
-        if self.collisions is not None:
-            _check_int("collisions", self.collisions, 1)
-        if self.partitions is not None:
-            _check_int("partitions", self.partitions, 2)
-        if self.operation not in OPERATIONS:
-            raise ValueError(f"qr option operation must be one of {OPERATIONS}, got {self.operation!r}")
-        if self.pooling_order not in ORDERS:
-            raise ValueError(f"qr option pooling_order must be one of {ORDERS}, got {self.pooling_order!r}")
-        _check_int("threshold", self.threshold, 0)
+        check_options(self, "qr")
 
 
 @dataclass(frozen=True)
@@ -311,31 +300,31 @@ class QR(Method):
         physical, lookups, _, _ = _layout(tables, params, options.operation)
         return Plan("qr", options, budget, tuple(tables), tuple(physical), tuple(lookups), params, extra_bytes=0)
 
-    def remap(self, bags: Bags) -> Bags:
+    def remap(self, bags: Bags) -> Remapped:
         check_ids_in_range(bags, self._n, self, "qr")  # digits are unique only in [0, n)
         phys = self._lookups(bags)
         if self._per_id and bags.max_length > 1:
-            phys = phys.singletons(max(max(phys.counts, default=0), 1))
-        return phys
+            phys = phys.singletons(max(max(phys.ids_per_feature, default=0), 1))
+        return Remapped(bags, phys)
 
     def _lookups(self, bags: Bags) -> Bags:
         """Logical bags -> one lookup per (feature, partition) read, each id replaced by its digit."""
-        counts = [bags.counts[f] for f in self._src]
-        ops = kernels.ops_for(bags.values) if bags.weights is None else None
+        sizes = [bags.ids_per_feature[f] for f in self._src]
+        ops = kernels.ops_for(bags.values) if bags.per_sample_weights is None else None
         if ops is not None:  # the digits of every lookup in one C++ pass; the PyTorch ops below are its reference
             values, offsets = ops.digits_remap(bags.values.contiguous(), bags.offsets.contiguous(), bags.batch_size,
                                                self._digit_reads, self._place.view(-1), self._radix.view(-1))
-            return Bags(values, offsets, None, counts, bags.batch_size)
-        ids = bags.values.split(bags.counts)
+            return Bags(values, offsets, None, sizes, bags.batch_size)
+        ids = bags.values.split(bags.ids_per_feature)
         digits = [self._digits(x, f) for f, x in enumerate(ids)]  # (k, N_f); whole tables read the ids themselves
         values = torch.cat([digits[f][j] for f, j in self._reads])  # one slice per lookup, in lookup order
         weights = None
-        if bags.weights is not None:
-            w = bags.weights.split(bags.counts)
+        if bags.per_sample_weights is not None:
+            w = bags.per_sample_weights.split(bags.ids_per_feature)
             first = self._per_id  # a product carries the weight once
             weights = torch.cat([w[f] if j == 0 or not first else torch.ones_like(w[f]) for f, j in self._reads])
         lengths = bags.lengths().index_select(0, self._src_t).reshape(-1)  # (lookups * B,)
-        return Bags(values, torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]), weights, counts, bags.batch_size)
+        return Bags(values, torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]), weights, sizes, bags.batch_size)
 
     def _digits(self, x: Tensor, f: int) -> Tensor:
         """(N_f,) ids of feature f, checked in [0, n) -> (k, N_f) digits (id // p_j) mod b_j, as
@@ -353,12 +342,13 @@ class QR(Method):
             return xs[0]
         return reduce(torch.mul if self._op == "mult" else torch.add, xs)
 
-    def fused_program(self, bags: Bags) -> tuple[ColumnProgram, None] | None:
-        if not self.pooled or (self._per_id and bags.max_length > 1):
+    def combine_program(self, batch: Remapped) -> tuple[ColumnProgram, None] | None:
+        if not self.pooled or (self._per_id and batch.logical.max_length > 1):
             return None
         return self._program, None
 
-    def combine(self, pooled: Tensor | None, rows: Tensor | None, bags: Bags) -> Tensor:
+    def combine(self, pooled: Tensor | None, rows: Tensor | None, batch: Remapped) -> Tensor:
+        bags = batch.logical
         if not self.pooled:
             return self._compose_rows(rows, bags)  # type: ignore[arg-type]
         assert pooled is not None
@@ -369,14 +359,14 @@ class QR(Method):
         pooled_f = []
         for f, e in enumerate(out.split(self._dims, 1)):  # row i < N_f: feature f's i-th id, already weighted
             index = bag[starts[f] : starts[f + 1]] - f * B
-            pooled_f.append(e.new_zeros(B, e.shape[1]).index_add_(0, index, e[: bags.counts[f]]))
+            pooled_f.append(e.new_zeros(B, e.shape[1]).index_add_(0, index, e[: bags.ids_per_feature[f]]))
         return torch.cat(pooled_f, 1)  # (B, sum D)
 
     def _compose_rows(self, rows: Tensor, bags: Bags) -> Tensor:
         """Per-id rows (P, g) of every lookup -> (N, D): slots regrouped per id, then composed."""
         N, D = bags.values.numel(), self.tables[0].embedding_dim
-        counts = torch.tensor([bags.counts[f] for f in self._src], device=rows.device)
-        slot = self._slot.repeat_interleave(counts, output_size=rows.shape[0])
+        sizes = torch.tensor([bags.ids_per_feature[f] for f in self._src], device=rows.device)
+        slot = self._slot.repeat_interleave(sizes, output_size=rows.shape[0])
         fill = 1.0 if self._op == "mult" else 0.0  # the identity of the composition fills missing partitions
         x = rows_by_slot(rows, bags.positions(self._src), slot, N, self._slots, fill)  # (N, S, g)
         return self._compose(list(x.view(N, self._factors, D).unbind(1)))  # (N, D)

@@ -52,21 +52,14 @@ import torch
 from torch import Tensor
 
 from embtables.bags import Bags, rows_by_slot
-from embtables.config import Lookup, TableConfig, uniform_table
+from embtables.config import FP32_BYTES, KEY_BYTES, Lookup, TableConfig, uniform_table
 from embtables.hashing import derive_seed, hash_key, hash_to_range
-from embtables.method import Method
-from embtables.methods._layout import ColumnProgram, Piece, Term
+from embtables.method import Method, Remapped
+from embtables.options import check_options, option
 from embtables.plan import InfeasibleBudget, Plan, Target, full_bytes
+from embtables.program import ColumnProgram, Piece, Term
 from embtables.registry import register_method
 
-KEY_BYTES = 8
-
-
-def _check_positive(name: str, value: object, optional: bool = True) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"unified option {name} must be a positive int, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -82,24 +75,21 @@ class UnifiedOptions:
         seed: base seed of the (feature, chunk) hash keys.
     """
 
-    rows: int | None = None
-    width: int | None = None
+    rows: int | None = option(None, minimum=1)
+    width: int | None = option(None, minimum=1)
     chunks: Mapping[str, int] | tuple[tuple[str, int], ...] | None = None
-    num_tables: int = 1
+    num_tables: int = option(1, minimum=1)
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_positive("rows", self.rows)
-        _check_positive("width", self.width)
-        _check_positive("num_tables", self.num_tables, optional=False)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"unified option seed must be an int, got {self.seed!r}")
+        check_options(self, "unified")
         if self.chunks is not None:
             pairs = tuple(self.chunks.items()) if isinstance(self.chunks, Mapping) else tuple(self.chunks)
             for pair in pairs:
                 if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)):
                     raise ValueError(f"unified option chunks must map feature names to counts, got {self.chunks!r}")
-                _check_positive(f"chunks[{pair[0]!r}]", pair[1], optional=False)
+                if isinstance(pair[1], bool) or not isinstance(pair[1], int) or pair[1] < 1:
+                    raise ValueError(f"unified option chunks[{pair[0]!r}] must be an int >= 1, got {pair[1]!r}")
             object.__setattr__(self, "chunks", tuple(sorted(pairs)))
 
 
@@ -211,7 +201,7 @@ class Unified(Method):
                 f"unified option num_tables={T} exceeds the {total_chunks} chunks, so a table would be unread"
             )
         key_bytes = KEY_BYTES * total_chunks
-        row_bytes = 4 * T * width  # one row in every shared table
+        row_bytes = FP32_BYTES * T * width  # one row in every shared table
         if budget is not None:
             limit = budget * full_bytes(tables)
             M = int((limit - key_bytes) // row_bytes)
@@ -236,17 +226,18 @@ class Unified(Method):
     def output_dims(self) -> list[int]:
         return [c * self.width for c in self.chunks]
 
-    def remap(self, bags: Bags) -> Bags:
+    def remap(self, bags: Bags) -> Remapped:
         # one copy of a feature's ids per chunk (none to make with one chunk each), hashed with the chunk's key
         phys = bags if self._one_chunk_each else bags.select(self._lookup_list)
         values = hash_to_range(phys.values, phys.per_id(self.keys), self.shared_rows)
-        phys = Bags(values, phys.offsets, phys.weights, phys.counts, phys.batch_size)
-        return phys.stack(self._groups) if self._stacked else phys
+        phys = phys.with_values(values)
+        return Remapped(bags, phys.stack(self._groups) if self._stacked else phys)
 
-    def fused_program(self, bags: Bags) -> tuple[ColumnProgram, None] | None:
+    def combine_program(self, batch: Remapped) -> tuple[ColumnProgram, None] | None:
         return (self._program, None) if self.pooled and not self._stacked else None
 
-    def combine(self, pooled: Tensor | None, rows: Tensor | None, bags: Bags) -> Tensor:
+    def combine(self, pooled: Tensor | None, rows: Tensor | None, batch: Remapped) -> Tensor:
+        bags = batch.logical
         B, C, w = bags.batch_size, len(self._lookup_list), self.width
         if self.pooled and not self._stacked:  # one lookup per chunk, in store order: put them in output order
             assert pooled is not None
@@ -261,7 +252,7 @@ class Unified(Method):
         # unpooled: every feature has the same chunk count c (checked by solve); rows are in store order
         assert rows is not None
         c = self.chunks[0]
-        counts = torch.tensor([bags.counts[f] for f in self._lookup_list], device=rows.device)
-        slot = self._chunk.repeat_interleave(counts, output_size=rows.shape[0])
+        sizes = torch.tensor([bags.ids_per_feature[f] for f in self._lookup_list], device=rows.device)
+        slot = self._chunk.repeat_interleave(sizes, output_size=rows.shape[0])
         out = rows_by_slot(rows, bags.positions(self._lookup_list), slot, bags.values.numel(), c, 0.0)  # (N, c, w)
         return out.reshape(-1, c * w)  # (N, c w)

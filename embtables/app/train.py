@@ -10,7 +10,6 @@ resumed run reproduces the uninterrupted one exactly (same seed, same data order
 from __future__ import annotations
 
 import io
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,9 +20,10 @@ import torch
 from torch import nn
 
 import embtables as et
-from embtables.datasets.layout import TRUTH_FILE, atomic_write, read_json, write_json
+from embtables.app.runinfo import machine, peak_rss_bytes, versions
+from embtables.datasets.layout import TRUTH_FILE
+from embtables.files import atomic_write, read_json, write_json
 from embtables.metrics import auc, logloss
-from embtables.runinfo import machine, peak_rss_bytes, versions
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -86,7 +86,7 @@ class TrainConfig:
 
 def open_data(path: str | Path) -> Any:
     """Open a data folder of either kind, as its summary.json says (`criteo` or `sequences`)."""
-    from embtables.datasets.layout import SUMMARY_FILE, read_json
+    from embtables.datasets.layout import SUMMARY_FILE
     from embtables.datasets.loader import CriteoData
 
     summary = Path(path) / SUMMARY_FILE
@@ -141,7 +141,7 @@ class Trainer:
         progress: show a progress bar.
 
     Example:
-        >>> from embtables.train import TrainConfig, Trainer
+        >>> from embtables.app.train import TrainConfig, Trainer
         >>> metrics = Trainer(TrainConfig(data="data/synthetic", method="hash", budget=0.01), "runs/h").fit()
         >>> metrics["val"]["best"]["auc"]  # doctest: +SKIP
     """
@@ -340,52 +340,3 @@ def _progress(enabled: bool, total: int, initial: int) -> Any:
 def train(config: TrainConfig, out: str | Path | None = None, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train and evaluate one configuration; returns the metrics (also written to `out/metrics.json`)."""
     return Trainer(config, out, progress=progress).fit(resume=resume)
-
-
-def register(sub: Any) -> None:
-    """`embtables train`."""
-    from embtables.cli import add_method_arguments
-
-    p = sub.add_parser("train", help="train DLRM or DIN with one compression method and write metrics.json")
-    p.add_argument("--model", default="dlrm", choices=["dlrm", "din"])
-    p.add_argument("--data", required=True, help="a data folder, or 'synthetic' for the built-in planted data")
-    add_method_arguments(p)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--dim", type=int, default=16, help="embedding dim D")
-    p.add_argument("--min-count", type=int, default=1)
-    p.add_argument("--dense-optimizer", default="adam", choices=["adam", "adagrad"])
-    p.add_argument("--dense-lr", type=float, default=1e-3)
-    p.add_argument("--embedding-optimizer", default="rowwise_adagrad", choices=["rowwise_adagrad", "adagrad", "sgd"])
-    p.add_argument("--embedding-lr", type=float, default=0.05)
-    p.add_argument("--eval-every", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-m", "--model-option", action="append", default=[], metavar="NAME=VALUE",
-                   help="a model keyword argument, e.g. -m pooling=sum for DIN (repeatable)")
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
-    p.set_defaults(run=_run)
-
-
-def _run(args: Any) -> int:
-    from embtables.cli import parse_options
-    from embtables.datasets.builtin import resolve_data
-
-    config = TrainConfig(
-        model=args.model, data=str(resolve_data(args.data, args.model)), method=args.method, budget=args.budget,
-        options=parse_options(args.option), backend=args.backend, embedding_dim=args.dim, min_count=args.min_count,
-        epochs=args.epochs, batch_size=args.batch_size, max_steps=args.max_steps,
-        dense_optimizer=args.dense_optimizer, dense_lr=args.dense_lr, embedding_optimizer=args.embedding_optimizer,
-        embedding_lr=args.embedding_lr, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-        seed=args.seed, model_options=parse_options(args.model_option),
-    )
-    try:
-        metrics = train(config, args.out, resume=args.resume)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
-    summary = {k: metrics[k] for k in ("method", "budget", "memory_bytes", "compression", "train_samples_per_s")}
-    summary.update({s: metrics[s]["best"] for s in ("val", "test") if s in metrics})
-    print(json.dumps(summary, indent=2))
-    return 0

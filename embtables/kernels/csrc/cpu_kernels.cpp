@@ -500,6 +500,9 @@ std::tuple<at::Tensor, at::Tensor> fused_backward(
       with_width(s.dim[t], [&](auto d) {
         auto add_id = [&](int64_t i, const float* g) {
           const int64_t id = s.values[i];
+          // the forward checked every id, but a caller may have changed them since: never update outside the table
+          TORCH_CHECK(id >= 0 && id < s.rows[t], "fused store backward: id ", id, " of table ", t, " is outside [0, ",
+                      s.rows[t], ")");
           const float a = s.psw ? s.psw[i] : 1.f;
           float* __restrict dst = acc.row(id);
           for (int64_t j = 0; j < d; ++j) dst[j] += a * g[j];

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from embtables.bags import Bags
 from embtables.config import Lookup, PhysicalTable, SparseOptimizer
 from embtables.optim import RowWiseAdagrad
-from embtables.store.base import Store
+from embtables.stores.base import Store
 
 
 class TorchStore(Store):
@@ -29,8 +29,8 @@ class TorchStore(Store):
 
     def pooled(self, bags: Bags) -> Tensor:
         B = bags.batch_size
-        values = bags.values.split(bags.counts)
-        weights = bags.weights.split(bags.counts) if bags.weights is not None else [None] * len(values)
+        values = bags.values.split(bags.ids_per_feature)
+        weights = bags.per_sample_weights.split(bags.ids_per_feature) if bags.per_sample_weights is not None else [None] * len(values)
         out = []
         for i, lk in enumerate(self.lookups[: bags.num_features]):
             offsets = bags.offsets[i * B : (i + 1) * B]
@@ -43,7 +43,7 @@ class TorchStore(Store):
         return torch.cat(out, dim=1)  # (B, sum D)
 
     def rows(self, bags: Bags) -> Tensor:
-        values = bags.values.split(bags.counts)
+        values = bags.values.split(bags.ids_per_feature)
         lookups = self.lookups[self.num_pooled :]
         return torch.cat([F.embedding(v, self.weight[lk.table], sparse=True) for v, lk in zip(values, lookups)])
 

@@ -1,28 +1,22 @@
-"""The `embtables` command line. Each subcommand lives with the code it drives and adds itself through a
-`register(subparsers)` function; this module only lists them and parses method options.
+"""The `embtables` command line: the only place that knows argparse. Each module adds its subcommands and calls the
+library, the application (`embtables.app`) and the data sets (`embtables.datasets`); none of those parses
+arguments or prints usage.
 
-    embtables plan --tables criteo-kaggle --method qr --budget 0.01
-    embtables train --model dlrm --data synthetic --method hash --budget 0.01 --out runs/hash
-    embtables sweep --quick --out demo_out
-    embtables report demo_out
-    embtables demo
+    embtables plan --tables criteo-kaggle --method qr --budget 0.01            (here)
+    embtables preprocess criteo | synth criteo|sequences | prepare-sequences  (cli/data.py)
+    embtables train | sweep | report | demo                                   (cli/runs.py)
+
+May import: everything (it is the top layer).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import importlib
 import sys
 from typing import Any, Sequence
 
-from embtables.store import BACKENDS
-
-# Modules that add subcommands; each defines `register(subparsers)`.
-COMMAND_MODULES = (
-    "embtables.cli", "embtables.datasets.criteo", "embtables.datasets.synthetic", "embtables.datasets.sequences",
-    "embtables.train", "embtables.sweep",
-)
+from embtables.stores import BACKENDS
 
 
 def parse_options(items: Sequence[str]) -> dict[str, Any]:
@@ -66,29 +60,24 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    """The main job on built-in data: a quick memory-budget sweep of DLRM on the planted synthetic Criteo."""
-    return main(["sweep", "--quick", "--out", args.out])
-
-
-def register(sub: argparse._SubParsersAction) -> None:
+def _register_plan(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="solve a method's parameters for a budget and print them (allocates nothing)")
     p.add_argument("--tables", default="criteo-kaggle", help="built-in table set")
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--list", action="store_true", help="list the registered methods and exit")
     add_method_arguments(p)
     p.set_defaults(run=_plan)
-    d = sub.add_parser("demo", help="the README's demo: a quick sweep on synthetic data (`sweep --quick`)")
-    d.add_argument("--out", default="demo_out", help="sweep folder (default demo_out/)")
-    d.set_defaults(run=_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from embtables.cli import data, runs
+
     parser = argparse.ArgumentParser(prog="embtables", description="Compressed embedding tables: plan, "
                                      "prepare data, train, sweep memory budgets and report.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    _register_plan(sub)
+    data.register(sub)
+    runs.register(sub)
     return parser
 
 

@@ -1,10 +1,10 @@
-"""C++ CPU kernels (`csrc/cpu_kernels.cpp`), compiled on first use.
+"""The loader of the C++ CPU kernels (`csrc/cpu_kernels.cpp`), compiled on first use.
 
 On CPU a training step of a compressed collection spends as much time around the embedding lookups as in them:
 remapping ids, composing partition rows, projecting narrow blocks, each a chain of PyTorch ops that costs a pass
 over memory and a few microseconds of dispatch per op. The kernels:
 
-    fused_forward / fused_backward   the `fused` store (`store/fused_store.py`): lookups, the method's column
+    fused_forward / fused_backward   the `fused` store (`stores/fused_store.py`): lookups, the method's column
                                      program and the optimizer step, one kernel per direction
     digits_remap                     qr's ids -> mixed-radix digits in lookup order, with the new offsets
     outside                          whether some id of a feature lies outside [0, n_f) (`Bags.outside`)
@@ -69,6 +69,23 @@ def ops_for(*tensors: Tensor) -> Any | None:
     if not _state["enabled"] or any(t.device.type != "cpu" for t in tensors):
         return None
     return _load()
+
+
+def require(user: str) -> Any:
+    """`torch.ops.embtables` for code that has no PyTorch reference (the fused store); RuntimeError naming `user`
+    and what to do when the kernels are disabled or cannot be built."""
+    if not _state["enabled"]:
+        raise RuntimeError(
+            f"{user} runs embtables' C++ CPU kernels, which are disabled (EMBTABLES_KERNELS=0 or "
+            "kernels.set_enabled(False)); enable them, or use backend='fbgemm' or backend='torch'"
+        )
+    ops = _load()
+    if ops is None:
+        raise RuntimeError(
+            f"{user} runs embtables' C++ CPU kernels, which could not be built ({_state['error']}); install a C++ "
+            "compiler and the Python headers, or use backend='fbgemm' or backend='torch'"
+        )
+    return ops
 
 
 def available() -> bool:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from embtables.bags import Bags
 from embtables.config import Lookup, PhysicalTable, SparseOptimizer
+from embtables.program import ColumnProgram
 
 
 class Store(nn.Module):
@@ -31,8 +32,7 @@ class Store(nn.Module):
 
     name: ClassVar[str] = ""
     dim_multiple: ClassVar[int] = 1
-    fused: ClassVar[bool] = False
-    # whether the store runs a method's column program itself (`pooled_program`), see `Method.fused_program`
+    # whether the store runs a method's column program itself (`pooled_program`), see `Method.combine_program`
     combines: ClassVar[bool] = False
 
     def __init__(
@@ -76,6 +76,11 @@ class Store(nn.Module):
 
     def rows(self, bags: Bags) -> Tensor:
         raise NotImplementedError
+
+    def pooled_program(self, bags: Bags, program: ColumnProgram, matrices: Tensor | None) -> Tensor:
+        """Pooled lookups composed by a method's column program: (B, program.width_out). Only stores that
+        `combines` implement it."""
+        raise NotImplementedError(f"the {self.name} backend does not run column programs")
 
     def weights(self) -> list[Tensor]:
         """One (rows, dim) tensor per physical table; views of the storage, so writes change the store."""

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from embtables.store.base import Store
-from embtables.store.fbgemm_store import FbgemmStore
-from embtables.store.fused_store import FusedStore
-from embtables.store.torch_store import TorchStore
+from embtables.stores.base import Store
+from embtables.stores.fbgemm_store import FbgemmStore
+from embtables.stores.fused_store import FusedStore
+from embtables.stores.torch_store import TorchStore
 
 BACKENDS: dict[str, type[Store]] = {"torch": TorchStore, "fbgemm": FbgemmStore, "fused": FusedStore}
 

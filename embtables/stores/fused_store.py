@@ -1,5 +1,6 @@
 """The `fused` backend: every physical table in one flat fp32 tensor, looked up, combined and updated by the C++
-CPU kernels `fused_forward` and `fused_backward` (`embtables/csrc/cpu_kernels.cpp`, built by `embtables.kernels`).
+CPU kernels `fused_forward` and `fused_backward` (`embtables/kernels/csrc/cpu_kernels.cpp`, built by
+`embtables.kernels.cpu`).
 
 Why: around FBGEMM's TBE, a compressed method's CPU step writes the (B, sum of lookup dims) pooled tensor, reads it
 back in `combine` (qr's products, mixed_dim's projections: a pass per piece), writes the gradient of that tensor,
@@ -7,7 +8,7 @@ and the TBE sorts the ids to update rows. Here
 
   forward   pools each lookup's bags, one lookup (so one table) at a time as FBGEMM does; lookups the method only
             copies go straight to their output columns, the others to a lookup-major buffer x from which the
-            method's column program (`methods/_layout.py` `ColumnProgram`, translated by `kernel_program`) writes
+            method's column program (`embtables.program.ColumnProgram`, translated by `kernel_program`) writes
             the output in one pass over blocks of 32 samples;
   backward  runs the program's backward in one pass (dL/dx, lookup-major), then table by table adds each id's
             gradient to its row's sum (open addressing: no sort, no table-sized buffer) and updates every touched
@@ -16,8 +17,10 @@ and the TBE sorts the ids to update rows. Here
 Each row is owned by one work item (a table; with fewer tables than threads, a part of a table that a hash of
 the row id picks), so updates take no locks. Optimizers are the torch backend's (`SparseOptimizer`): row-wise Adagrad
 (`embtables.optim`), Adagrad and SGD, with their state in the `state` buffer, saved with the weights. Gradients
-reach per-id weights (multihash's importance) and the program's weight (mixed_dim's projections) through autograd.
-Dims need not be multiples of 4. CPU and fp32 only; building the store raises when the kernels cannot be built.
+reach per-sample weights (multihash's importance) and the program's matrices (mixed_dim's projections) through
+autograd. Dims need not be multiples of 4. CPU and fp32 only; building the store raises when the kernels are
+disabled or cannot be built. Backward reads the ids it saved in forward, so ids changed in place between the two
+raise autograd's error instead of updating other rows (the kernel also checks every id against its table).
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ from torch.autograd.function import once_differentiable
 from embtables import kernels
 from embtables.bags import Bags
 from embtables.config import Lookup, PhysicalTable, SparseOptimizer
-from embtables.methods._layout import ColumnProgram, Piece, Term  # noqa: F401 (Piece, Term: the docstring example)
-from embtables.store.base import Store
+from embtables.program import ColumnProgram, Piece, Term  # noqa: F401 (Piece, Term: the docstring example)
+from embtables.stores.base import Store
 
 _OPTIMIZERS = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2}
 _NO_PROGRAM = torch.zeros(0, dtype=torch.long)
@@ -79,7 +82,7 @@ def kernel_program(program: ColumnProgram, dims: Sequence[int]) -> KernelProgram
     A lookup that the program only copies into the output, whole, is pooled straight into its output columns and
     leaves the program. The others go to x, kept lookup-major there, so every term must lie inside one lookup:
     repeated pieces are expanded, plain copies and sums cut wherever a term crosses from one lookup to the next,
-    and each term is given as (lookup, column offset in it, width, weight offset). The spec holds, per piece: op
+    and each term is given as (lookup, column offset in it, width, matrix offset). The spec holds, per piece: op
     (0 add, 1 mult), output start, width, number of terms, then the terms' four numbers each.
 
     Example:
@@ -97,7 +100,7 @@ def kernel_program(program: ColumnProgram, dims: Sequence[int]) -> KernelProgram
     pieces: list[tuple[int, int, int, list[tuple[int, int, int, int]]]] = []  # op, start, width, terms
     for p in program.pieces:
         for c in range(p.count):
-            terms = [(t.start + c * t.width, t.width, t.weight + c * p.width * t.width if t.weight >= 0 else -1)
+            terms = [(t.start + c * t.width, t.width, t.matrix + c * p.width * t.width if t.matrix >= 0 else -1)
                      for t in p.terms]
             start = p.start + c * p.width
             if any(w >= 0 for _, _, w in terms):  # projections: every term is one lookup by construction
@@ -108,12 +111,12 @@ def kernel_program(program: ColumnProgram, dims: Sequence[int]) -> KernelProgram
             for lo, hi in zip(cuts[:-1], cuts[1:]):
                 width = hi - lo if terms[0][2] < 0 else p.width
                 placed = []
-                for a, w, weight in terms:
-                    first = a + (lo if weight < 0 else 0)
-                    l, span = lookup_of(first), (width if weight < 0 else w)
+                for a, w, matrix in terms:
+                    first = a + (lo if matrix < 0 else 0)
+                    l, span = lookup_of(first), (width if matrix < 0 else w)
                     if first + span > ends[l]:
                         raise ValueError(f"fused store: a projected term at column {a} spans two lookups")
-                    placed.append((l, first - cols[l], span, weight))
+                    placed.append((l, first - cols[l], span, matrix))
                 pieces.append((int(p.op == "mult"), start + lo, width, placed))
     reads = [l for _, _, _, terms in pieces for l, _, _, _ in terms]
     direct = {terms[0][0]: start for _, start, width, terms in pieces
@@ -136,7 +139,6 @@ def kernel_program(program: ColumnProgram, dims: Sequence[int]) -> KernelProgram
 class FusedStore(Store):
     name = "fused"
     dim_multiple = 1
-    fused = True
     combines = True  # runs a method's column program itself (`pooled_program`)
 
     def __init__(
@@ -145,8 +147,7 @@ class FusedStore(Store):
         super().__init__(tables, lookups, optimizer, device)
         if torch.device(device).type != "cpu":
             raise ValueError("the fused backend runs on the CPU; on CUDA use backend='fbgemm'")
-        if not kernels.available():
-            raise RuntimeError(f"the fused backend needs the C++ CPU kernels, which are {kernels.status()}")
+        kernels.require("the fused backend")  # refuse now, not at the first forward
         sizes = [t.num_embeddings * t.embedding_dim for t in tables]
         rows = [t.num_embeddings for t in tables]
         self.register_buffer("weight", torch.empty(sum(sizes)))
@@ -168,27 +169,26 @@ class FusedStore(Store):
         g = self._pooled
         return self._run(bags, g, g.identity, None, g.width, True)  # (B, sum D)
 
-    def pooled_program(self, bags: Bags, program: ColumnProgram, weight: Tensor | None) -> Tensor:
-        """Pooled lookups composed by a method's column program: (B, program.width_out)."""
+    def pooled_program(self, bags: Bags, program: ColumnProgram, matrices: Tensor | None) -> Tensor:
         g = self._pooled
-        return self._run(bags, g, g.program(program), weight, program.width_out, program.exact)
+        return self._run(bags, g, g.program(program), matrices, program.width_out, program.exact)
 
     def rows(self, bags: Bags) -> Tensor:
-        L, n = bags.num_features, max(bags.counts)
+        L, n = bags.num_features, max(bags.ids_per_feature)
         D = self.tables[self.lookups[self.num_pooled].table].embedding_dim
         if n == 0:
             return torch.zeros(0, D)
         g = self._per_id
         out = self._run(bags.singletons(n), g, g.identity, None, g.width, True)  # (n, L*D)
         out = out.view(n, L, D)
-        return torch.cat([out[:c, i] for i, c in enumerate(bags.counts)])  # (N_rows, D) in lookup order
+        return torch.cat([out[:c, i] for i, c in enumerate(bags.ids_per_feature)])  # (N_rows, D) in lookup order
 
-    def _run(self, bags: Bags, group: _Group, program: KernelProgram, weight: Tensor | None, width_out: int,
+    def _run(self, bags: Bags, group: _Group, program: KernelProgram, matrices: Tensor | None, width_out: int,
              exact: bool) -> Tensor:
-        psw = bags.weights
+        psw = bags.per_sample_weights
         if psw is not None and psw.dtype != torch.float32:
-            raise TypeError(f"the fused backend takes fp32 per-id weights, got {psw.dtype}")
-        return _FusedLookup.apply(self._placeholder, psw, weight, self, group, bags, program, width_out, exact)
+            raise TypeError(f"the fused backend takes fp32 per-sample weights, got {psw.dtype}")
+        return _FusedLookup.apply(self._placeholder, psw, matrices, self, group, bags, program, width_out, exact)
 
     def weights(self) -> list[Tensor]:
         return [self.weight[o : o + t.num_embeddings * t.embedding_dim].view(t.num_embeddings, t.embedding_dim)
@@ -201,31 +201,32 @@ def _starts(sizes: Sequence[int]) -> Tensor:
 
 class _FusedLookup(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, placeholder: Tensor, psw: Tensor | None, weight: Tensor | None, store: FusedStore,
+    def forward(ctx: Any, placeholder: Tensor, psw: Tensor | None, matrices: Tensor | None, store: FusedStore,
                 group: _Group, bags: Bags, program: KernelProgram, width_out: int, exact: bool) -> Tensor:
-        ops = kernels.ops_for(bags.values)
-        w = None if weight is None else weight.detach().contiguous()
+        ops = kernels.require("the fused backend")
+        m = None if matrices is None else matrices.detach().contiguous()
         p = None if psw is None else psw.detach().contiguous()
+        values, offsets = bags.values.contiguous(), bags.offsets.contiguous()
         out, x = ops.fused_forward(store.weight, store._offset, store._dim, store._rows, group.table, program.cols,
-                                   bags.values, bags.offsets, p, bags.batch_size, program.width_x, program.spec, w,
-                                   width_out)
-        ctx.args = (store, group, bags, program, exact)
-        ctx.save_for_backward(p, w, x)
+                                   values, offsets, p, bags.batch_size, program.width_x, program.spec, m, width_out)
+        ctx.args = (store, group, bags.batch_size, program, exact)
+        # saved, not read from `bags` in backward: autograd then refuses ids or offsets changed in place meanwhile
+        ctx.save_for_backward(values, offsets, p, m, x)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        store, group, bags, program, exact = ctx.args
-        psw, w, x = ctx.saved_tensors
-        ops = kernels.ops_for(grad)
+        store, group, batch_size, program, exact = ctx.args
+        values, offsets, psw, m, x = ctx.saved_tensors
+        ops = kernels.require("the fused backend")
         o = store.optimizer
-        need_psw, need_w = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        if store._workspace.numel() < bags.batch_size * program.width_x:
-            store._workspace = torch.empty(bags.batch_size * program.width_x)
-        gw, gpsw = ops.fused_backward(
+        need_psw, need_m = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        if store._workspace.numel() < batch_size * program.width_x:
+            store._workspace = torch.empty(batch_size * program.width_x)
+        gm, gpsw = ops.fused_backward(
             grad, store.weight, store.state, store._state_offset, _OPTIMIZERS[o.name], o.lr, o.eps, store._offset,
             store._dim, store._rows, group.table, program.cols, group.table_lookups, group.table_lookup_start,
-            bags.values, bags.offsets, psw, bags.batch_size, program.width_x, program.spec, w, x, exact, need_w,
-            need_psw, store._workspace)
-        return None, (gpsw if need_psw else None), (gw if need_w else None), None, None, None, None, None, None
+            values, offsets, psw, batch_size, program.width_x, program.spec, m, x, exact, need_m, need_psw,
+            store._workspace)
+        return None, (gpsw if need_psw else None), (gm if need_m else None), None, None, None, None, None, None

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from embtables.bags import Bags
 from embtables.config import Lookup, PhysicalTable, SparseOptimizer
-from embtables.store.base import Store
+from embtables.stores.base import Store
 
 _OPTIMIZERS = {
     "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
@@ -38,7 +38,6 @@ _OPTIMIZERS = {
 class FbgemmStore(Store):
     name = "fbgemm"
     dim_multiple = 4
-    fused = True
 
     def __init__(
         self, tables: Sequence[PhysicalTable], lookups: Sequence[Lookup], optimizer: SparseOptimizer, device: torch.device
@@ -87,9 +86,9 @@ class FbgemmStore(Store):
         self._check_grad_mode()
         order = self._pooled_order
         if order is None:
-            return self.pooled_tbe(bags.values, bags.offsets, per_sample_weights=bags.weights)  # (B, sum D)
+            return self.pooled_tbe(bags.values, bags.offsets, per_sample_weights=bags.per_sample_weights)  # (B, sum D)
         sorted_bags = bags.select(order)
-        out = self.pooled_tbe(sorted_bags.values, sorted_bags.offsets, per_sample_weights=sorted_bags.weights)
+        out = self.pooled_tbe(sorted_bags.values, sorted_bags.offsets, per_sample_weights=sorted_bags.per_sample_weights)
         dims = [self.tables[self.lookups[i].table].embedding_dim for i in order]
         return _unsort(out.split(dims, dim=1), order, dim=1)  # (B, sum D) in lookup order
 
@@ -97,13 +96,13 @@ class FbgemmStore(Store):
         self._check_grad_mode()
         order = self._rows_order or list(range(bags.num_features))
         sorted_bags = bags.select(order) if self._rows_order else bags
-        L, n = sorted_bags.num_features, max(sorted_bags.counts)
+        L, n = sorted_bags.num_features, max(sorted_bags.ids_per_feature)
         D = self.tables[self.lookups[self.num_pooled].table].embedding_dim
         if n == 0:
             return torch.zeros(0, D, device=bags.values.device)
         single = sorted_bags.singletons(n)  # lookup l's ids in bags 0..N_l - 1
         out = self.rows_tbe(single.values, single.offsets).view(n, L, D)  # (n, L, D)
-        pieces = [out[: c, i] for i, c in enumerate(sorted_bags.counts)]
+        pieces = [out[: c, i] for i, c in enumerate(sorted_bags.ids_per_feature)]
         return _unsort(pieces, order, dim=0)  # (N_rows, D) in lookup order
 
     def weights(self) -> list[Tensor]:

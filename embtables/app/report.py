@@ -14,8 +14,9 @@ from typing import Any
 
 import pandas as pd
 
-from embtables.datasets.layout import SUMMARY_FILE, TRUTH_FILE, atomic_write, read_json
-from embtables.sweep import RESULTS, load_results
+from embtables.app.results import RESULTS, load_results
+from embtables.datasets.layout import SUMMARY_FILE, TRUTH_FILE
+from embtables.files import atomic_write, read_json
 
 AUC = "test_auc_best"
 

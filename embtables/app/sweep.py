@@ -18,17 +18,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
 import embtables as et
-from embtables.datasets.layout import atomic_write, read_json, write_json
-from embtables.runinfo import machine, versions
-from embtables.store import BACKENDS
-from embtables.train import TrainConfig
+from embtables.app.results import append_row, load_results
+from embtables.app.runinfo import machine, versions
+from embtables.app.train import TrainConfig
+from embtables.files import read_json, write_json
 
-RESULTS = "results.parquet"
 DEFAULT_BUDGETS = (0.5, 0.1, 0.01, 0.001, 0.0001)
 
 
@@ -84,7 +83,7 @@ def cell_id(config: TrainConfig) -> str:
 
 def run_cell(config: TrainConfig, folder: Path) -> dict[str, Any]:
     """Train one cell in this process, resuming its checkpoint; returns its metrics or its infeasibility."""
-    from embtables.train import Trainer
+    from embtables.app.train import Trainer
 
     try:
         trainer = Trainer(config, folder, progress=False)
@@ -106,7 +105,7 @@ def _spawn(config: TrainConfig, folder: Path) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "cell.json", asdict(config))
     (folder / "outcome.json").unlink(missing_ok=True)
-    code = f"from embtables.sweep import _child; _child({str(folder)!r})"
+    code = f"from embtables.app.sweep import _child; _child({str(folder)!r})"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     (folder / "log.txt").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not (folder / "outcome.json").exists():
@@ -143,22 +142,6 @@ def row(config: TrainConfig, outcome: dict[str, Any], wall: float, reference: di
             elif reference is not None and reference.get("test_auc_best") is not None:
                 r["gap_to_full"] = r["test_auc_best"] - reference["test_auc_best"]
     return r
-
-
-def load_results(out: Path) -> pd.DataFrame:
-    path = Path(out) / RESULTS
-    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
-
-
-def append_row(out: Path, new: dict[str, Any]) -> pd.DataFrame:
-    """Append one row to results.parquet and results.csv, rewriting both atomically."""
-    df = load_results(out)
-    if len(df):
-        df = df[df["cell"] != new["cell"]]  # a retried cell replaces its failed row
-    df = pd.concat([df, pd.DataFrame([new])], ignore_index=True)
-    atomic_write(out / RESULTS, lambda tmp: df.to_parquet(tmp, index=False))
-    atomic_write(out / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
-    return df
 
 
 def sweep(config: SweepConfig, out: str | Path, command: str = "", progress: bool = True) -> pd.DataFrame:
@@ -204,79 +187,5 @@ def _describe(r: dict[str, Any]) -> str:
     return head + f"FAILED: {r['error']}"
 
 
+# the demo's preset (`embtables demo`, `embtables sweep --quick`): a minute or two on 2 CPU cores
 QUICK = dict(budgets=(0.1, 0.01), seeds=(0,), epochs=1, rows=200_000)
-
-
-def register(sub: Any) -> None:
-    """`embtables sweep` and `embtables report`."""
-    p = sub.add_parser("sweep", help="train every method at every budget and seed; write results and a report")
-    p.add_argument("--model", default="dlrm", choices=["dlrm", "din"])
-    p.add_argument("--data", default="synthetic", help="a data folder, or 'synthetic' for the built-in planted data")
-    p.add_argument("--methods", default=None, help="comma-separated; default: every registered method")
-    p.add_argument("--budgets", default=None, help=f"comma-separated fractions; default {','.join(map(str, DEFAULT_BUDGETS))}")
-    p.add_argument("--seeds", default=None, help="comma-separated; default 0")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--backend", default="fbgemm", choices=sorted(BACKENDS))
-    p.add_argument("--dim", type=int, default=16)
-    p.add_argument("--embedding-lr", type=float, default=TrainConfig.embedding_lr)
-    p.add_argument("--dense-lr", type=float, default=TrainConfig.dense_lr)
-    p.add_argument("--eval-every", type=int, default=0)
-    p.add_argument("--option", action="append", default=[], metavar="METHOD:NAME=VALUE",
-                   help="a method option, e.g. --option qr:operation=add (repeatable)")
-    p.add_argument("--quick", action="store_true",
-                   help=f"the demo preset: budgets {QUICK['budgets']}, one seed, one epoch, {QUICK['rows']:,} synthetic rows")
-    p.add_argument("--out", required=True, help="sweep folder (re-run with the same arguments to resume)")
-    p.set_defaults(run=_run_sweep)
-    r = sub.add_parser("report", help="regenerate report.md and figures of a sweep folder from results.parquet")
-    r.add_argument("folder")
-    r.set_defaults(run=lambda a: print(write_report_cli(a.folder)) or 0)
-
-
-def write_report_cli(folder: str) -> Path:
-    from embtables.report import write_report
-
-    try:
-        return write_report(folder)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-
-
-def _split(text: str | None, cast: Any, default: Sequence[Any]) -> tuple[Any, ...]:
-    return tuple(cast(x) for x in text.split(",") if x.strip()) if text else tuple(default)
-
-
-def _run_sweep(args: Any) -> int:
-    from embtables.cli import parse_options
-    from embtables.datasets.builtin import resolve_data, synthetic_criteo
-
-    quick = args.quick
-    if quick and args.data == "synthetic" and args.model == "dlrm":
-        data = synthetic_criteo(rows=QUICK["rows"])
-    else:
-        data = resolve_data(args.data, args.model)
-    options: dict[str, dict[str, Any]] = {}
-    for item in args.option:
-        method, sep, rest = item.partition(":")
-        if not sep:
-            raise SystemExit(f"error: --option {item!r} must look like METHOD:NAME=VALUE")
-        options.setdefault(method, {}).update(parse_options([rest]))
-    train = TrainConfig(
-        model=args.model, data=str(data), backend=args.backend, embedding_dim=args.dim,
-        epochs=args.epochs or (QUICK["epochs"] if quick else 1), batch_size=args.batch_size,
-        max_steps=args.max_steps, embedding_lr=args.embedding_lr, dense_lr=args.dense_lr, eval_every=args.eval_every,
-    )
-    try:
-        config = SweepConfig(
-            train=train,
-            methods=_split(args.methods, str, et.list_methods()),
-            budgets=_split(args.budgets, float, QUICK["budgets"] if quick else DEFAULT_BUDGETS),
-            seeds=_split(args.seeds, int, QUICK["seeds"] if quick else (0,)),
-            options=options,
-        )
-        sweep(config, args.out, command="embtables " + " ".join(sys.argv[1:]))
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    print(f"report: {write_report_cli(args.out)}")
-    return 0

@@ -1,0 +1,113 @@
+"""Data subcommands: `preprocess criteo`, `synth criteo|sequences`, `prepare-sequences`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from embtables.datasets import criteo
+from embtables.datasets.criteo import DEFAULT_CHUNK_ROWS, SPLIT_MODES, CriteoFormatError, preprocess_criteo
+from embtables.datasets.sequences import MAX_HISTORY, prepare_amazon
+from embtables.datasets.synthetic import SynthCriteoConfig, synth_criteo
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    pre = sub.add_parser("preprocess", help="convert raw data sets to the Parquet layout")
+    datasets = pre.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    p = datasets.add_parser("criteo", help="Criteo Kaggle train.txt or Criteo 1TB day_N files (plain or .gz)",
+                            description=criteo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="TSV files, read in order as one stream")
+    p.add_argument("--out", required=True, metavar="DIR", help="output data folder (resumed if it exists)")
+    p.add_argument("--split", choices=SPLIT_MODES, default="kaggle-days")
+    p.add_argument("--seed", type=int, default=None, help="hash seed of --split random (default 0)")
+    p.add_argument("--fractions", type=_fractions, default=None, metavar="TRAIN,VAL,TEST",
+                   help="split shares of --split random or ordered (default 0.8,0.1,0.1)")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad line instead of skipping it")
+    p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="input lines per part file")
+    p.set_defaults(run=_preprocess_criteo)
+
+    synth = sub.add_parser("synth", help="write a synthetic data set with a planted truth (Bayes AUC in truth.json)")
+    kinds = synth.add_subparsers(dest="synth_kind", required=True)
+    defaults = SynthCriteoConfig()
+    c = kinds.add_parser("criteo", help="Criteo layout (13 dense, 26 categorical) with a planted click model")
+    c.add_argument("--rows", type=int, default=defaults.rows, help=f"rows over all splits (default {defaults.rows:,})")
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--force", action="store_true", help="replace an earlier data set in --out")
+    c.set_defaults(run=_synth_criteo)
+    s = kinds.add_parser("sequences", help="DIN samples of users with planted interests")
+    s.add_argument("--users", type=int, default=20_000)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--force", action="store_true", help="replace an earlier data set in --out")
+    s.set_defaults(run=_synth_sequences)
+
+    q = sub.add_parser("prepare-sequences", help="DIN samples of a user<TAB>item interactions file")
+    q.add_argument("source", choices=["amazon"], help="the input's format (Amazon / SASRec user<TAB>item lines)")
+    q.add_argument("input", type=Path)
+    q.add_argument("--out", type=Path, required=True)
+    q.add_argument("--max-history", type=int, default=MAX_HISTORY)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--force", action="store_true", help="replace an earlier data set in --out")
+    q.set_defaults(run=_prepare_sequences)
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TRAIN,VAL,TEST numbers, got {text!r}") from None
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected 3 comma-separated numbers TRAIN,VAL,TEST, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def _preprocess_criteo(args: argparse.Namespace) -> int:
+    try:
+        s = preprocess_criteo(args.inputs, args.out, split=args.split, seed=args.seed, fractions=args.fractions,
+                              strict=args.strict, chunk_rows=args.chunk_rows)
+    except (CriteoFormatError, ValueError, FileNotFoundError) as e:
+        print(f"embtables preprocess criteo: error: {e}", file=sys.stderr)
+        return 2
+    per_split = ", ".join(f"{k} {v['rows']:,} rows ({v['clicks']:,} clicks)" for k, v in s["splits"].items())
+    print(f"{args.out}: {s['rows_written']:,} rows written of {s['rows_read']:,} read, {s['bad_rows']:,} bad; "
+          f"{per_split}")
+    return 0
+
+
+def _synth_criteo(args: argparse.Namespace) -> int:
+    try:
+        truth = synth_criteo(args.out, rows=args.rows, seed=args.seed, force=args.force)
+    except (ValueError, FileExistsError) as e:
+        raise SystemExit(f"error: {e}") from None
+    _print_truth(truth, args.out)
+    return 0
+
+
+def _synth_sequences(args: argparse.Namespace) -> int:
+    from embtables.datasets.synthetic_sequences import synth_sequences
+
+    try:
+        truth = synth_sequences(args.out, users=args.users, seed=args.seed, force=args.force)
+    except (ValueError, FileExistsError) as e:
+        raise SystemExit(f"error: {e}") from None
+    _print_truth(truth, args.out)
+    return 0
+
+
+def _print_truth(truth: dict, out: Path) -> None:
+    for split, t in truth["splits"].items():
+        print(f"{split}: {t['rows']:,} rows, {t['clicks']:,} clicks, Bayes AUC {t['bayes_auc']:.4f}, "
+              f"Bayes logloss {t['bayes_logloss']:.4f}")
+    print(f"written to {out}")
+
+
+def _prepare_sequences(args: argparse.Namespace) -> int:
+    try:
+        s = prepare_amazon(args.input, args.out, args.max_history, args.seed, args.force)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    splits = ", ".join(f"{k} {v['rows']:,} rows" for k, v in s["splits"].items())
+    print(f"{s['rows_read']:,} interactions of {s['users']:,} users and {s['items']:,} items -> {splits} in {args.out}")
+    return 0

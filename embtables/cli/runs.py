@@ -1,0 +1,145 @@
+"""Run subcommands: `train` one configuration, `sweep` methods x budgets x seeds, `report` a sweep, `demo`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from embtables.app.sweep import DEFAULT_BUDGETS, QUICK
+from embtables.app.train import TrainConfig
+from embtables.cli import add_method_arguments, parse_options
+from embtables.stores import BACKENDS
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train DLRM or DIN with one compression method and write metrics.json")
+    p.add_argument("--model", default="dlrm", choices=["dlrm", "din"])
+    p.add_argument("--data", required=True, help="a data folder, or 'synthetic' for the built-in planted data")
+    add_method_arguments(p)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--dim", type=int, default=16, help="embedding dim D")
+    p.add_argument("--min-count", type=int, default=1)
+    p.add_argument("--dense-optimizer", default="adam", choices=["adam", "adagrad"])
+    p.add_argument("--dense-lr", type=float, default=1e-3)
+    p.add_argument("--embedding-optimizer", default="rowwise_adagrad", choices=["rowwise_adagrad", "adagrad", "sgd"])
+    p.add_argument("--embedding-lr", type=float, default=0.05)
+    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-m", "--model-option", action="append", default=[], metavar="NAME=VALUE",
+                   help="a model keyword argument, e.g. -m pooling=sum for DIN (repeatable)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    p.set_defaults(run=_train)
+
+    s = sub.add_parser("sweep", help="train every method at every budget and seed; write results and a report")
+    s.add_argument("--model", default="dlrm", choices=["dlrm", "din"])
+    s.add_argument("--data", default="synthetic", help="a data folder, or 'synthetic' for the built-in planted data")
+    s.add_argument("--methods", default=None, help="comma-separated; default: every registered method")
+    s.add_argument("--budgets", default=None, help=f"comma-separated fractions; default {','.join(map(str, DEFAULT_BUDGETS))}")
+    s.add_argument("--seeds", default=None, help="comma-separated; default 0")
+    s.add_argument("--epochs", type=int, default=None)
+    s.add_argument("--batch-size", type=int, default=1024)
+    s.add_argument("--max-steps", type=int, default=None)
+    s.add_argument("--backend", default="fbgemm", choices=sorted(BACKENDS))
+    s.add_argument("--dim", type=int, default=16)
+    s.add_argument("--embedding-lr", type=float, default=TrainConfig.embedding_lr)
+    s.add_argument("--dense-lr", type=float, default=TrainConfig.dense_lr)
+    s.add_argument("--eval-every", type=int, default=0)
+    s.add_argument("--option", action="append", default=[], metavar="METHOD:NAME=VALUE",
+                   help="a method option, e.g. --option qr:operation=add (repeatable)")
+    s.add_argument("--quick", action="store_true",
+                   help=f"the demo preset: budgets {QUICK['budgets']}, one seed, one epoch, {QUICK['rows']:,} synthetic rows")
+    s.add_argument("--out", required=True, help="sweep folder (re-run with the same arguments to resume)")
+    s.set_defaults(run=_sweep)
+
+    r = sub.add_parser("report", help="regenerate report.md and figures of a sweep folder from results.parquet")
+    r.add_argument("folder")
+    r.set_defaults(run=lambda a: print(_report(a.folder)) or 0)
+
+    d = sub.add_parser("demo", help="the README's demo: a quick sweep on synthetic data (`sweep --quick`)")
+    d.add_argument("--out", default="demo_out", help="sweep folder (default demo_out/)")
+    d.set_defaults(run=_demo)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from embtables.app.train import train
+    from embtables.datasets.builtin import resolve_data
+
+    config = TrainConfig(
+        model=args.model, data=str(resolve_data(args.data, args.model)), method=args.method, budget=args.budget,
+        options=parse_options(args.option), backend=args.backend, embedding_dim=args.dim, min_count=args.min_count,
+        epochs=args.epochs, batch_size=args.batch_size, max_steps=args.max_steps,
+        dense_optimizer=args.dense_optimizer, dense_lr=args.dense_lr, embedding_optimizer=args.embedding_optimizer,
+        embedding_lr=args.embedding_lr, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+        seed=args.seed, model_options=parse_options(args.model_option),
+    )
+    try:
+        metrics = train(config, args.out, resume=args.resume)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    summary = {k: metrics[k] for k in ("method", "budget", "memory_bytes", "compression", "train_samples_per_s")}
+    summary.update({s: metrics[s]["best"] for s in ("val", "test") if s in metrics})
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _report(folder: str) -> Path:
+    from embtables.app.report import write_report
+
+    try:
+        return write_report(folder)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def _split(text: str | None, cast: Any, default: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple(cast(x) for x in text.split(",") if x.strip()) if text else tuple(default)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    import embtables as et
+    from embtables.app.sweep import SweepConfig, sweep
+    from embtables.datasets.builtin import resolve_data, synthetic_criteo
+
+    quick = args.quick
+    if quick and args.data == "synthetic" and args.model == "dlrm":
+        data = synthetic_criteo(rows=QUICK["rows"])
+    else:
+        data = resolve_data(args.data, args.model)
+    options: dict[str, dict[str, Any]] = {}
+    for item in args.option:
+        method, sep, rest = item.partition(":")
+        if not sep:
+            raise SystemExit(f"error: --option {item!r} must look like METHOD:NAME=VALUE")
+        options.setdefault(method, {}).update(parse_options([rest]))
+    train = TrainConfig(
+        model=args.model, data=str(data), backend=args.backend, embedding_dim=args.dim,
+        epochs=args.epochs or (QUICK["epochs"] if quick else 1), batch_size=args.batch_size,
+        max_steps=args.max_steps, embedding_lr=args.embedding_lr, dense_lr=args.dense_lr, eval_every=args.eval_every,
+    )
+    try:
+        config = SweepConfig(
+            train=train,
+            methods=_split(args.methods, str, et.list_methods()),
+            budgets=_split(args.budgets, float, QUICK["budgets"] if quick else DEFAULT_BUDGETS),
+            seeds=_split(args.seeds, int, QUICK["seeds"] if quick else (0,)),
+            options=options,
+        )
+        sweep(config, args.out, command="embtables " + " ".join(sys.argv[1:]))
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"report: {_report(args.out)}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """The main job on built-in data: a quick memory-budget sweep of DLRM on the planted synthetic Criteo."""
+    from embtables.cli import main
+
+    return main(["sweep", "--quick", "--out", args.out])

@@ -1,0 +1,12 @@
+"""embtables' own kernels, each beside its loader; the stores and remaps that call them keep a PyTorch reference.
+
+    cpu.py               loader of the C++ CPU kernels in csrc/ (compiled on first use): the fused store's
+                         lookup + combine + optimizer kernels, qr's digit remap, range checks, SplitMix64 hashing
+    csrc/cpu_kernels.cpp their source
+
+May import: torch only (nothing of embtables), so every layer can use it.
+"""
+
+from embtables.kernels.cpu import available, disabled, ops_for, require, set_enabled, status
+
+__all__ = ["available", "disabled", "ops_for", "require", "set_enabled", "status"]
