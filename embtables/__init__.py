@@ -1,12 +1,29 @@
-"""embtables: compressed embedding tables for recommender models.
+"""embtables: compressed embedding tables for recommender models. This package is the library a user imports.
 
     import embtables as et
     tables = [et.TableConfig("C1", 10_000_000, 16), et.TableConfig("C2", 500, 16)]
     ebc = et.build_collection(tables, method="hash", budget=0.01, backend="fbgemm")
     pooled = ebc(kjt)                      # torchrec.KeyedTensor, like EmbeddingBagCollection
     ebc.memory_bytes(), et.full_bytes(tables)
+    et.save_collection(ebc, "ebc.pt"); et.load_collection("ebc.pt", backend="torch")
+
+Layers, each importing only those above it in this list (the data flow is remap -> store -> combine):
+
+    config, options, files, hashing, bags, frequency, metrics, tablesets   leaves
+    kernels/                 C++ CPU kernels and their loader (imports torch only)
+    plan, registry, method, program, optim                                  what every method and store shares
+    methods/                 one file per method: solve, remap, combine    (never imports stores/)
+    stores/                  torch, fbgemm, fused: the physical tables      (never imports methods/)
+    collection, checkpoint, single                                          the public entry points
+
+Apart from the library: `embtables.app` (training, sweeps, reports), `embtables.cli` (the command line),
+`embtables.models` (DLRM, DIN) and `embtables.datasets` (data pipelines).
+
+May import: torch, torchrec, fbgemm_gpu and the standard library; never embtables.app, embtables.cli,
+embtables.models or embtables.datasets.
 """
 
+from embtables.checkpoint import load_collection, save_collection
 from embtables.collection import Collection, build_collection, plan
 from embtables.config import Lookup, PhysicalTable, SparseOptimizer, TableConfig
 from embtables.optim import RowWiseAdagrad
@@ -50,6 +67,8 @@ __all__ = [
     "full_bytes",
     "get_method",
     "list_methods",
+    "load_collection",
     "plan",
     "register_method",
+    "save_collection",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torchrec import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
@@ -63,7 +64,7 @@ class Collection(nn.Module):
 
     def sparse_optimizer(self) -> torch.optim.Optimizer | None:
         """The optimizer for the physical tables, or None when the backend fuses it into backward (fbgemm)."""
-        return self.store.make_optimizer()
+        return self.store.sparse_optimizer()
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor | dict[str, JaggedTensor]:
         bags = bags_from_kjt(features, self.feature_names, type(self).__name__)
@@ -78,6 +79,8 @@ class Collection(nn.Module):
 
     def lookup(self, bags: Bags) -> Tensor:
         """Validated logical bags -> (B, sum D_out) pooled, or (N, D) rows when unpooled."""
+        if self.training and torch.is_grad_enabled():
+            _refuse_several_processes(self)
         if bags.per_sample_weights is not None:
             if not self.pooled:
                 raise ValueError("per-id weights are only defined for pooled tables (pooling='sum')")
@@ -96,6 +99,21 @@ class Collection(nn.Module):
             div = torch.where(self._mean, lengths.clamp(min=1), torch.ones_like(lengths)).to(out.dtype)
             out = out / div.repeat_interleave(self._dims_t, dim=1, output_size=out.shape[1])
         return out
+
+
+def _refuse_several_processes(c: Collection) -> None:
+    """Training on several processes would be silently wrong: DistributedDataParallel broadcasts the fused store's
+    table (a buffer) from rank 0 at every step, FBGEMM's in-backward updates drift apart between ranks, and the
+    torch store's sparse gradients are not what DDP reduces; DistributedModelParallel wraps the collection
+    data-parallel. Until collections shard with torchrec, refuse."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        raise RuntimeError(
+            f"{type(c).__name__} (method {c.plan.method!r}, backend {c.store.name!r}): training on "
+            f"{dist.get_world_size()} processes is not supported yet. DistributedDataParallel and torchrec's "
+            "DistributedModelParallel would replicate the embedding tables and let the copies drift apart "
+            "(each store updates its tables inside backward), and torchrec cannot shard this module. Train on "
+            "one process; evaluation (model.eval() or torch.no_grad()) runs on any number of processes."
+        )
 
 
 def _check_tables(tables: Sequence[TableConfig]) -> tuple[TableConfig, ...]:
@@ -199,7 +217,22 @@ def build_collection(
         True
     """
     p = plan(tables, method, budget, backend=backend, counts=counts, **options)
+    return assemble(p, backend, optimizer or SparseOptimizer(), counts, device)
+
+
+def assemble(
+    plan: Plan,
+    backend: str,
+    optimizer: SparseOptimizer,
+    counts: Mapping[str, Any] | None,
+    device: torch.device | str | None,
+) -> Collection:
+    """Allocate the collection of a solved plan on `backend` (laid out for it by `Method.relayout`); counts as in
+    `build_collection`, or None when the method's state is loaded next (`et.load_collection`)."""
+    cls = get_method(plan.method)
+    target = Target(backend=backend, dim_multiple=store_class(backend).dim_multiple)
+    plan = cls.relayout(plan, target)
     device = torch.device(device or "cpu")
-    m = get_method(method).from_plan(p, counts).to(device)
-    store = store_class(backend)(p.physical_tables, p.lookups, optimizer or SparseOptimizer(), device)
+    m = cls.from_plan(plan, counts).to(device)
+    store = store_class(backend)(plan.physical_tables, plan.lookups, optimizer, device)
     return Collection(m, store).to(device)

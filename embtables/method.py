@@ -51,6 +51,7 @@ class Method(nn.Module):
 
     name: ClassVar[str] = ""
     Options: ClassVar[type] = type(None)
+    Params: ClassVar[type] = type(None)  # the solved parameters of one logical table, as the plan lists them
     # False only for `full`: every other method must reach budgets below 1 from `budget=` alone
     compresses: ClassVar[bool] = True
 
@@ -77,8 +78,15 @@ class Method(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def relayout(cls, plan: Plan, target: Target) -> Plan:
+        """The same plan (physical tables, parameters, bytes) laid out for another store: its lookups may differ
+        where a store reads shared tables faster another way (unified). The default keeps the plan."""
+        return plan
+
+    @classmethod
     def from_plan(cls, plan: Plan, counts: Mapping[str, Any] | None) -> "Method":
-        """Allocate the method's state for a solved plan (counts are given to methods that need them)."""
+        """Allocate the method's state for a solved plan. Counts are given to methods whose state derives from
+        them; None when that state is about to be loaded from a checkpoint."""
         return cls(plan)
 
     # ---- forward ----------------------------------------------------------------------------------------

@@ -35,6 +35,11 @@ class RowWiseAdagrad(torch.optim.Optimizer):
         if not lr > 0:
             raise ValueError(f"RowWiseAdagrad: lr must be > 0, got {lr}")
         super().__init__(params, dict(lr=lr, eps=eps))
+        for group in self.param_groups:  # the accumulators up front, as torch.optim.Adagrad: a checkpoint fills them
+            for p in group["params"]:
+                if p.dim() != 2:
+                    raise ValueError(f"RowWiseAdagrad: parameters must be 2-D, got shape {tuple(p.shape)}")
+                self.state[p]["sum"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:  # type: ignore[override]
@@ -43,12 +48,7 @@ class RowWiseAdagrad(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if p.dim() != 2:
-                    raise ValueError(f"RowWiseAdagrad: parameters must be 2-D, got shape {tuple(p.shape)}")
-                state = self.state[p]
-                if "sum" not in state:
-                    state["sum"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
-                acc = state["sum"]
+                acc = self.state[p]["sum"]
                 g = p.grad
                 if g.is_sparse:
                     g = g.coalesce()

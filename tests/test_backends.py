@@ -105,7 +105,7 @@ def test_stores_agree_when_lookups_interleave_tables(pooled, backend):
     with torch.no_grad():
         for wa, wb in zip(a.weights(), b.weights()):
             wb.copy_(wa)
-    sparse = a.make_optimizer()
+    sparse = a.sparse_optimizer()
     bags = Bags(torch.tensor([1, 2, 3, 4, 5, 9, 9]), torch.tensor([0, 2, 3, 5, 5, 6, 7]), None, [3, 2, 2], 2)
     outs = []
     for store in (a, b):

@@ -157,3 +157,18 @@ def test_inference_mode_and_no_grad_leave_the_weights_alone():
     with torch.no_grad():
         y = ebc(kjt).values()
     assert torch.equal(x, y) and torch.equal(before, ebc.store.weight)
+
+
+@pytest.mark.parametrize("backend", ["torch", "fbgemm", "fused"])
+def test_per_id_rows_ignore_per_sample_weights_on_every_store(backend):
+    """A store's per-id rows are the table's rows; a method that weighs them (multihash's importance on unpooled
+    tables) does so in combine. The fused store used to apply the weights too, so they counted twice."""
+    from embtables.stores import store_class
+
+    tables, lookups = [et.PhysicalTable("t", 20, 4, -1.0, 1.0)], [et.Lookup("l", 0, False)]
+    store = store_class(backend)(tables, lookups, et.SparseOptimizer(), CPU)
+    ids = torch.tensor([3, 5, 3])
+    bags = Bags(ids, torch.tensor([0, 3]), torch.tensor([2.0, 3.0, 4.0]), [3], 1)
+    with torch.no_grad():
+        _, rows = store(bags)
+    torch.testing.assert_close(rows, store.weights()[0][ids])

@@ -55,10 +55,14 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_criteo, tmp_path):
     assert resumed.state["step"] == 0  # nothing loaded before fit(resume=True)
     metrics = resumed.fit(resume=True)
     assert scores(metrics["evals"]) == scores(full["evals"])
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    a, b = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=True) for run in "ab")
+    for k in a["dense"]:
+        assert torch.equal(a["dense"][k], b["dense"][k]), k
+    for ca, cb in zip(a["collections"], b["collections"], strict=True):  # tables, method, optimizer state
+        for part in ("tables", "method", "optimizer_state"):
+            assert ca[part].keys() == cb[part].keys()
+            for k in ca[part]:
+                assert torch.equal(ca[part][k], cb[part][k]), (part, k)
 
 
 def test_same_seed_same_result_and_metrics_file(tiny_criteo, tmp_path):

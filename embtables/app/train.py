@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 import embtables as et
+from embtables.checkpoint import collection_state, load_collection_state
 from embtables.app.runinfo import machine, peak_rss_bytes, versions
 from embtables.datasets.layout import TRUTH_FILE
 from embtables.files import atomic_write, read_json, write_json
@@ -142,7 +143,7 @@ class Trainer:
 
     Example:
         >>> from embtables.app.train import TrainConfig, Trainer
-        >>> metrics = Trainer(TrainConfig(data="data/synthetic", method="hash", budget=0.01), "runs/h").fit()
+        >>> metrics = Trainer(TrainConfig(data="data/synthetic", method="hash", budget=0.01), "runs/h").fit()  # doctest: +SKIP
         >>> metrics["val"]["best"]["auc"]  # doctest: +SKIP
     """
 
@@ -295,13 +296,19 @@ class Trainer:
         return out
 
     # ---- checkpoints --------------------------------------------------------------------------------
+    def _collection_prefixes(self) -> tuple[str, ...]:
+        return tuple(f"{name}." for name, m in self.model.named_modules() if isinstance(m, et.Collection))
+
     def save_checkpoint(self) -> None:
+        """`out/checkpoint.pt`: the dense model and its optimizer, each collection in the portable format of
+        `et.save_collection` (with its tables' optimizer state), the data position and the RNG state."""
         if self.out is None:
             return
+        skip = self._collection_prefixes()
         blob = {
-            "model": self.model.state_dict(),
+            "dense": {k: v for k, v in self.model.state_dict().items() if not k.startswith(skip)},
+            "collections": [collection_state(c) for c in self.collections],
             "dense_optimizer": self.dense_optimizer.state_dict(),
-            "sparse_optimizers": [o.state_dict() for o in self.sparse_optimizers],
             "rng": torch.get_rng_state(),
             "state": self.state,
             "config": asdict(self.config),
@@ -315,13 +322,17 @@ class Trainer:
         path = None if self.out is None else self.out / CHECKPOINT
         if path is None or not path.exists():
             return False
-        blob = torch.load(path, weights_only=False)
+        blob = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only: runs no code
         if blob["config"] != asdict(self.config):
             raise ValueError(f"{path} was written by a different configuration; use a new --out or the same arguments")
-        self.model.load_state_dict(blob["model"])
+        missing, unexpected = self.model.load_state_dict(blob["dense"], strict=False)
+        skip = self._collection_prefixes()
+        if unexpected or any(not k.startswith(skip) for k in missing):
+            raise ValueError(f"{path}: the dense model does not fit (missing {[k for k in missing if not k.startswith(skip)]}, "
+                             f"unexpected {unexpected})")
+        for c, state in zip(self.collections, blob["collections"], strict=True):
+            load_collection_state(c, state, str(path))
         self.dense_optimizer.load_state_dict(blob["dense_optimizer"])
-        for o, st in zip(self.sparse_optimizers, blob["sparse_optimizers"]):
-            o.load_state_dict(st)
         torch.set_rng_state(blob["rng"])
         self.state = blob["state"]
         return True

@@ -4,7 +4,8 @@ arguments or prints usage.
 
     embtables plan --tables criteo-kaggle --method qr --budget 0.01            (here)
     embtables preprocess criteo | synth criteo|sequences | prepare-sequences  (cli/data.py)
-    embtables train | sweep | report | demo                                   (cli/runs.py)
+    embtables train | sweep | report                                          (cli/runs.py)
+    embtables demo                                                            (here)
 
 May import: everything (it is the top layer).
 """
@@ -12,34 +13,10 @@ May import: everything (it is the top layer).
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
-from embtables.stores import BACKENDS
-
-
-def parse_options(items: Sequence[str]) -> dict[str, Any]:
-    """`["buckets=1000", "operation=mult"]` -> `{"buckets": 1000, "operation": "mult"}` (Python literals, else str)."""
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"error: method option {item!r} must look like name=value")
-        try:
-            options[key] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            options[key] = raw
-    return options
-
-
-def add_method_arguments(p: argparse.ArgumentParser) -> None:
-    """The method arguments shared by `plan`, `train` and friends."""
-    p.add_argument("--method", default="full", help="a registered method (see `embtables plan --list`)")
-    p.add_argument("--budget", type=float, default=None, help="fraction of the full fp32 bytes, in (0, 1]")
-    p.add_argument("--backend", default="fbgemm", choices=sorted(BACKENDS))
-    p.add_argument("-o", "--option", action="append", default=[], metavar="NAME=VALUE",
-                   help="a method option, e.g. -o buckets=1000 -o seed=3 (repeatable)")
+from embtables.cli.options import add_method_arguments, parse_options
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -69,6 +46,11 @@ def _register_plan(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_plan)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    """The main job on built-in data: a quick memory-budget sweep of DLRM on the planted synthetic Criteo."""
+    return main(["sweep", "--quick", "--out", args.out])
+
+
 def build_parser() -> argparse.ArgumentParser:
     from embtables.cli import data, runs
 
@@ -78,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     _register_plan(sub)
     data.register(sub)
     runs.register(sub)
+    d = sub.add_parser("demo", help="the README's demo: a quick sweep on synthetic data (`sweep --quick`)")
+    d.add_argument("--out", default="demo_out", help="sweep folder (default demo_out/)")
+    d.set_defaults(run=_demo)
     return parser
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Callable
 
 from embtables.datasets import criteo
 from embtables.datasets.criteo import DEFAULT_CHUNK_ROWS, SPLIT_MODES, CriteoFormatError, preprocess_criteo
@@ -77,30 +78,25 @@ def _preprocess_criteo(args: argparse.Namespace) -> int:
 
 
 def _synth_criteo(args: argparse.Namespace) -> int:
-    try:
-        truth = synth_criteo(args.out, rows=args.rows, seed=args.seed, force=args.force)
-    except (ValueError, FileExistsError) as e:
-        raise SystemExit(f"error: {e}") from None
-    _print_truth(truth, args.out)
-    return 0
+    return _synth(lambda: synth_criteo(args.out, rows=args.rows, seed=args.seed, force=args.force), args.out)
 
 
 def _synth_sequences(args: argparse.Namespace) -> int:
     from embtables.datasets.synthetic_sequences import synth_sequences
 
+    return _synth(lambda: synth_sequences(args.out, users=args.users, seed=args.seed, force=args.force), args.out)
+
+
+def _synth(make: Callable[[], dict], out: Path) -> int:
     try:
-        truth = synth_sequences(args.out, users=args.users, seed=args.seed, force=args.force)
+        truth = make()
     except (ValueError, FileExistsError) as e:
         raise SystemExit(f"error: {e}") from None
-    _print_truth(truth, args.out)
-    return 0
-
-
-def _print_truth(truth: dict, out: Path) -> None:
     for split, t in truth["splits"].items():
         print(f"{split}: {t['rows']:,} rows, {t['clicks']:,} clicks, Bayes AUC {t['bayes_auc']:.4f}, "
               f"Bayes logloss {t['bayes_logloss']:.4f}")
     print(f"written to {out}")
+    return 0
 
 
 def _prepare_sequences(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Run subcommands: `train` one configuration, `sweep` methods x budgets x seeds, `report` a sweep, `demo`."""
+"""Run subcommands: `train` one configuration, `sweep` methods x budgets x seeds, `report` a sweep."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from embtables.app.sweep import DEFAULT_BUDGETS, QUICK
 from embtables.app.train import TrainConfig
-from embtables.cli import add_method_arguments, parse_options
+from embtables.cli.options import add_method_arguments, parse_options
 from embtables.stores import BACKENDS
 
 
@@ -61,10 +61,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("report", help="regenerate report.md and figures of a sweep folder from results.parquet")
     r.add_argument("folder")
     r.set_defaults(run=lambda a: print(_report(a.folder)) or 0)
-
-    d = sub.add_parser("demo", help="the README's demo: a quick sweep on synthetic data (`sweep --quick`)")
-    d.add_argument("--out", default="demo_out", help="sweep folder (default demo_out/)")
-    d.set_defaults(run=_demo)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -137,9 +133,3 @@ def _sweep(args: argparse.Namespace) -> int:
     print(f"report: {_report(args.out)}")
     return 0
 
-
-def _demo(args: argparse.Namespace) -> int:
-    """The main job on built-in data: a quick memory-budget sweep of DLRM on the planted synthetic Criteo."""
-    from embtables.cli import main
-
-    return main(["sweep", "--quick", "--out", args.out])

@@ -34,6 +34,7 @@ class Full(Method):
     """Plain tables: physical table t is logical table t; remap and combine are the identity."""
 
     Options = FullOptions
+    Params = FullParams
     compresses = False
 
     def __init__(self, plan: Plan) -> None:

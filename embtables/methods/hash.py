@@ -87,6 +87,7 @@ class Hash(Method):
     """Hashing trick: hashed tables map ids to `h(id) mod m_t`; other tables are looked up directly."""
 
     Options = HashOptions
+    Params = HashParams
 
     def __init__(self, plan: Plan) -> None:
         super().__init__(plan)

@@ -203,6 +203,7 @@ class MixedDim(Method):
     """Mixed-dimension blocks: remap ids to (block, row), look blocks up at their own dims, project to D."""
 
     Options = MixedDimOptions
+    Params = MixedDimParams
 
     def __init__(self, plan: Plan) -> None:
         super().__init__(plan)

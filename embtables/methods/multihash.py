@@ -154,6 +154,7 @@ class MultiHash(Method):
     """Multi-hash embeddings: sum / mean / concat of k hashed pool rows, optional importance and hot rows."""
 
     Options = MultiHashOptions
+    Params = MultiHashParams
 
     def __init__(self, plan: Plan, counts: Mapping[str, Any] | None = None) -> None:
         super().__init__(plan)
@@ -200,8 +201,11 @@ class MultiHash(Method):
         return cls(plan, counts)
 
     def _hot_ids(self, t: int, counts: Mapping[str, Any] | None) -> Tensor:
-        """The H most frequent ids of table t (ties to the smaller id), sorted."""
+        """The H most frequent ids of table t (ties to the smaller id), sorted; without counts, room for the H
+        ids a checkpoint is about to load (`et.load_collection`)."""
         hot = self.plan.params[t].hot
+        if counts is None:
+            return torch.zeros(hot, dtype=torch.int64)
         return top_ids(table_counts(self.tables[t], counts, HOT_ROWS, hot), hot)
 
     # ---- planning -------------------------------------------------------------------------------------

@@ -221,6 +221,7 @@ class QR(Method):
     """Quotient-remainder / complementary-partition embeddings: remap ids to digits, compose the partition rows."""
 
     Options = QROptions
+    Params = QRParams
 
     def __init__(self, plan: Plan) -> None:
         super().__init__(plan)

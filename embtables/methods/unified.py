@@ -44,6 +44,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -126,6 +127,11 @@ def _lookups(features: Sequence[str], chunks: Sequence[int], num_tables: int, po
     return [Lookup(f"{features[f]}/c{j}", g % num_tables, pooled) for f, j, g in chunk_order(chunks, num_tables)]
 
 
+def _stacks(pooled: bool, target: Target) -> bool:
+    """Whether pooled chunks are stacked into one lookup per shared table (every store but the fused one)."""
+    return pooled and target.backend != "fused"
+
+
 def _chunk_counts(tables: Sequence[TableConfig], options: UnifiedOptions, width: int) -> list[int]:
     """c_f for every feature, feature-major; raises naming the option when a width does not divide."""
     given = dict(options.chunks or ())
@@ -153,6 +159,7 @@ class Unified(Method):
     """Unified Embedding: every (feature, chunk) hashed into shared tables; chunks concatenated per feature."""
 
     Options = UnifiedOptions
+    Params = UnifiedParams
 
     def __init__(self, plan: Plan) -> None:
         super().__init__(plan)
@@ -214,7 +221,7 @@ class Unified(Method):
         physical = tuple(uniform_table(f"unified/{i}", M, width) for i in range(T))
         features = [f for t in tables for f in t.feature_names]
         pooled = tables[0].pooling != "none"
-        lookups = _lookups(features, chunks, T, pooled, stacked=pooled and target.backend != "fused")
+        lookups = _lookups(features, chunks, T, pooled, _stacks(pooled, target))
         params, i = [], 0
         for t in tables:
             c = tuple(chunks[i : i + len(t.feature_names)])
@@ -222,6 +229,13 @@ class Unified(Method):
             params.append(UnifiedParams(c, tuple(x * width for x in c), M, width, KEY_BYTES * sum(c) + share))
             i += len(t.feature_names)
         return Plan("unified", options, budget, tuple(tables), physical, tuple(lookups), tuple(params), key_bytes)
+
+    @classmethod
+    def relayout(cls, plan: Plan, target: Target) -> Plan:
+        features = [f for t in plan.tables for f in t.feature_names]
+        chunks = [c for p in plan.params for c in p.chunks]
+        pooled, T = plan.tables[0].pooling != "none", len(plan.physical_tables)
+        return dataclasses.replace(plan, lookups=tuple(_lookups(features, chunks, T, pooled, _stacks(pooled, target))))
 
     def output_dims(self) -> list[int]:
         return [c * self.width for c in self.chunks]

@@ -1,5 +1,14 @@
-"""Storage backends: `torch` (reference), `fbgemm` (table-batched kernels with fused optimizers) and `fused`
-(C++ CPU kernels that also run the method's combine and the optimizer)."""
+"""Stores: one storage backend holds every physical table of a collection, looks them up and updates them.
+
+    base.py          `Store`: the interface every backend implements (lookups, weights, optimizer state)
+    torch_store.py   `torch`: one nn.Parameter per table, sparse gradients, PyTorch optimizers (the reference)
+    fbgemm_store.py  `fbgemm`: FBGEMM's table-batched embedding, the optimizer applied inside backward
+    fused_store.py   `fused`: embtables' C++ CPU kernels: lookups, the method's column program and the optimizer
+
+May import: the core library below it (config, bags, program, optim, kernels) and each other; never
+embtables.methods (a method's combine reaches a store as data, a `ColumnProgram`), nor embtables.app,
+embtables.cli, embtables.models or embtables.datasets.
+"""
 
 from __future__ import annotations
 

@@ -89,9 +89,30 @@ class Store(nn.Module):
     def weight_bytes(self) -> int:
         return sum(w.numel() * w.element_size() for w in self.weights())
 
-    def make_optimizer(self) -> torch.optim.Optimizer | None:
-        """An optimizer for the weights, or None when the backend applies it inside backward."""
+    def sparse_optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer to step for the weights (the same object at every call), or None when the backend
+        applies it inside backward."""
         return None
+
+    def optimizer_state(self) -> list[Tensor | None]:
+        """Per physical table, the optimizer's state in the layout every backend shares: (rows,) accumulators of
+        row-wise Adagrad, (rows, dim) of Adagrad, None for SGD. Views, so writes change the store."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def load_optimizer_state(self, states: Sequence[Tensor | None]) -> None:
+        """Copy `optimizer_state()`-shaped tensors (e.g. from another backend) into this store's state."""
+        views = self.optimizer_state()
+        if len(states) != len(views):
+            raise ValueError(f"{len(states)} optimizer states for {len(views)} physical tables")
+        for t, view, state in zip(self.tables, views, states):
+            if view is None and state is None:
+                continue
+            if view is None or state is None or tuple(view.shape) != tuple(state.shape):
+                shape = lambda x: None if x is None else tuple(x.shape)  # noqa: E731
+                raise ValueError(f"table {t.name!r}: optimizer state of shape {shape(state)} does not fit "
+                                 f"{self.optimizer.name}'s {shape(view)}")
+            view.copy_(state)
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:

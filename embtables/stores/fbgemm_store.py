@@ -105,6 +105,13 @@ class FbgemmStore(Store):
         pieces = [out[: c, i] for i, c in enumerate(sorted_bags.ids_per_feature)]
         return _unsort(pieces, order, dim=0)  # (N_rows, D) in lookup order
 
+    def optimizer_state(self) -> list[Tensor | None]:
+        if self.optimizer.name == "sgd":
+            return [None] * len(self.tables)
+        split = {g: tbe.split_optimizer_states() if tbe is not None else []
+                 for g, tbe in (("pooled", self.pooled_tbe), ("rows", self.rows_tbe))}
+        return [split[g][i][0] for g, i in self._where]  # momentum1: (rows,) row-wise, else (rows, dim)
+
     def weights(self) -> list[Tensor]:
         split = {
             "pooled": self.pooled_tbe.split_embedding_weights() if self.pooled_tbe is not None else [],

@@ -26,6 +26,7 @@ raise autograd's error instead of updating other rows (the kernel also checks ev
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -179,7 +180,9 @@ class FusedStore(Store):
         if n == 0:
             return torch.zeros(0, D)
         g = self._per_id
-        out = self._run(bags.singletons(n), g, g.identity, None, g.width, True)  # (n, L*D)
+        # rows unweighted, as every store returns them: a method that weighs per-id rows does so in its combine
+        single = dataclasses.replace(bags.singletons(n), per_sample_weights=None)
+        out = self._run(single, g, g.identity, None, g.width, True)  # (n, L*D)
         out = out.view(n, L, D)
         return torch.cat([out[:c, i] for i, c in enumerate(bags.ids_per_feature)])  # (N_rows, D) in lookup order
 
@@ -189,6 +192,16 @@ class FusedStore(Store):
         if psw is not None and psw.dtype != torch.float32:
             raise TypeError(f"the fused backend takes fp32 per-sample weights, got {psw.dtype}")
         return _FusedLookup.apply(self._placeholder, psw, matrices, self, group, bags, program, width_out, exact)
+
+    def optimizer_state(self) -> list[Tensor | None]:
+        name = self.optimizer.name
+        if name == "sgd":
+            return [None] * len(self.tables)
+        out: list[Tensor | None] = []
+        for o, t in zip(self._state_offset.tolist(), self.tables):
+            n, d = t.num_embeddings, t.embedding_dim
+            out.append(self.state[o : o + n] if name == "rowwise_adagrad" else self.state[o : o + n * d].view(n, d))
+        return out
 
     def weights(self) -> list[Tensor]:
         return [self.weight[o : o + t.num_embeddings * t.embedding_dim].view(t.num_embeddings, t.embedding_dim)

@@ -25,6 +25,7 @@ class TorchStore(Store):
         self.weight = nn.ParameterList(
             [nn.Parameter(torch.empty(t.num_embeddings, t.embedding_dim, device=device)) for t in tables]
         )
+        self._sparse_optimizer: torch.optim.Optimizer | None = None
         self.reset_parameters()
 
     def pooled(self, bags: Bags) -> Tensor:
@@ -50,11 +51,21 @@ class TorchStore(Store):
     def weights(self) -> list[Tensor]:
         return [w.data for w in self.weight]
 
-    def make_optimizer(self) -> torch.optim.Optimizer:
-        o = self.optimizer
-        params = list(self.weight)
-        if o.name == "rowwise_adagrad":
-            return RowWiseAdagrad(params, lr=o.lr, eps=o.eps)
-        if o.name == "adagrad":
-            return torch.optim.Adagrad(params, lr=o.lr, eps=o.eps)
-        return torch.optim.SGD(params, lr=o.lr)
+    def sparse_optimizer(self) -> torch.optim.Optimizer:
+        """Made at the first call (serving never allocates its state), then the same object."""
+        if self._sparse_optimizer is None:
+            o = self.optimizer
+            params = list(self.weight)
+            if o.name == "rowwise_adagrad":
+                self._sparse_optimizer = RowWiseAdagrad(params, lr=o.lr, eps=o.eps)
+            elif o.name == "adagrad":
+                self._sparse_optimizer = torch.optim.Adagrad(params, lr=o.lr, eps=o.eps)
+            else:
+                self._sparse_optimizer = torch.optim.SGD(params, lr=o.lr)
+        return self._sparse_optimizer
+
+    def optimizer_state(self) -> list[Tensor | None]:
+        if self.optimizer.name == "sgd":
+            return [None] * len(self.tables)
+        state = self.sparse_optimizer().state
+        return [state[p]["sum"] for p in self.weight]  # both Adagrads create it for every parameter up front

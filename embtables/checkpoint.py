@@ -1,0 +1,212 @@
+"""Checkpoints that move between stores: `et.save_collection` and `et.load_collection`.
+
+A collection file holds what serving raw ids needs, under names no store chooses, and apart from it what training
+needs to go on:
+
+    format, version    "embtables.collection", 1
+    plan               JSON: method, options, budget, logical tables, physical tables, lookups, the solved
+                       parameters of each table and the extra bytes; loading never solves again (no counts needed)
+    tables             physical table name -> its (rows, dim) fp32 weights
+    method             the method's state_dict: hash keys, hot-id maps, projections, importance weights
+    optimizer          JSON: the `SparseOptimizer` (name, lr, eps) the tables were trained with
+    optimizer_state    physical table name -> row-wise Adagrad's (rows,) or Adagrad's (rows, dim) accumulators;
+                       empty for SGD or when saved with `optimizer_state=False` (serving needs none of it)
+
+It is written with `torch.save`, atomically, and read with `torch.load(weights_only=True)`: tensors, strings and
+numbers only, so loading runs no code from the file. Any store loads what any store saved: the physical tables
+are the same on every store, and only how lookups read shared tables may differ (`Method.relayout`).
+
+Example:
+    >>> import tempfile, torch, embtables as et
+    >>> from torchrec import KeyedJaggedTensor
+    >>> tables = [et.TableConfig("C1", 10_000, 16), et.TableConfig("C2", 500, 16)]
+    >>> trained = et.build_collection(tables, "qr", budget=0.1, backend="fbgemm")
+    >>> path = tempfile.mkdtemp() + "/qr.pt"
+    >>> et.save_collection(trained, path)
+    >>> served = et.load_collection(path, backend="torch")
+    >>> kjt = KeyedJaggedTensor(["C1", "C2"], torch.tensor([3, 9_999, 7]), lengths=torch.tensor([2, 0, 1, 0]))
+    >>> with torch.no_grad():
+    ...     torch.testing.assert_close(served(kjt).values(), trained(kjt).values())
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from embtables.collection import Collection, assemble
+from embtables.config import Lookup, PhysicalTable, SparseOptimizer, TableConfig
+from embtables.files import atomic_write
+from embtables.plan import Plan
+from embtables.registry import get_method
+
+FORMAT = "embtables.collection"
+VERSION = 1
+
+
+def plan_to_dict(plan: Plan) -> dict[str, Any]:
+    """A JSON-ready dict of everything in the plan."""
+    return {
+        "method": plan.method,
+        "options": dataclasses.asdict(plan.options),
+        "budget": plan.budget,
+        "tables": [dataclasses.asdict(t) for t in plan.tables],
+        "physical_tables": [dataclasses.asdict(t) for t in plan.physical_tables],
+        "lookups": [dataclasses.asdict(lk) for lk in plan.lookups],
+        "params": [dataclasses.asdict(p) for p in plan.params],
+        "extra_bytes": plan.extra_bytes,
+    }
+
+
+def plan_from_dict(d: dict[str, Any]) -> Plan:
+    """The `Plan` of `plan_to_dict`, with the method's own Options and Params classes (validated again)."""
+    cls = get_method(d["method"])
+    return Plan(
+        method=d["method"],
+        options=cls.Options(**_tuples(d["options"])),
+        budget=d["budget"],
+        tables=tuple(TableConfig(**_tuples(t)) for t in d["tables"]),
+        physical_tables=tuple(PhysicalTable(**t) for t in d["physical_tables"]),
+        lookups=tuple(Lookup(**lk) for lk in d["lookups"]),
+        params=tuple(cls.Params(**_tuples(p)) for p in d["params"]),
+        extra_bytes=d["extra_bytes"],
+    )
+
+
+def _tuples(x: Any) -> Any:
+    """JSON lists back to the tuples the frozen dataclasses hold."""
+    if isinstance(x, dict):
+        return {k: _tuples(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return tuple(_tuples(v) for v in x)
+    return x
+
+
+def collection_state(collection: Collection, optimizer_state: bool = True) -> dict[str, Any]:
+    """The checkpoint of `collection` as a dict of tensors, strings and numbers (what `save_collection` writes).
+
+    Args:
+        collection: any collection, on any store.
+        optimizer_state: include the tables' optimizer state (to continue training); serving does not need it.
+    """
+    names = [t.name for t in collection.plan.physical_tables]
+    states = collection.store.optimizer_state() if optimizer_state else []
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "plan": json.dumps(plan_to_dict(collection.plan)),
+        "tables": {n: w.detach().cpu() for n, w in zip(names, collection.store.weights())},
+        "method": {k: v.detach().cpu() for k, v in collection.method.state_dict().items()},
+        "optimizer": json.dumps(dataclasses.asdict(collection.store.optimizer)),
+        "optimizer_state": {n: s.detach().cpu() for n, s in zip(names, states) if s is not None},
+    }
+
+
+def save_collection(collection: Collection, path: str | os.PathLike, *, optimizer_state: bool = True) -> None:
+    """Write `collection` to `path` (atomically), loadable on any store by `load_collection`.
+
+    Args:
+        collection: the collection to save.
+        path: the file to write.
+        optimizer_state: also save the tables' optimizer state, to continue training after loading.
+    """
+    buffer = io.BytesIO()
+    torch.save(collection_state(collection, optimizer_state), buffer)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+
+
+def read_collection_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The dict of a collection file, read without running code from it; ValueError naming the file otherwise."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # truncated, not a torch file, or holding objects weights_only refuses to build
+        raise ValueError(f"{path}: not a readable embtables collection file ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an embtables collection file (no format {FORMAT!r})")
+    if state.get("version") != VERSION:
+        raise ValueError(f"{path}: collection file version {state.get('version')!r}; this embtables reads {VERSION}")
+    return state
+
+
+def load_collection(
+    path: str | os.PathLike,
+    backend: str = "torch",
+    device: torch.device | str | None = None,
+    optimizer: SparseOptimizer | None = None,
+) -> Collection:
+    """Rebuild a saved collection on any store, with its plan, weights, method state and optimizer state.
+
+    Args:
+        path: a file written by `save_collection`.
+        backend: the store to build, whatever store saved it (`"torch"` serves on any device).
+        device: where to allocate; default CPU.
+        optimizer: the tables' optimizer from now on; default the saved one. Its state is restored when it is
+            the saved optimizer (any lr or eps), and starts fresh for another.
+
+    Raises:
+        ValueError: naming the file, when it is not a collection file or its parts do not fit its plan.
+    """
+    state = read_collection_file(path)
+    try:
+        plan = plan_from_dict(json.loads(state["plan"]))
+        saved = SparseOptimizer(**json.loads(state["optimizer"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: its plan or optimizer does not describe a collection ({e})") from None
+    collection = assemble(plan, backend, optimizer or saved, None, device)
+    restore = optimizer is None or optimizer.name == saved.name
+    load_collection_state(collection, state if restore else {**state, "optimizer_state": {}}, str(path))
+    return collection
+
+
+@torch.no_grad()
+def load_collection_state(collection: Collection, state: dict[str, Any], where: str) -> None:
+    """Copy a `collection_state` into a collection built for the same plan (on any store).
+
+    Args:
+        collection: the destination; its plan must equal the saved one but for lookups (`Method.relayout`).
+        state: from `collection_state` or `read_collection_file`.
+        where: the file or run it came from, for error messages.
+    """
+    mine, theirs = plan_to_dict(collection.plan), json.loads(state["plan"])
+    for key in mine:
+        if key != "lookups" and json.loads(json.dumps(mine[key])) != theirs.get(key):
+            raise ValueError(f"{where}: its plan differs from this collection's in {key!r}: saved "
+                             f"{_short(theirs.get(key))}, here {_short(mine[key])}")
+    names = [t.name for t in collection.plan.physical_tables]
+    tables: dict[str, Tensor] = state["tables"]
+    if sorted(tables) != sorted(names):
+        raise ValueError(f"{where}: holds tables {sorted(tables)}, the plan has {sorted(names)}")
+    for name, w in zip(names, collection.store.weights()):
+        if tuple(tables[name].shape) != tuple(w.shape):
+            raise ValueError(f"{where}: table {name!r} has shape {tuple(tables[name].shape)}, the plan "
+                             f"{tuple(w.shape)}")
+        w.copy_(tables[name])
+    try:
+        collection.method.load_state_dict(state["method"])
+    except RuntimeError as e:
+        raise ValueError(f"{where}: the method state does not fit method {collection.plan.method!r}: {e}") from None
+    saved: dict[str, Tensor] = state["optimizer_state"]
+    if saved:
+        views = collection.store.optimizer_state()
+        missing = [n for n, v in zip(names, views) if v is not None and n not in saved]
+        if missing:
+            raise ValueError(f"{where}: no optimizer state for tables {missing}")
+        try:
+            collection.store.load_optimizer_state([saved.get(n) if v is not None else None
+                                                   for n, v in zip(names, views)])
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+
+
+def _short(x: Any) -> str:
+    text = json.dumps(x)
+    return text if len(text) <= 200 else text[:200] + "..."

@@ -1,0 +1,32 @@
+"""Arguments several subcommands share: a method, its budget, backend and options."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from typing import Any, Sequence
+
+from embtables.stores import BACKENDS
+
+
+def parse_options(items: Sequence[str]) -> dict[str, Any]:
+    """`["buckets=1000", "operation=mult"]` -> `{"buckets": 1000, "operation": "mult"}` (Python literals, else str)."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: method option {item!r} must look like name=value")
+        try:
+            options[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            options[key] = raw
+    return options
+
+
+def add_method_arguments(p: argparse.ArgumentParser) -> None:
+    """The method arguments shared by `plan`, `train` and friends."""
+    p.add_argument("--method", default="full", help="a registered method (see `embtables plan --list`)")
+    p.add_argument("--budget", type=float, default=None, help="fraction of the full fp32 bytes, in (0, 1]")
+    p.add_argument("--backend", default="fbgemm", choices=sorted(BACKENDS))
+    p.add_argument("-o", "--option", action="append", default=[], metavar="NAME=VALUE",
+                   help="a method option, e.g. -o buckets=1000 -o seed=3 (repeatable)")
