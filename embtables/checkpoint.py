@@ -161,7 +161,10 @@ def load_collection(
         saved = SparseOptimizer(**json.loads(state["optimizer"]))
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path}: its plan or optimizer does not describe a collection ({e})") from None
-    collection = assemble(plan, backend, optimizer or saved, None, device)
+    try:
+        collection = assemble(plan, backend, optimizer or saved, None, device)
+    except ValueError as e:  # e.g. a plan with dims the backend cannot hold (fbgemm: multiples of 4)
+        raise ValueError(f"{path}: cannot be built on backend {backend!r}: {e}") from None
     restore = optimizer is None or optimizer.name == saved.name
     load_collection_state(collection, state if restore else {**state, "optimizer_state": {}}, str(path))
     return collection

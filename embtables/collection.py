@@ -163,7 +163,7 @@ def plan(
         method: a name from `et.list_methods()`.
         budget: fraction of `et.full_bytes(tables)` the result may use, in (0, 1]; None for the method's
             explicit options (e.g. `buckets=` for `hash`).
-        backend: `"torch"` or `"fbgemm"`; constrains dims (multiples of 4 on fbgemm).
+        backend: `"torch"`, `"fbgemm"` or `"fused"`; constrains dims (multiples of 4 on fbgemm).
         counts: per-feature id counts, for frequency-based options.
         **options: the method's options; unknown names raise TypeError.
 
@@ -204,7 +204,8 @@ def build_collection(
         tables: logical tables (all pooled, or all `pooling="none"`).
         method: a name from `et.list_methods()`.
         budget: fraction of the full fp32 bytes that `memory_bytes()` may use, in (0, 1].
-        backend: `"torch"` (reference, sparse gradients) or `"fbgemm"` (TBE kernels, fused optimizer).
+        backend: `"torch"` (reference, sparse gradients), `"fbgemm"` (TBE kernels, optimizer inside backward) or
+            `"fused"` (embtables' C++ CPU kernels: lookups, combine and optimizer in one kernel per direction).
         optimizer: embedding optimizer; default row-wise Adagrad with lr 0.01.
         counts: per-feature id counts, for frequency-based options.
         device: where to allocate; default CPU.

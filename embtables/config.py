@@ -133,7 +133,7 @@ class Lookup:
 
 @dataclass(frozen=True)
 class SparseOptimizer:
-    """Optimizer for the embedding weights, fused into the backward pass on the fbgemm backend.
+    """Optimizer for the embedding weights, applied inside the backward pass on the fbgemm and fused backends.
 
     Args:
         name: `"rowwise_adagrad"` (one accumulator per row, the DLRM/torchrec default), `"adagrad"` or `"sgd"`.

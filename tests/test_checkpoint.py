@@ -139,3 +139,15 @@ def test_a_plan_solved_for_one_store_is_laid_out_for_another(tmp_path):
     fused = et.load_collection(tmp_path / "u.pt", "fused")
     assert fused.plan.physical_tables == c.plan.physical_tables and fused.plan.lookups != c.plan.lookups
     torch.testing.assert_close(serve(fused, POOLED), serve(c, POOLED))
+
+
+def test_a_plan_the_store_cannot_hold_is_refused_naming_the_file(tmp_path):
+    # fused allows any dim: qr's concat splits 16 columns over three partitions as 6, 5, 5; FBGEMM needs multiples of 4
+    c = et.build_collection([et.TableConfig("t", 5000, 16)], "qr", 0.3, backend="fused", operation="concat",
+                            partitions=3)
+    assert [t.embedding_dim for t in c.plan.physical_tables] == [6, 5, 5]
+    et.save_collection(c, tmp_path / "qr.pt")
+    with pytest.raises(ValueError, match="qr.pt: cannot be built on backend 'fbgemm': .*'t/p0' has dim 6, which is not "
+                                         "a multiple of 4"):
+        et.load_collection(tmp_path / "qr.pt", "fbgemm")
+    torch.testing.assert_close(serve(et.load_collection(tmp_path / "qr.pt", "torch"), c.tables), serve(c, c.tables))

@@ -1,150 +1,21 @@
-"""`preprocess criteo`: the vectorised parser against the reference parser, splits, resume, counts, bad lines,
-and the real Kaggle sample against the statistics of its README."""
+"""`preprocess criteo`: splits, resume, counts, bad lines, the command line (the parser and the real sample:
+test_criteo_parse.py)."""
 
 from __future__ import annotations
 
-import gzip
-import random
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-import embtables.datasets.criteo as criteo
 import embtables.datasets.criteo_chunks as chunks
 import embtables.datasets.lines as lines_module
 from embtables.cli import build_parser
 from embtables.datasets.criteo import CriteoFormatError, kaggle_days, preprocess_criteo
-from embtables.datasets.criteo_parse import BadLine, parse_line, parse_lines
-from embtables.datasets.layout import DENSE, MISSING_CAT, MISSING_INT, SPARSE, load_counts, read_json
-from embtables.datasets.lines import LineReader, count_lines
-from tests.conftest import shared_file
-
-SAMPLE = "criteo_kaggle_head10k.tsv"
-
-
-def make_line(label: str, ints: list[str], cats: list[str], end: str = "\n") -> bytes:
-    return "\t".join([label, *ints, *cats]).encode() + end.encode()
-
-
-def random_lines(n: int, seed: int = 0, start: int = 0) -> list[bytes]:
-    """Valid lines with empty fields, negative and large integers, and Zipf-ish categories; I1 = line index."""
-    rng = random.Random(seed)
-    pools = [[rng.getrandbits(32) for _ in range(rng.choice([3, 20, 300]))] for _ in SPARSE]
-    lines = []
-    for i in range(start, start + n):
-        ints = [str(i)] + [rng.choice(["", "0", "-1", "-2", str(rng.randint(0, 99)), str(rng.randint(0, 10**9))])
-                           for _ in DENSE[1:]]
-        cats = ["" if rng.random() < 0.1 else "%08x" % pool[min(int(rng.paretovariate(1.0)) - 1, len(pool) - 1)]
-                for pool in pools]
-        lines.append(make_line(rng.choice("0001"), ints, cats))
-    return lines
-
-
-def write(path: Path, lines: list[bytes], gz: bool = False) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = b"".join(lines)
-    path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
-    return path
-
-
-def read_rows(out: Path, split: str) -> dict[str, np.ndarray]:
-    parts = sorted((out / split).glob("part-*.parquet"))
-    table = pq.read_table([str(p) for p in parts]) if parts else criteo.SCHEMA.empty_table()
-    return {c: table.column(c).to_numpy() for c in table.column_names}
-
-
-def expected_rows(lines: list[bytes]) -> list[tuple[int, list[int], list[int]]]:
-    out = []
-    for line in lines:
-        try:
-            out.append(parse_line(line))
-        except BadLine:
-            pass
-    return out
-
-
-def as_rows(cols: dict[str, np.ndarray]) -> list[tuple[int, list[int], list[int]]]:
-    return [(int(cols["label"][i]), [int(cols[c][i]) for c in DENSE], [int(cols[c][i]) for c in SPARSE])
-            for i in range(cols["label"].size)]
-
-
-def files_of(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-
-
-# ---------------------------------------------------------------- parser
-
-GOOD_INTS = ["", "0", "-0", "7", "-7", "007", "2147483647", "-2147483647", "1234567890", "-99999999"]
-BAD_INTS = ["-", "--1", "1.5", " 1", "+1", "0x1", "a", "12345678901", "2147483648", "-2147483648", "1-"]
-GOOD_CATS = ["", "68fd1e64", "DEADBEEF", "0000000a", "ffffffff"]
-BAD_CATS = ["68fd1e6", "68fd1e640", "ghijklmn", "68fd 1e6", "-8fd1e64", "68fd1e6\x00", "68fd1e6:"]
-
-
-def test_parse_reference_example_values():
-    line = make_line("1", ["-5", "", "2147483647"] + ["3"] * 10, ["0000000a", "", "FFFFFFFF"] + ["68fd1e64"] * 23)
-    label, dense, sparse = parse_line(line)
-    assert (label, dense[:4], sparse[:4]) == (1, [-5, MISSING_INT, 2147483647, 3], [10, MISSING_CAT, 2**32 - 1, 0x68FD1E64])
-    p = parse_lines(line)
-    assert p.label.tolist() == [1] and p.dense[:, 0].tolist() == dense and p.sparse[:, 0].tolist() == sparse
-
-
-@st.composite
-def messy_lines(draw) -> bytes:
-    """Lines that are mostly valid, with every kind of defect: field values, field counts, line endings."""
-    label = draw(st.sampled_from(["0", "1", "1", "", "2", "01", "x"]))
-    ints = [draw(st.sampled_from(GOOD_INTS * 4 + BAD_INTS)) for _ in DENSE]
-    cats = [draw(st.sampled_from(GOOD_CATS * 8 + BAD_CATS)) for _ in SPARSE]
-    fields = [label, *ints, *cats]
-    shape = draw(st.sampled_from(["ok"] * 6 + ["drop", "extra", "trailing", "two_trailing", "empty", "cr_inside"]))
-    if shape == "drop":
-        fields.pop(draw(st.integers(0, len(fields) - 1)))
-    elif shape == "extra":
-        fields.append("1")
-    elif shape == "trailing":
-        fields.append("")
-    elif shape == "two_trailing":
-        fields += ["", ""]
-    text = "\t".join(fields) if shape != "empty" else ""
-    if shape == "cr_inside":
-        text = text.replace("\t", "\r\t", 1)
-    return text.encode() + draw(st.sampled_from([b"\n", b"\n", b"\r\n"]))
-
-
-@settings(max_examples=150)
-@given(st.lists(messy_lines(), min_size=1, max_size=30), st.booleans())
-def test_vectorised_parser_equals_reference_line_by_line(lines, drop_final_newline):
-    data = b"".join(lines)
-    if drop_final_newline and lines[-1].strip(b"\r\n"):
-        data = data[:-1]  # the last line, not empty, loses its "\n": it still counts
-    p = parse_lines(data)
-    good, bad, expect = [], [], []
-    for i, line in enumerate(lines):
-        try:
-            expect.append(parse_line(line))
-            good.append(i)
-        except BadLine:
-            bad.append(i)
-    assert p.num_lines == len(lines)
-    assert p.good.tolist() == good and p.bad.tolist() == bad
-    assert as_rows({"label": p.label, **dict(zip(DENSE, p.dense)), **dict(zip(SPARSE, p.sparse))}) == expect
-
-
-def test_line_reader_pieces_and_counts(tmp_path):
-    lines = random_lines(50)
-    plain = write(tmp_path / "a.tsv", lines[:-1] + [lines[-1].rstrip(b"\n")])  # no final newline
-    gz = write(tmp_path / "a.tsv.gz", lines, gz=True)
-    assert count_lines(plain) == count_lines(gz) == 50
-    for path in (plain, gz):
-        with LineReader(path) as r:
-            pieces = [r.read_lines(k) for k in (1, 7, 30, 100, 5)]
-        assert [n for _, n in pieces] == [1, 7, 30, 12, 0]
-        assert b"".join(d for d, _ in pieces).rstrip(b"\n") == b"".join(lines).rstrip(b"\n")
-
+from embtables.datasets.criteo_parse import parse_line
+from embtables.datasets.layout import MISSING_CAT, MISSING_INT, SPARSE, load_counts, read_json
+from tests.criteo_lines import BAD, as_rows, expected_rows, files_of, inject, make_line, random_lines, read_rows, write
 
 # ---------------------------------------------------------------- preprocessing
 
@@ -342,28 +213,6 @@ def test_missing_input_is_named(tmp_path):
         preprocess_criteo(tmp_path / "nope.tsv", tmp_path / "out", progress=False)
 
 
-BAD = {  # injected line -> the reason the report must give
-    make_line("0", ["1"] * 13, ["68fd1e64"] * 25): "expected 40 tab-separated fields, found 39",
-    make_line("1", ["1"] * 13, ["68fd1e64"] * 25 + ["68fd1eXX"]): "C26 must be 8 hex digits",
-    make_line("0", ["1", "2.5"] + ["1"] * 11, ["68fd1e64"] * 26): "I2 must be an integer",
-    make_line("2", ["1"] * 13, ["68fd1e64"] * 26): "label must be 0 or 1",
-    make_line("1", ["1"] * 12 + ["99999999999"], ["68fd1e64"] * 26): "I13 must be an integer of at most 10",
-    make_line("1", ["2147483648"] + ["1"] * 12, ["68fd1e64"] * 26): "I1 is outside the int32 range",
-    b"\n": "expected 40 tab-separated fields, found 1",
-}
-
-
-def inject(lines: list[bytes], seed: int) -> tuple[list[bytes], dict[int, str]]:
-    """Insert every BAD line at random places; returns the lines and {1-based line number: reason}."""
-    rng = random.Random(seed)
-    out, where = list(lines), {}
-    for bad, reason in BAD.items():
-        out.insert(rng.randrange(len(out) + 1), bad)
-    for i, line in enumerate(out):
-        if line in BAD:
-            where[i + 1] = BAD[line]
-    return out, where
-
 
 @pytest.mark.parametrize("split", ["kaggle-days", "random", "none"])
 def test_bad_lines_are_skipped_reported_and_no_good_line_is_lost(tmp_path, capsys, split):
@@ -409,35 +258,3 @@ def test_cli_parser_runs_and_reports_errors(tmp_path, capsys):
         parser.parse_args(["preprocess", "criteo", str(src), "--out", "x", "--fractions", "0.5,0.5"])
 
 
-# ---------------------------------------------------------------- the real Kaggle sample
-
-README_DISTINCT = [175, 386, 5520, 4032, 56, 7, 3184, 93, 3, 2986, 2084, 5283, 1725, 24, 2035, 4723, 9, 1149, 546, 3,
-                   5036, 7, 12, 2524, 39, 1938]
-README_EMPTY = {**{c: 357 for c in ("C3", "C4", "C12", "C16", "C21", "C24")}, "C6": 1332,
-                **{c: 4496 for c in ("C19", "C20", "C25", "C26")}, "C22": 8182}
-
-
-def test_real_sample_statistics_match_its_readme(tmp_path):
-    src = shared_file(SAMPLE)
-    s = preprocess_criteo(src, tmp_path / "out", split="none", progress=False, chunk_rows=3000)
-    assert (s["rows_read"], s["rows_written"], s["bad_rows"]) == (10_000, 10_000, 0)
-    assert s["splits"]["all"]["clicks"] == 2182
-    counts = load_counts(tmp_path / "out" / "counts.npz")
-    distinct = [int((counts[c][0] != MISSING_CAT).sum()) for c in SPARSE]
-    assert distinct == README_DISTINCT and sum(distinct) == 43_579
-    empty = {c: int(counts[c][1][counts[c][0] == MISSING_CAT].sum()) for c in SPARSE}
-    assert {c: n for c, n in empty.items() if n} == README_EMPTY
-    lines = src.read_bytes().splitlines(keepends=True)
-    assert as_rows(read_rows(tmp_path / "out", "all")) == [parse_line(x) for x in lines]
-
-
-def test_real_sample_with_injected_bad_lines_keeps_every_good_row(tmp_path):
-    lines = shared_file(SAMPLE).read_bytes().splitlines(keepends=True)
-    dirty, where = inject(lines, seed=10)
-    clean = preprocess_criteo(write(tmp_path / "clean.tsv", lines), tmp_path / "clean", progress=False)
-    s = preprocess_criteo(write(tmp_path / "dirty.tsv", dirty), tmp_path / "dirty", split="none", progress=False,
-                          chunk_rows=2500)
-    assert (s["rows_read"], s["rows_written"], s["bad_rows"]) == (10_000 + len(BAD), 10_000, len(BAD))
-    assert {b["line"]: b["reason"] for b in s["first_bad_lines"]}.keys() == where.keys()
-    assert as_rows(read_rows(tmp_path / "dirty", "all")) == [parse_line(x) for x in lines]
-    assert sum(v["clicks"] for v in clean["splits"].values()) == s["splits"]["all"]["clicks"] == 2182

@@ -172,3 +172,21 @@ def test_per_id_rows_ignore_per_sample_weights_on_every_store(backend):
     with torch.no_grad():
         _, rows = store(bags)
     torch.testing.assert_close(rows, store.weights()[0][ids])
+
+
+def test_ids_changed_between_forward_and_backward_cannot_touch_other_rows():
+    """Backward updates the rows forward read: ids changed in place meanwhile raise autograd's error, and ids
+    changed behind autograd's back (through .data) fail the kernel's bounds check; the table is untouched."""
+    ebc = et.build_collection([et.TableConfig("t", 10, 4)], backend="fused")
+    before = ebc.store.weight.clone()
+    ids = torch.tensor([1, 2, 3])
+    out = ebc(KeyedJaggedTensor(["t"], ids, lengths=torch.tensor([1, 1, 1]))).values()
+    ids[0] = 10**9
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+    ids = torch.tensor([1, 2, 3])
+    out = ebc(KeyedJaggedTensor(["t"], ids, lengths=torch.tensor([1, 1, 1]))).values()
+    ids.data[0] = 10**9  # no version bump: autograd cannot see it
+    with pytest.raises(RuntimeError, match="fused store backward: id 1000000000 of table 0 is outside \\[0, 10\\)"):
+        out.sum().backward()
+    assert torch.equal(ebc.store.weight, before)

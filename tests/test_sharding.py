@@ -1,5 +1,6 @@
 """A model that outgrows one machine shards with torchrec: our DLRM around a torchrec EmbeddingBagCollection,
-wrapped in `DistributedModelParallel` on two CPU processes (gloo on 127.0.0.1), trains and stays consistent."""
+wrapped in `DistributedModelParallel` on two CPU processes (gloo on 127.0.0.1), trains and stays consistent; an embtables
+collection wrapped in DDP or DMP refuses to train (it would train silently wrong) and evaluates."""
 
 from __future__ import annotations
 
@@ -95,3 +96,61 @@ def test_dlrm_with_torchrec_ebc_trains_under_distributed_model_parallel(tmp_path
     for r in (r0, r1):
         assert r["last"] < 0.6 * r["first"], f"loss did not fall: {r['first']:.3f} -> {r['last']:.3f}"
     torch.testing.assert_close(torch.tensor(r0["probe"]), torch.tensor(r1["probe"]))
+
+
+def _wrapped_worker(rank: int, port: int, out: str) -> None:
+    """Our DLRM over an embtables collection, wrapped in DDP and in DMP: training refuses, evaluation runs."""
+    import os
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+
+    import embtables as et
+    from embtables.models import DLRM
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    tables = [et.TableConfig(f"t{t}", ROWS, DIM, feature_names=(f"f{t}",)) for t in range(TABLES)]
+    seen = {}
+    for backend in ("torch", "fbgemm", "fused"):
+        for wrapper in ("ddp", "dmp"):
+            torch.manual_seed(0)
+            model = DLRM(et.build_collection(tables, "hash", 0.5, backend=backend), dense_in=2, bottom=(8, DIM),
+                         top=(16,))
+            wrapped = DistributedDataParallel(model) if wrapper == "ddp" else DistributedModelParallel(
+                model, device=torch.device("cpu"))
+            x, kjt, _ = _batch(0, rank)
+            try:
+                wrapped(x, kjt)
+                seen[f"{backend}-{wrapper}"] = "trained"
+            except RuntimeError as e:
+                seen[f"{backend}-{wrapper}"] = str(e)
+            wrapped.eval()
+            with torch.no_grad():
+                seen[f"{backend}-{wrapper}-eval"] = list(wrapped(x, kjt).shape)
+    Path(out, f"wrapped{rank}.json").write_text(json.dumps(seen))
+    dist.destroy_process_group()
+
+
+def test_collections_refuse_to_train_on_several_processes(tmp_path: Path) -> None:
+    """DDP would broadcast the fused store's table from rank 0 and let FBGEMM's in-backward updates drift apart
+    between ranks, DMP wraps the collection data-parallel: until collections shard with torchrec, training on
+    several processes raises a message saying what to do; evaluation runs."""
+    for attempt in range(2):
+        try:
+            mp.start_processes(_wrapped_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True,
+                               start_method="spawn")
+            break
+        except (mp.ProcessRaisedException, mp.ProcessExitedException):
+            if attempt:
+                raise
+    for rank in range(2):
+        seen = json.loads((tmp_path / f"wrapped{rank}.json").read_text())
+        for backend in ("torch", "fbgemm", "fused"):
+            for wrapper in ("ddp", "dmp"):
+                message = seen[f"{backend}-{wrapper}"]
+                assert message.startswith(f"Collection (method 'hash', backend '{backend}'): training on 2 processes "
+                                          "is not supported yet"), message
+                assert "Train on one process" in message
+                assert seen[f"{backend}-{wrapper}-eval"] == [32]  # one logit per sample

@@ -115,7 +115,7 @@ def test_backends_agree_in_forward_backward_and_training():
     for w_a, w0, w1 in zip(a.store.weight, before, b.store.weights()):
         grad = w_a.grad.to_dense()
         assert grad.abs().sum() > 0
-        torch.testing.assert_close(w0 - w1, grad, rtol=1e-5, atol=1e-5)  # fused SGD lr 1: delta = gradient
+        torch.testing.assert_close(w0 - w1, grad, rtol=1e-5, atol=1e-5)  # SGD lr 1 inside backward: delta = gradient
     a.sparse_optimizer().step()
     with torch.no_grad():
         torch.testing.assert_close(a(kjt).values(), b(kjt).values(), rtol=1e-5, atol=1e-5)

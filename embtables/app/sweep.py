@@ -29,6 +29,8 @@ from embtables.app.train import TrainConfig
 from embtables.files import read_json, write_json
 
 DEFAULT_BUDGETS = (0.5, 0.1, 0.01, 0.001, 0.0001)
+# the demo's preset (`embtables demo`, `embtables sweep --quick`): a minute or two on 2 CPU cores
+QUICK = dict(budgets=(0.1, 0.01), seeds=(0,), epochs=1, rows=200_000)
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,3 @@ def _describe(r: dict[str, Any]) -> str:
     if r["status"] == "infeasible":
         return head + f"infeasible (smallest feasible budget {r['smallest_budget']:.3g})"
     return head + f"FAILED: {r['error']}"
-
-
-# the demo's preset (`embtables demo`, `embtables sweep --quick`): a minute or two on 2 CPU cores
-QUICK = dict(budgets=(0.1, 0.01), seeds=(0,), epochs=1, rows=200_000)

@@ -1,9 +1,11 @@
-"""Training and evaluation of DLRM / DIN on any embedding collection: `Trainer`, `train()` and `embtables train`.
+"""Training and evaluation of DLRM / DIN on any embedding collection: `Trainer` and `train()` (the command line's
+`embtables train` calls them).
 
-Dense parameters train with Adam or Adagrad; the embedding tables with their backend's optimizer: fused into
-backward on fbgemm (row-wise Adagrad by default), a sparse optimizer on torch. Validation runs every
+Dense parameters train with Adam or Adagrad; the embedding tables with their backend's optimizer: inside
+backward on fbgemm and fused (row-wise Adagrad by default), a sparse optimizer on torch. Validation runs every
 `eval_every` steps and at the end; the test split is evaluated at the same points so that the test metric
-*at the best validation point* is reported (selection never looks at test). Checkpoints are atomic and a
+*at the best validation point* is reported (selection never looks at test). Checkpoints are atomic, hold each
+collection in the portable format of `et.save_collection`, load without running code from the file, and a
 resumed run reproduces the uninterrupted one exactly (same seed, same data order, RNG state restored).
 """
 

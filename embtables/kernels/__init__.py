@@ -2,7 +2,9 @@
 
     cpu.py               loader of the C++ CPU kernels in csrc/ (compiled on first use): the fused store's
                          lookup + combine + optimizer kernels, qr's digit remap, range checks, SplitMix64 hashing
-    csrc/cpu_kernels.cpp their source
+    csrc/                their source, compiled into one extension: cpu_kernels.cpp registers the ops;
+                         kernels.h (shared helpers and declarations), program.cpp (column programs),
+                         fused_store.cpp (the fused store's kernels), remap.cpp (digits, range checks, hashing)
 
 May import: torch only (nothing of embtables), so every layer can use it.
 """

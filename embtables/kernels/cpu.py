@@ -1,4 +1,4 @@
-"""The loader of the C++ CPU kernels (`csrc/cpu_kernels.cpp`), compiled on first use.
+"""The loader of the C++ CPU kernels (every `.cpp` of `csrc/`, one extension), compiled on first use.
 
 On CPU a training step of a compressed collection spends as much time around the embedding lookups as in them:
 remapping ids, composing partition rows, projecting narrow blocks, each a chain of PyTorch ops that costs a pass
@@ -12,8 +12,9 @@ over memory and a few microseconds of dispatch per op. The kernels:
 
 The last three serve every backend. Every kernel has a PyTorch reference next to the code that calls it (the
 torch backend is the fused store's), and tests compare them. The kernels are compiled with
-`torch.utils.cpp_extension` the first time they are needed (about 15 s on 2 cores; cached under
-`TORCH_EXTENSIONS_DIR`, by default ~/.cache/torch_extensions, keyed by the source, flags, torch version and CPU).
+`torch.utils.cpp_extension` the first time they are needed (about 20 s on 2 cores; cached under
+`TORCH_EXTENSIONS_DIR`, by default ~/.cache/torch_extensions, keyed by the sources and headers, flags, torch
+version and CPU).
 Without a working C++ compiler the references run, after one warning naming the error, and the fused backend
 refuses to build. `set_enabled(False)` (or `EMBTABLES_KERNELS=0` in the environment at start-up) makes the
 references run on purpose, e.g. to compare.
@@ -32,7 +33,9 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
-_SOURCE = Path(__file__).parent / "csrc" / "cpu_kernels.cpp"
+# every .cpp is compiled into the one extension (cpu_kernels.cpp registers the ops); the headers beside them are
+# included from this folder. Sorted by name, so that the build key is stable.
+_CSRC = Path(__file__).parent / "csrc"
 # -fopenmp: ATen's parallel_for is a header template whose OpenMP pragma needs it (it then joins torch's runtime);
 # -march=native: the row loops are 16-float vectors, one AVX-512 op where the CPU has it. The build is keyed by
 # the CPU's flags, so a home directory shared by different machines gets one build per kind of CPU.
@@ -48,15 +51,30 @@ def _cpu() -> str:
 _state: dict[str, Any] = {"enabled": os.environ.get("EMBTABLES_KERNELS", "1") != "0", "ops": None, "error": None}
 
 
+def _files() -> tuple[list[Path], list[Path]]:
+    """(the .cpp sources, every source and header), each sorted by name."""
+    sources = sorted(_CSRC.glob("*.cpp"))
+    return sources, sorted([*sources, *_CSRC.glob("*.h")])
+
+
+def _digest(files: list[Path], key: bytes) -> str:
+    """12 hex digits of every file's name and contents and `key`: the build's cache key."""
+    h = hashlib.sha1()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    h.update(key)
+    return h.hexdigest()[:12]
+
+
 def _load() -> Any | None:
     if _state["ops"] is None and _state["error"] is None:
         try:
             from torch.utils.cpp_extension import load
 
-            key = repr((_FLAGS, torch.__version__, _cpu())).encode()
-            digest = hashlib.sha1(_SOURCE.read_bytes() + key).hexdigest()[:12]
-            load(name=f"embtables_cpu_{digest}", sources=[str(_SOURCE)], extra_cflags=_FLAGS, extra_ldflags=["-fopenmp"],
-                 is_python_module=False, verbose=False)
+            sources, files = _files()
+            digest = _digest(files, repr((_FLAGS, torch.__version__, _cpu())).encode())
+            load(name=f"embtables_cpu_{digest}", sources=[str(f) for f in sources], extra_cflags=_FLAGS,
+                 extra_ldflags=["-fopenmp"], extra_include_paths=[str(_CSRC)], is_python_module=False, verbose=False)
             _state["ops"] = torch.ops.embtables
         except Exception as e:  # no compiler, no headers, a failed build: the PyTorch references still work
             _state["error"] = f"{type(e).__name__}: {e}"

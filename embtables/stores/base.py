@@ -26,7 +26,7 @@ class Store(nn.Module):
     Args:
         tables: physical tables to allocate.
         lookups: physical features; pooled ones first.
-        optimizer: how embedding weights are updated (fused into backward where the backend can).
+        optimizer: how embedding weights are updated (inside backward where the backend can).
         device: where the weights live.
     """
 

@@ -1,5 +1,5 @@
 """The `fbgemm` backend: all physical tables in one FBGEMM table-batched embedding (TBE) module, with the
-optimizer fused into its backward pass (no dense gradient of any table is ever formed).
+optimizer applied inside its backward pass (no dense gradient of any table is ever formed).
 
 Facts of FBGEMM 1.8 this relies on: the training TBE takes fp32 weights whose dims are multiples of 4; on
 CPU its optimizers are EXACT_SGD, EXACT_ADAGRAD and EXACT_ROWWISE_ADAGRAD (Adam is refused); its forward

@@ -1,5 +1,5 @@
 """The `fused` backend: every physical table in one flat fp32 tensor, looked up, combined and updated by the C++
-CPU kernels `fused_forward` and `fused_backward` (`embtables/kernels/csrc/cpu_kernels.cpp`, built by
+CPU kernels `fused_forward` and `fused_backward` (`embtables/kernels/csrc/fused_store.cpp`, built by
 `embtables.kernels.cpu`).
 
 Why: around FBGEMM's TBE, a compressed method's CPU step writes the (B, sum of lookup dims) pooled tensor, reads it
