@@ -166,11 +166,16 @@ void update_row(float* __restrict w, float* __restrict state, const float* __res
 void check_ids(const Store& s, int64_t num_values) {
   TORCH_CHECK(s.offsets[0] == 0 && s.offsets[s.L * s.B] == num_values,
               "fused store backward: offsets must run from 0 to the number of ids");
-  for (int64_t k = 0; k < s.L * s.B; ++k)
+  // branch-free passes (the compiler vectorises the or-reductions); the slow search only to name a bad value
+  bool bad = false;
+  for (int64_t k = 0; k < s.L * s.B; ++k) bad |= s.offsets[k] > s.offsets[k + 1];
+  for (int64_t k = 0; bad && k < s.L * s.B; ++k)
     TORCH_CHECK(s.offsets[k] <= s.offsets[k + 1], "fused store backward: offsets decrease at bag ", k);
   for (int64_t l = 0; l < s.L; ++l) {
-    const int64_t t = s.table[l], rows = s.rows[t];
-    for (int64_t i = s.offsets[l * s.B]; i < s.offsets[(l + 1) * s.B]; ++i)
+    const int64_t t = s.table[l], rows = s.rows[t], begin = s.offsets[l * s.B], end = s.offsets[(l + 1) * s.B];
+    bool outside = false;  // unsigned: a negative id is a huge one
+    for (int64_t i = begin; i < end; ++i) outside |= static_cast<uint64_t>(s.values[i]) >= static_cast<uint64_t>(rows);
+    for (int64_t i = begin; outside && i < end; ++i)
       TORCH_CHECK(s.values[i] >= 0 && s.values[i] < rows, "fused store backward: id ", s.values[i], " of table ", t,
                   " is outside [0, ", rows, ")");
   }
