@@ -22,9 +22,13 @@ never leaves a half-written file under a final name.
 from __future__ import annotations
 
 import os
-from typing import Mapping
+import zipfile
+import zlib
+from typing import Mapping, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 # every file is written atomically by the library's helpers, imported here for the modules that read `layout.*`
 from embtables.files import atomic_write, read_json, write_json  # noqa: F401
@@ -56,10 +60,61 @@ def save_counts(path: str | os.PathLike, counts: Mapping[str, tuple[np.ndarray, 
 
 
 def load_counts(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-feature (values, counts), count-descending, as saved by `save_counts`."""
-    with np.load(path) as z:
-        features = sorted({k.rsplit("/", 1)[0] for k in z.files}, key=_natural)
-        return {f: (z[f"{f}/values"], z[f"{f}/counts"]) for f in features}
+    """Per-feature (values, counts), count-descending, as saved by `save_counts`.
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        ValueError: the file is not a readable counts file (not an .npz, truncated, corrupt, pickled data) or
+            its arrays are missing or mismatched, naming the file.
+    """
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{path} is not a valid counts file: {why}; rewrite the data folder with the command "
+                          "that wrote it (`embtables preprocess criteo`, `synth criteo`, `prepare-sequences`, "
+                          "`synth sequences`)")
+
+    with open(path, "rb") as f:  # FileNotFoundError as is
+        head = f.read(4)
+    if head != b"PK\x03\x04":  # an .npz is a zip archive; anything else (empty, garbage, pickle) is refused
+        raise bad("it is empty (0 bytes)" if not head else "it is not an .npz (zip) archive")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise bad(f"{type(e).__name__}: {e}") from e
+    with z:
+        try:
+            arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise bad(f"{type(e).__name__}: {e}") from e
+    features = sorted({k.rsplit("/", 1)[0] for k in arrays}, key=_natural)
+    out = {}
+    for f in features:
+        values, cnt = arrays.get(f"{f}/values"), arrays.get(f"{f}/counts")
+        if values is None or cnt is None:
+            raise bad(f"feature {f!r} lacks its {'values' if values is None else 'counts'} array")
+        if values.ndim != 1 or values.shape != cnt.shape or not (np.issubdtype(values.dtype, np.integer)
+                                                                 and np.issubdtype(cnt.dtype, np.integer)):
+            raise bad(f"feature {f!r} has values {values.dtype}{list(values.shape)} and counts "
+                      f"{cnt.dtype}{list(cnt.shape)}; expected 1-D integer arrays of equal length")
+        out[f] = (values, cnt)
+    return out
+
+
+def open_part(path: str | os.PathLike, columns: Sequence[str] = (), needs: str = "") -> pq.ParquetFile:
+    """Open a Parquet part's footer, checking that its schema holds `columns`.
+
+    Raises:
+        ValueError: naming the file, when it is not readable Parquet (pyarrow's error type and message quoted)
+            or lacks some of `columns` (named, followed by `needs`: what the folder's parts hold, who writes them).
+    """
+    try:
+        part = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path} is not a readable Parquet file ({type(e).__name__}: {e})") from e
+    have = set(part.schema_arrow.names)
+    missing = [c for c in columns if c not in have]
+    if missing:
+        raise ValueError(f"{path} lacks column(s) {', '.join(missing)}; {needs or 'the loader needs them'}")
+    return part
 
 
 def _natural(name: str) -> tuple[str, int]:

@@ -11,6 +11,11 @@ groups in a seeded random order and passes rows through a seeded shuffle buffer 
 is fixed by (seed, workers). With `workers > 0`, worker w reads every workers-th row group of that order and
 the batches of the workers are interleaved round-robin; the partial batches each worker ends with are
 merged, so every batch is full except possibly the last (dropped with `drop_last`), as with `workers=0`.
+
+Files from elsewhere are checked as they are read, with a ValueError naming the file: a part that is not
+readable Parquet or lacks a column (its footer, when batches are requested), and, with ids="index", an id of
+the split counts.npz counted (summary.json's "counts_split") that counts.npz does not list: such counts do not
+belong to these parts. Ids of the other splits may be unseen in the counts; they map to the OOV index.
 """
 
 from __future__ import annotations
@@ -20,18 +25,22 @@ from pathlib import Path
 from typing import Iterator, Literal
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchrec import KeyedJaggedTensor
 
 from embtables.config import TableConfig
-from embtables.datasets.layout import COUNTS_FILE, DENSE, LABEL, SPARSE, SPLITS, SUMMARY_FILE, load_counts, read_json
+from embtables.datasets.layout import (COUNTS_FILE, DENSE, LABEL, SPARSE, SPLITS, SUMMARY_FILE, load_counts, open_part,
+                                       read_json)
 from embtables.datasets.shuffle import DEFAULT_BUFFER_ROWS, Rows, ShuffleBuffer, batches_of, concat
 from embtables.datasets.vocab import Vocabulary
 
 IdKind = Literal["index", "raw"]
 _COLUMNS = [LABEL, *DENSE, *SPARSE]
+_NEEDS = ("a Criteo data folder's parts hold label, I1..I13 and C1..C26, as written by `embtables preprocess "
+          "criteo` or `embtables synth criteo`")
 
 
 @dataclass
@@ -70,23 +79,52 @@ def make_batch(rows: Rows | tuple[torch.Tensor, ...]) -> Batch:
     return Batch(dense, kjt, labels)
 
 
+class _FileError(ValueError):
+    """A bad data file met while reading rows; a loader worker hands its message to the main process."""
+
+
+@dataclass
+class _Failed:
+    """What a worker yields in place of raising `_FileError`, so that the main process raises a ValueError with
+    the plain message (DataLoader's re-raise would prefix it with the worker's traceback)."""
+
+    message: str
+
+
 class _RowGroups(IterableDataset):
     """Streams transformed rows of a list of (file, row group) units as batches; runs in loader workers."""
 
     def __init__(self, units: list[tuple[str, int]], batch_size: int, shuffle: bool, seed: int, buffer_rows: int,
-                 vocabs: list[Vocabulary] | None) -> None:
+                 vocabs: list[Vocabulary] | None, counted: tuple[str, str] | None = None) -> None:
         self.units, self.batch_size, self.shuffle, self.seed = units, batch_size, shuffle, seed
         self.buffer_rows, self.vocabs = buffer_rows, vocabs
+        self.counted = counted  # (counts file, split): the units are of the split it counted, so every id is in it
 
     def _read(self, path: str, group: int) -> Rows:
-        t = pq.ParquetFile(path).read_row_group(group, columns=_COLUMNS)
+        try:
+            t = pq.ParquetFile(path).read_row_group(group, columns=_COLUMNS)
+        except (pa.ArrowException, OSError) as e:
+            raise _FileError(f"{path}: row group {group} is not readable Parquet ({type(e).__name__}: {e})") from e
         labels = t.column(LABEL).to_numpy().astype(np.float32)
         raw = np.stack([t.column(c).to_numpy() for c in DENSE], axis=1)  # (n, 13) int32
         dense = np.log1p(np.maximum(raw, 0), dtype=np.float64).astype(np.float32)  # exact int -> float64
         raw_ids = [t.column(c).to_numpy() for c in SPARSE]
         if self.vocabs is not None:
-            raw_ids = [v.lookup(col) for v, col in zip(self.vocabs, raw_ids)]
+            raw_ids = [self._lookup(v, col, f, path) for v, col, f in zip(self.vocabs, raw_ids, SPARSE)]
         return labels, dense, np.stack(raw_ids, axis=1)  # ids (n, 26) int64
+
+    def _lookup(self, vocab: Vocabulary, col: np.ndarray, feature: str, path: str) -> np.ndarray:
+        idx = vocab.lookup(col)
+        if self.counted is not None:
+            oov = idx == vocab.oov_index  # only these can be unknown: the common case tests nothing more
+            if oov.any() and (bad := vocab.unknown(col[oov])).any():
+                ids = col[oov][bad]
+                counts, split = self.counted
+                raise _FileError(f"{path}: column {feature} holds id {int(ids[0])}, which {counts} never counted "
+                                 f"({np.unique(ids).size} such id(s) in this row group), though it counts split "
+                                 f"{split!r}, this part's: the counts do not belong to these Parquet files "
+                                 "(rewrite the folder with `embtables preprocess criteo` or `embtables synth criteo`)")
+        return idx
 
     def _rows(self, worker: int, workers: int) -> Iterator[Rows]:
         order = np.arange(len(self.units))
@@ -102,11 +140,16 @@ class _RowGroups(IterableDataset):
         if buffer is not None:
             yield buffer.drain()
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool] | _Failed]:
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        for rows, full in batches_of(self._rows(worker, workers), self.batch_size):
-            yield (*(torch.from_numpy(np.ascontiguousarray(a)) for a in rows), not full)
+        try:
+            for rows, full in batches_of(self._rows(worker, workers), self.batch_size):
+                yield (*(torch.from_numpy(np.ascontiguousarray(a)) for a in rows), not full)
+        except _FileError as e:
+            if info is None:
+                raise
+            yield _Failed(str(e))
 
 
 class CriteoData:
@@ -149,8 +192,8 @@ class CriteoData:
         return sorted((self.path / split).glob("part-*.parquet"), key=lambda p: int(p.stem.split("-")[1]))
 
     def rows(self, split: str) -> int:
-        """Number of rows of `split` (from the Parquet footers)."""
-        return sum(pq.ParquetFile(p).metadata.num_rows for p in self.parts(split))
+        """Number of rows of `split` (from the Parquet footers; ValueError naming a part that is not Parquet)."""
+        return sum(open_part(p).metadata.num_rows for p in self.parts(split))
 
     def num_batches(self, split: str, batch_size: int, drop_last: bool = False) -> int:
         n = self.rows(split)
@@ -196,6 +239,11 @@ class CriteoData:
             min_count: vocabulary cut-off for ids="index" (see `Vocabulary`).
             workers: loader worker processes (0: read in this process).
             buffer_rows: shuffle buffer capacity in rows (~260 bytes each).
+
+        Raises:
+            ValueError: at the call, a bad option, or a part of `split` that is not Parquet or lacks a column;
+                while iterating, a row group that is not readable, or (ids="index") an id of the counted split
+                that counts.npz lacks; each naming the file (from a worker too: the same plain message).
         """
         for name, value, low in (("batch_size", batch_size, 1), ("workers", workers, 0), ("buffer_rows", buffer_rows, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -203,15 +251,21 @@ class CriteoData:
         if ids not in ("index", "raw"):
             raise ValueError(f"ids must be 'index' or 'raw', got {ids!r}")
         vocabs = [self.vocabulary(f, min_count) for f in SPARSE] if ids == "index" else None
-        units = [(str(p), g) for p in self.parts(split) for g in range(pq.ParquetFile(p).num_row_groups)]
-        source = _RowGroups(units, batch_size, shuffle, seed, buffer_rows, vocabs)
+        units = [(str(p), g) for p in self.parts(split) for g in range(open_part(p, _COLUMNS, _NEEDS).num_row_groups)]
+        counted = None  # the split counts.npz counted holds no id it lacks: check those ids as they are read
+        if vocabs is not None and split == self.summary.get("counts_split"):
+            counted = (str(self.path / COUNTS_FILE), split)
+        source = _RowGroups(units, batch_size, shuffle, seed, buffer_rows, vocabs, counted)
         return self._iterate(source, workers, batch_size, drop_last)  # errors above raise at the call
 
     @staticmethod
     def _iterate(source: _RowGroups, workers: int, batch_size: int, drop_last: bool) -> Iterator[Batch]:
         stream = iter(source) if workers == 0 else iter(DataLoader(source, batch_size=None, num_workers=workers))
         tails: list[Rows] = []
-        for *rows, tail in stream:
+        for item in stream:
+            if isinstance(item, _Failed):
+                raise ValueError(item.message)
+            *rows, tail = item
             if tail:
                 tails.append(tuple(rows))  # a worker's last, partial batch: merged below
             else:

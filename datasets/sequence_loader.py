@@ -19,6 +19,10 @@ out-of-vocabulary index. `hist` and `target` share the unpooled item table (DIN 
 table, one vector per history item); `hist_cat` (summed) and `target_cat` share a pooled category table, so a
 trainer can put every pooled table in one collection. A split is held in memory as flat numpy arrays (the
 history as values + offsets), and a batch is gathered from them with vectorised index arithmetic.
+
+counts.npz lists every id a split can hold (the whole catalogue, zero counts included), so a part that is not
+readable Parquet, lacks a column, or holds an id counts.npz does not list raises a ValueError naming the file
+when its split is first loaded.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torchrec import KeyedJaggedTensor
 
@@ -39,6 +42,8 @@ from embtables.datasets.loader import Batch
 from embtables.datasets.vocab import Vocabulary
 
 ITEM, CAT, USER = "item", "cat", "user"
+_VOCAB = {"user": USER, "target": ITEM, "hist": ITEM, "target_cat": CAT, "hist_cat": CAT}  # column -> vocabulary
+_WRITERS = "`embtables prepare-sequences` or `embtables synth sequences`"
 
 
 # One batch of DIN samples is the Criteo loader's `Batch`: dense (B, 0) float32 (sequence data sets have no
@@ -91,6 +96,7 @@ class SequenceData:
         self._vocabs: dict[tuple[str, int], Vocabulary] = {}
         self._raw: dict[str, dict[str, np.ndarray]] = {}
         self._indexed: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+        self._part_ends: dict[str, tuple[list[Path], np.ndarray]] = {}  # split -> its parts, their end rows
 
     def vocabulary(self, name: str, min_count: int = 1) -> Vocabulary:
         """The frequency-ranked vocabulary of `item`, `user` or `cat`, cached per (name, min_count)."""
@@ -139,7 +145,23 @@ class SequenceData:
         return sorted((self.path / split).glob("part-*.parquet"), key=lambda p: int(p.stem.split("-")[1]))
 
     def rows(self, split: str) -> int:
-        return sum(pq.ParquetFile(p).metadata.num_rows for p in self.parts(split))
+        return sum(layout.open_part(p).metadata.num_rows for p in self.parts(split))
+
+    def _read(self, split: str) -> pa.Table:
+        """The split's parts as one table, after checking each part's footer for the columns loading needs."""
+        columns = [layout.LABEL, "user", "target", "hist", *(["target_cat", "hist_cat"] if self.has_categories else [])]
+        needs = (f"a sequence data folder{' with categories' if self.has_categories else ''} has parts with "
+                 f"columns {', '.join(columns)}, as written by {_WRITERS}")
+        parts = self.parts(split)
+        files = [layout.open_part(p, columns, needs) for p in parts]
+        tables = []
+        for p, f in zip(parts, files):
+            try:
+                tables.append(f.read(columns=columns))
+            except (pa.ArrowException, OSError) as e:
+                raise ValueError(f"{p} is not a readable Parquet file ({type(e).__name__}: {e})") from e
+        self._part_ends[split] = (parts, np.cumsum([t.num_rows for t in tables]))
+        return pa.concat_tables(tables)
 
     def _load(self, split: str, min_count: int) -> dict[str, np.ndarray]:
         """The split as arrays: float labels, vocabulary indices of user, target, hist (values + offsets), cats."""
@@ -147,7 +169,7 @@ class SequenceData:
         if key in self._indexed:
             return self._indexed[key]
         if split not in self._raw:
-            table = pa.concat_tables([pq.read_table(p) for p in self.parts(split)])
+            table = self._read(split)
             hist = table.column("hist").combine_chunks()
             raw = {
                 "label": table.column(layout.LABEL).to_numpy().astype(np.float32),
@@ -161,10 +183,29 @@ class SequenceData:
                 raw["hist_cat"] = table.column("hist_cat").combine_chunks().flatten().to_numpy()
             self._raw[split] = raw
         raw = self._raw[split]
-        vocab = {"user": USER, "target": ITEM, "hist": ITEM, "target_cat": CAT, "hist_cat": CAT}
-        out = {k: self.vocabulary(vocab[k], min_count).lookup(v) if k in vocab else v for k, v in raw.items()}
+        out = {k: self._lookup(split, k, v, min_count) if k in _VOCAB else v for k, v in raw.items()}
         self._indexed[key] = out
         return out
+
+    def _lookup(self, split: str, column: str, ids: np.ndarray, min_count: int) -> np.ndarray:
+        """Vocabulary indices of a raw column; ValueError naming the part and id if counts.npz lacks one."""
+        vocab = self.vocabulary(_VOCAB[column], min_count)
+        idx = vocab.lookup(ids)
+        oov = idx == vocab.oov_index  # only these can be unknown: the common case tests nothing more
+        if oov.any() and (bad := vocab.unknown(ids[oov])).any():
+            at = np.flatnonzero(oov)[bad]  # positions in the column (history: in the flat values)
+            row = at[0]
+            if column in ("hist", "hist_cat"):
+                row = np.searchsorted(self._raw[split]["offsets"], row, side="right") - 1
+            parts, ends = self._part_ends[split]
+            part = parts[int(np.searchsorted(ends, row, side="right"))]
+            counts = self.path / layout.COUNTS_FILE
+            what = {CAT: "category"}.get(_VOCAB[column], _VOCAB[column])
+            raise ValueError(f"{part}: column {column} holds {what} id {int(ids[at[0]])}, which {counts} does not "
+                             f"list ({np.unique(ids[at]).size} such id(s) in split {split!r}), though it lists every "
+                             f"{what} a split can hold: the counts do not belong to these Parquet files (rewrite "
+                             f"the folder with {_WRITERS})")
+        return idx
 
     def num_batches(self, split: str, batch_size: int, drop_last: bool = False) -> int:
         n = self.rows(split)

@@ -10,7 +10,8 @@ one out-of-vocabulary index `oov_index = len(kept)`; `num_embeddings = len(kept)
 slot (last) holds the total count of the dropped values (0 with min_count=1), so it may exceed its neighbours.
 
 Lookup is vectorised: `np.searchsorted` over the kept values sorted ascending, then a permutation from sorted
-position to rank.
+position to rank. `unknown(ids)` tells the ids the vocabulary was never given (neither kept nor dropped) from
+the ones it dropped: a loader uses it to catch Parquet files whose ids the counts never saw.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class Vocabulary:
         self.values = values[rank][keep]  # (K,) raw value of each index
         self._counts = counts[rank][keep]
         self._dropped = int(counts[rank][~keep].sum())
+        self._dropped_values = values[counts < min_count]  # (D - K,) for `unknown`; sorted on first use
+        self._dropped_sorted = self._dropped_values.size == 0
         by_value = np.argsort(self.values, kind="stable")
         self._sorted = self.values[by_value]  # (K,) kept values ascending
         self._index_of_sorted = by_value  # (K,) index of each sorted value
@@ -102,9 +105,34 @@ class Vocabulary:
         pos = torch.searchsorted(ordered, ids).clamp_(max=ordered.numel() - 1)
         return torch.where(ordered[pos] == ids, index[pos], torch.full_like(ids, self.oov_index))
 
+    def unknown(self, ids: np.ndarray) -> np.ndarray:
+        """Bool mask (same shape as `ids`) of the raw ids not among the values the vocabulary was built from.
+
+        Values dropped by `min_count` (or with count 0) were given, so they are not unknown, though they map to
+        the OOV index like unknown ids. A loader calls this on the ids that mapped to the OOV index only.
+
+        Example:
+            >>> v = Vocabulary(np.array([7, 3, 9, 4]), np.array([5, 9, 1, 0]), min_count=2)
+            >>> v.lookup(np.array([3, 9, 4, 42])).tolist(), v.unknown(np.array([3, 9, 4, 42])).tolist()
+            ([0, 2, 2, 2], [False, False, False, True])
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        if not self._dropped_sorted:
+            self._dropped_values = np.sort(self._dropped_values)
+            self._dropped_sorted = True
+        return ~(_member(self._sorted, ids) | _member(self._dropped_values, ids))
+
     def index_counts(self) -> np.ndarray:
         """(num_embeddings,) int64 training count per index; the last (OOV) slot holds the dropped total."""
         return np.append(self._counts, self._dropped)
 
     def __repr__(self) -> str:
         return f"Vocabulary(kept={self.values.size}, min_count={self.min_count}, dropped_count={self._dropped})"
+
+
+def _member(ascending: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Bool mask of `ids` found in the ascending array `ascending`."""
+    if ascending.size == 0:
+        return np.zeros(ids.shape, dtype=bool)
+    pos = np.searchsorted(ascending, ids).clip(max=ascending.size - 1)
+    return ascending[pos] == ids

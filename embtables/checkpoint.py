@@ -35,6 +35,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -122,14 +123,41 @@ def save_collection(collection: Collection, path: str | os.PathLike, *, optimize
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
 
 
+def load_tensor_file(path: str | os.PathLike, what: str) -> Any:
+    """A file written by `torch.save`, read with `torch.load(weights_only=True)`: only tensors, strings, numbers and
+    containers of them are built, so no code in the file runs. ValueError naming the file and `what` it should be
+    when it is empty, truncated, not a torch file, or holds anything else (e.g. a pickled object or function).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "empty.pt"; path.write_bytes(b"")
+        0
+        >>> load_tensor_file(path, "training checkpoint")
+        Traceback (most recent call last):
+        ...
+        ValueError: .../empty.pt: not a readable training checkpoint: the file is empty (0 bytes)
+    """
+    size = os.path.getsize(path)  # FileNotFoundError names the path itself
+    if size == 0:
+        raise ValueError(f"{path}: not a readable {what}: the file is empty (0 bytes)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(e))  # what the restricted unpickler would not build
+        if refused:
+            raise ValueError(f"{path}: refused: it asks to build {refused.group(1)}, not only tensors and plain values, "
+                             "and building objects from a file can run code; embtables never writes such files"
+                             ) from None
+        # torch's text around the cause advises loading unsafely: keep the cause only
+        cause = [p.strip() for p in str(e).split("\n\n") if p.strip() and not p.startswith("Weights only load failed")
+                 and not p.strip().startswith("Check the documentation")]
+        raise ValueError(f"{path}: not a readable {what}: truncated, damaged or not written by torch.save "
+                         f"({type(e).__name__}: {(cause[0] if cause else str(e))[:200]})") from None
+
+
 def read_collection_file(path: str | os.PathLike) -> dict[str, Any]:
     """The dict of a collection file, read without running code from it; ValueError naming the file otherwise."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # truncated, not a torch file, or holding objects weights_only refuses to build
-        raise ValueError(f"{path}: not a readable embtables collection file ({type(e).__name__}: {e})") from None
+    state = load_tensor_file(path, "embtables collection file")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path}: not an embtables collection file (no format {FORMAT!r})")
     if state.get("version") != VERSION:

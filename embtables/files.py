@@ -3,6 +3,7 @@ a half-written file under a final name. Every file the project writes goes throu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -37,5 +38,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """The JSON value in `path`; ValueError naming the file when it is not valid JSON (e.g. truncated)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, as hex (read in 1 MiB pieces, so any size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while piece := f.read(1 << 20):
+            h.update(piece)
+    return h.hexdigest()

@@ -35,6 +35,18 @@ def test_lookup_and_counts_match_a_reference_dict(table, min_count, unseen):
     assert [int(ic[index[x]]) for x in v.values.tolist()] == [table[x] for x in v.values.tolist()]
 
 
+@given(st.dictionaries(st.integers(-2**40, 2**40), st.integers(0, 9), max_size=40), st.integers(1, 5),
+       st.lists(st.integers(-2**40, 2**40), max_size=20))
+def test_unknown_tells_never_given_ids_from_dropped_ones(table, min_count, unseen):
+    v = Vocabulary(np.array(list(table), dtype=np.int64), np.array(list(table.values()), dtype=np.int64), min_count)
+    queries = np.array(list(table) + unseen, dtype=np.int64).reshape(-1, 1)
+    mask = v.unknown(queries)
+    assert mask.shape == queries.shape and mask.dtype == bool
+    assert mask.reshape(-1).tolist() == [q not in table for q in queries.reshape(-1).tolist()]
+    assert (v.lookup(queries)[mask] == v.oov_index).all()  # unknown ids are OOV; dropped ones too, not unknown
+    assert v.unknown(np.array([], dtype=np.int64)).shape == (0,)
+
+
 def test_large_vocabulary_lookup_sorts_queries_and_agrees_with_a_dict():
     rng = np.random.default_rng(1)
     values = rng.choice(1 << 40, size=100_000, replace=False)

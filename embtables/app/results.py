@@ -9,15 +9,34 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from embtables.files import atomic_write
 
 RESULTS = "results.parquet"
+REQUIRED = ("cell", "status", "method", "budget", "seed")  # the columns a sweep resumes from
 
 
 def load_results(out: Path) -> pd.DataFrame:
+    """The results table of `out` (empty when there is none yet).
+
+    Raises:
+        ValueError: results.parquet is not readable Parquet or lacks a required column, naming the file (a
+            sweep must not start over on a corrupt table, nor a report read a foreign one).
+    """
     path = Path(out) / RESULTS
-    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+    if not path.exists():
+        return pd.DataFrame()
+    try:
+        df = pd.read_parquet(path)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable Parquet file ({type(e).__name__}: {e}); a sweep resumes "
+                         "from it: repair it from results.csv, or move it aside to start over") from e
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path} lacks column(s) {', '.join(missing)}: it is not a sweep's results table "
+                         f"(which holds {', '.join(REQUIRED)}, ...)")
+    return df
 
 
 def append_row(out: Path, new: dict[str, Any]) -> pd.DataFrame:

@@ -12,6 +12,7 @@ resumed run reproduces the uninterrupted one exactly (same seed, same data order
 from __future__ import annotations
 
 import io
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,10 +23,10 @@ import torch
 from torch import nn
 
 import embtables as et
-from embtables.checkpoint import collection_state, load_collection_state
+from embtables.checkpoint import collection_state, load_collection_state, load_tensor_file
 from embtables.app.runinfo import machine, peak_rss_bytes, versions
-from embtables.datasets.layout import TRUTH_FILE
-from embtables.files import atomic_write, read_json, write_json
+from embtables.datasets.layout import COUNTS_FILE, TRUTH_FILE
+from embtables.files import atomic_write, read_json, sha256_file, write_json
 from embtables.metrics import auc, logloss
 
 CHECKPOINT = "checkpoint.pt"
@@ -165,6 +166,9 @@ class Trainer:
         self.dense_optimizer = opt_cls(dense, lr=config.dense_lr)
         self.sparse_optimizers = [o for c in self.collections if (o := c.sparse_optimizer()) is not None]
         self.state: dict[str, Any] = dict(step=0, epoch=0, batch=0, train_seconds=0.0, train_samples=0, evals=[])
+        # the ids' vocabulary the run trains on: its embedding rows mean nothing with another one
+        vocab = Path(config.data) / COUNTS_FILE
+        self.vocabulary = {"file": str(vocab), "sha256": sha256_file(vocab)} if vocab.exists() else None
 
     # ---- training -----------------------------------------------------------------------------------
     def train_step(self, batch: Any) -> float:
@@ -287,6 +291,7 @@ class Trainer:
             "train_samples_per_s": s["train_samples"] / max(s["train_seconds"], 1e-9),
             "eval_samples_per_s": evals[-1]["val"]["samples_per_s"],
             "peak_rss_bytes": peak_rss_bytes(), "machine": machine(), "versions": versions(), "evals": evals,
+            "vocabulary": self.vocabulary,
         }
         for split in ("val", "test"):
             if split in evals[-1]:
@@ -314,6 +319,7 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "state": self.state,
             "config": asdict(self.config),
+            "vocabulary": self.vocabulary,
         }
         buffer = io.BytesIO()
         torch.save(blob, buffer)
@@ -324,9 +330,21 @@ class Trainer:
         path = None if self.out is None else self.out / CHECKPOINT
         if path is None or not path.exists():
             return False
-        blob = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only: runs no code
-        if blob["config"] != asdict(self.config):
-            raise ValueError(f"{path} was written by a different configuration; use a new --out or the same arguments")
+        blob = load_tensor_file(path, "training checkpoint")  # tensors and plain values only: runs no code
+        if not isinstance(blob, dict) or not {"config", "dense", "collections", "state"} <= set(blob):
+            raise ValueError(f"{path}: not a training checkpoint of embtables (missing its config, model or state)")
+        mine, theirs = (json.loads(json.dumps(c)) for c in (asdict(self.config), blob["config"]))  # tuples as lists
+        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if differ:
+            was = ", ".join(f"{k}={theirs.get(k)!r} (now {mine.get(k)!r})" for k in differ)
+            raise ValueError(f"{path} was written by a different configuration: {was}; use a new --out or the same "
+                             "arguments")
+        recorded = blob.get("vocabulary")
+        if recorded != self.vocabulary:
+            raise ValueError(
+                f"{path}: the run recorded vocabulary {_vocab_text(recorded)}, but the data folder now has "
+                f"{_vocab_text(self.vocabulary)}: the data changed since the run started; use the original data "
+                "or a new --out")
         missing, unexpected = self.model.load_state_dict(blob["dense"], strict=False)
         skip = self._collection_prefixes()
         if unexpected or any(not k.startswith(skip) for k in missing):
@@ -338,6 +356,10 @@ class Trainer:
         torch.set_rng_state(blob["rng"])
         self.state = blob["state"]
         return True
+
+
+def _vocab_text(record: dict[str, str] | None) -> str:
+    return "none" if record is None else f"{record['file']} (sha256 {record['sha256'][:16]}...)"
 
 
 def _scores(e: dict[str, float]) -> dict[str, float]:
