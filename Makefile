@@ -12,6 +12,8 @@ install: $(STAMP)
 $(STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.*"
+	# the Triton whose interpreter runs the triton store's tests on CPUs (and what the GPU machines have)
+	$(PY) -m pip install -q --disable-pip-version-check "triton==3.6.0"
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
 	# torchrec's metadata asks for the CUDA build of fbgemm-gpu; its real needs are in pyproject.toml.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps "torchrec==1.8.0"

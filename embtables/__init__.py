@@ -12,6 +12,7 @@ Layers, each importing only those above it in this list (the data flow is remap 
     config, options, files, hashing, bags, frequency, metrics, tablesets   leaves
     kernels/                 C++ CPU kernels and their loader (imports torch only)
     plan, registry, method, program, optim                                  what every method and store shares
+    inputs                   a batch (KJT or EmbeddingBag arguments) -> validated Bags, one host read
     methods/                 one file per method: solve, remap, combine    (never imports stores/)
     stores/                  torch, fbgemm, fused: the physical tables      (never imports methods/)
     collection, checkpoint, single                                          the public entry points
@@ -26,7 +27,7 @@ embtables.models or embtables.datasets.
 from embtables.checkpoint import load_collection, save_collection
 from embtables.collection import Collection, build_collection, plan
 from embtables.config import Lookup, PhysicalTable, SparseOptimizer, TableConfig
-from embtables.optim import RowWiseAdagrad
+from embtables.optim import RowWiseAdagrad, SparseAdagrad
 from embtables.plan import InfeasibleBudget, Plan, full_bytes
 from embtables.registry import get_method, list_methods, register_method
 from embtables.single import (
@@ -61,6 +62,7 @@ __all__ = [
     "QREmbedding",
     "QREmbeddingBag",
     "RowWiseAdagrad",
+    "SparseAdagrad",
     "SparseOptimizer",
     "TableConfig",
     "build_collection",

@@ -1,19 +1,20 @@
-"""`Bags`: the jagged id layout that flows through remap -> store -> combine, and its validated construction.
+"""`Bags`: the jagged id layout that flows through remap -> store -> combine (read from a batch and validated by
+`embtables.inputs`), and moving small host data to its device without a synchronisation (`upload`).
 
 The layout is the one `KeyedJaggedTensor` and FBGEMM's table-batched kernels share: features are major, bags
 minor. For F features and batch B, `offsets` has F*B + 1 entries and bag (f, b) holds
-`values[offsets[f*B + b] : offsets[f*B + b + 1]]`.
+`values[offsets[f*B + b] : offsets[f*B + b + 1]]`. The per-feature id counts are Python ints (they split the
+ids), read from the device once per batch; everything derived from them on the host stays there.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Sequence
 
 import torch
 from torch import Tensor
-from torchrec import KeyedJaggedTensor
 
 from embtables import kernels
 
@@ -28,6 +29,10 @@ class Bags:
         per_sample_weights: (N,) float weight of each id in its bag (as `torch.nn.EmbeddingBag`'s), or None.
         ids_per_feature: F Python ints, the ids of each feature (sum N).
         batch_size: B.
+        longest: a bound on the bag lengths known on the host (the longest bag of the batch these bags come
+            from), or None: `max_length` then reads it from the device.
+        checked: `(bounds, outside)` when `outside(bounds)` was answered while the batch was read
+            (`embtables.inputs`), in the batch's one copy to the host; None otherwise.
     """
 
     values: Tensor
@@ -35,6 +40,8 @@ class Bags:
     per_sample_weights: Tensor | None
     ids_per_feature: list[int]
     batch_size: int
+    longest: int | None = field(default=None, compare=False)
+    checked: tuple[tuple[int | None, ...], bool] | None = field(default=None, compare=False, repr=False)
 
     @property
     def num_features(self) -> int:
@@ -42,7 +49,8 @@ class Bags:
 
     def with_values(self, values: Tensor) -> "Bags":
         """The same bags holding other ids (a remap that maps each id to one id, e.g. a hash)."""
-        return Bags(values, self.offsets, self.per_sample_weights, self.ids_per_feature, self.batch_size)
+        return Bags(values, self.offsets, self.per_sample_weights, self.ids_per_feature, self.batch_size,
+                    self.longest)
 
     def lengths(self) -> Tensor:
         """(F, B) bag lengths."""
@@ -71,6 +79,8 @@ class Bags:
             >>> Bags(torch.tensor([7, 8, 9]), torch.tensor([0, 2, 3]), None, [2, 1], 1).outside([9, None])
             False
         """
+        if self.checked is not None and self.checked[0] == tuple(upper):
+            return self.checked[1]  # answered while the batch was read
         ops = kernels.ops_for(self.values)
         if ops is not None:  # one pass in C++
             bounds = torch.tensor([-1 if u is None else u for u in upper], dtype=torch.long)
@@ -83,8 +93,12 @@ class Bags:
 
     def per_id(self, per_feature: Tensor) -> Tensor:
         """Expand a (F,) per-feature tensor to (N,) per-id values."""
-        sizes = torch.tensor(self.ids_per_feature, device=self.values.device)
-        return per_feature.repeat_interleave(sizes, output_size=self.values.numel())
+        return per_feature.repeat_interleave(self.sizes, output_size=self.values.numel())
+
+    @cached_property
+    def sizes(self) -> Tensor:
+        """(F,) `ids_per_feature` on the values' device, uploaded once."""
+        return upload(self.ids_per_feature, self.values.device)
 
     def feature_slice(self, start: int, stop: int) -> "Bags":
         """Features [start, stop) as their own Bags (values and offsets rebased, no copy of values)."""
@@ -96,6 +110,7 @@ class Bags:
             per_sample_weights=None if self.per_sample_weights is None else self.per_sample_weights[lo:hi],
             ids_per_feature=self.ids_per_feature[start:stop],
             batch_size=B,
+            longest=self.longest,
         )
 
     def starts(self) -> list[int]:
@@ -105,10 +120,14 @@ class Bags:
             out.append(out[-1] + c)
         return out
 
-    @cached_property
+    @property
     def max_length(self) -> int:
-        """The longest bag (0 when there are none); computed once, as Bags are not modified once built."""
-        return int(self.lengths().max()) if self.offsets.numel() > 1 else 0
+        """A bound on the bag lengths: the longest bag (0 when there are none), or for bags derived from others
+        (`select`, `stack`, ...) the longest of those. Known on the host when the batch was read; otherwise read
+        from the device once (a synchronisation on CUDA) and kept, as Bags are not modified once built."""
+        if self.longest is None:
+            self.longest = int(self.lengths().max()) if self.offsets.numel() > 1 else 0
+        return self.longest
 
     def select(self, order: Sequence[int]) -> "Bags":
         """Features in `order` (a permutation, or with repeats: one copy per mention), values copied into that
@@ -124,7 +143,8 @@ class Bags:
         lengths = self.lengths()[list(order)].reshape(-1)  # (F' * B,)
         offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
         weights = None if self.per_sample_weights is None else pick(self.per_sample_weights)
-        return Bags(pick(self.values), offsets, weights, [self.ids_per_feature[f] for f in order], self.batch_size)
+        sizes = [self.ids_per_feature[f] for f in order]
+        return Bags(pick(self.values), offsets, weights, sizes, self.batch_size, self.longest)
 
     def positions(self, order: Sequence[int]) -> Tensor:
         """(N',) where each id of `select(order)` sits in `values` (to regroup rows of copies by logical id).
@@ -139,8 +159,8 @@ class Bags:
         total, before = sum(sizes), [0]
         for c in sizes[:-1]:
             before.append(before[-1] + c)
-        shift = torch.tensor([starts[f] - b for f, b in zip(order, before)], device=dev)  # source - destination
-        per_copy = shift.repeat_interleave(torch.tensor(sizes, device=dev), output_size=total)
+        shift = upload([starts[f] - b for f, b in zip(order, before)], dev)  # source - destination
+        per_copy = shift.repeat_interleave(upload(sizes, dev), output_size=total)
         return torch.arange(total, device=dev) + per_copy
 
     def singletons(self, batch: int) -> "Bags":
@@ -152,10 +172,10 @@ class Bags:
             >>> b.singletons(2).offsets.tolist()
             [0, 1, 2, 3, 3]
         """
-        sizes = torch.tensor(self.ids_per_feature, device=self.values.device)
-        filled = torch.arange(batch, device=sizes.device) < sizes[:, None]  # (F, batch)
-        offsets = torch.cat([sizes.new_zeros(1), filled.reshape(-1).cumsum(0)])
-        return Bags(self.values, offsets, self.per_sample_weights, self.ids_per_feature, batch)
+        filled = torch.arange(batch, device=self.values.device) < self.sizes[:, None]  # (F, batch)
+        offsets = torch.cat([self.sizes.new_zeros(1), filled.reshape(-1).cumsum(0)])
+        longest = min(1, self.values.numel())
+        return Bags(self.values, offsets, self.per_sample_weights, self.ids_per_feature, batch, longest)
 
     def stack(self, groups: Sequence[Sequence[int]]) -> "Bags":
         """One feature per group, holding the bags of all the group's features sample-major: bag b * size + i is
@@ -174,12 +194,13 @@ class Bags:
             raise ValueError(f"Bags.stack: groups {[list(g) for g in groups]} must list features 0..{F - 1} in order")
         size, N = max(len(g) for g in groups), self.values.numel()
         # member i of group s is feature members[s, i]; feature F is an all-empty stand-in for the padding
-        members = torch.tensor([[*g, *[F] * (size - len(g))] for g in groups], device=dev)  # (G, size)
-        if N == F * B and self.max_length == 1:  # one id per bag (Criteo's): a transposition of the ids
+        members = upload([[*g, *[F] * (size - len(g))] for g in groups], dev)  # (G, size)
+        # one id per bag (Criteo's): a transposition of the ids (N = F B ids and no bag longer than one)
+        if N == F * B and self.max_length == 1:
             index = ((members * B)[:, None, :] + torch.arange(B, device=dev)[:, None]).reshape(-1)  # (G B size,)
             bag_lengths = (members < F)[:, None, :].expand(-1, B, -1).reshape(-1).long()
-            if N < index.numel():  # padded groups: their bags are empty
-                index = index[bag_lengths.bool()]
+            if N < index.numel():  # padded groups: their bags are empty; N is known, so no mask reads the device
+                index = index[torch.nonzero_static(bag_lengths, size=N).squeeze(1)]
         else:
             lengths = torch.cat([self.lengths(), self.lengths().new_zeros(1, B)])  # (F + 1, B)
             starts = torch.cat([self.offsets[:-1].view(F, B), self.offsets.new_zeros(1, B)])  # (F + 1, B)
@@ -190,7 +211,7 @@ class Bags:
         offsets = torch.cat([bag_lengths.new_zeros(1), bag_lengths.cumsum(0)])
         weights = None if self.per_sample_weights is None else self.per_sample_weights[index]
         sizes = [sum(self.ids_per_feature[f] for f in g) for g in groups]
-        return Bags(self.values[index], offsets, weights, sizes, B * size)
+        return Bags(self.values[index], offsets, weights, sizes, B * size, self.longest)
 
 
 def concat(parts: Sequence[Bags]) -> Bags:
@@ -208,7 +229,8 @@ def concat(parts: Sequence[Bags]) -> Bags:
     if any(has_w) and not all(has_w):
         raise ValueError("concat: either every part has weights or none has")
     weights = torch.cat([p.per_sample_weights for p in parts]) if all(has_w) else None  # type: ignore[misc]
-    return Bags(values, offsets, weights, [c for p in parts for c in p.ids_per_feature], B)
+    longest = None if any(p.longest is None for p in parts) else max(p.longest for p in parts)  # type: ignore[type-var]
+    return Bags(values, offsets, weights, [c for p in parts for c in p.ids_per_feature], B, longest)
 
 
 def rows_by_slot(rows: Tensor, position: Tensor, slot: Tensor, num_ids: int, num_slots: int, fill: float) -> Tensor:
@@ -237,98 +259,26 @@ def rows_by_slot(rows: Tensor, position: Tensor, slot: Tensor, num_ids: int, num
     return ext.index_select(0, index.view(-1)).view(num_ids, num_slots, rows.shape[1])
 
 
-def bags_from_kjt(kjt: KeyedJaggedTensor, feature_names: Sequence[str], where: str) -> Bags:
-    """Select and order `feature_names` from a KJT and validate it.
+# whether code may read CPU tensors' values on the host (free there: the CPU is the host) to take a path sized by
+# the data; tests set it False to run, on the CPU, the paths an accelerator takes (tests/host_reads.py)
+CPU_READS_FREE = True
 
-    Args:
-        kjt: raw ids, any key order; keys not in `feature_names` are ignored (as torchrec does).
-        feature_names: the F features to keep, in output order.
-        where: name of the calling module, for error messages.
 
-    Raises:
-        TypeError: the input is not a KJT, or its ids are not integers, or its weights are not floats.
-        ValueError: a configured feature is missing, a bag length is negative (offsets decrease), the offsets
-            do not end at the number of ids, or weights have the wrong length.
+def reads_are_free(t: Tensor) -> bool:
+    """Whether reading `t`'s values on the host costs nothing: on the CPU (unless `CPU_READS_FREE` is off), so
+    code may size a tensor by its data there; on an accelerator a read makes the host wait for the device."""
+    return CPU_READS_FREE and t.device.type == "cpu"
+
+
+def upload(
+    data: Sequence[int] | Sequence[Sequence[int]], device: torch.device | str, dtype: torch.dtype = torch.long
+) -> Tensor:
+    """A tensor of Python numbers on `device`. On CUDA it goes through pinned memory with a non-blocking copy: a
+    copy from ordinary (pageable) host memory makes the host wait for the device's queue, a synchronisation.
+
+    Example:
+        >>> upload([3, 1], "cpu").tolist()
+        [3, 1]
     """
-    if not isinstance(kjt, KeyedJaggedTensor):
-        raise TypeError(f"{where}: expected a torchrec.KeyedJaggedTensor, got {type(kjt).__name__}")
-    keys = kjt.keys()
-    missing = [f for f in feature_names if f not in keys]
-    if missing:
-        raise ValueError(f"{where}: features {missing} are configured but missing from the input (it has {keys})")
-    if kjt.variable_stride_per_key():
-        raise ValueError(f"{where}: variable batch size per feature is not supported")
-    if list(keys) != list(feature_names):
-        kjt = kjt.permute([keys.index(f) for f in feature_names])
-    values = kjt.values()
-    if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
-        raise TypeError(f"{where}: ids must be integers, got dtype {values.dtype}")
-    values = values.long()
-    F, B = len(feature_names), kjt.stride()
-    lengths = kjt.lengths()
-    if lengths.numel() != F * B:
-        raise ValueError(f"{where}: lengths has {lengths.numel()} entries, expected features x batch = {F} x {B}")
-    negative = lengths < 0
-    if bool(negative.any()):
-        i = int(negative.nonzero()[0])
-        raise ValueError(
-            f"{where}: offsets of feature {feature_names[i // B]!r} decrease at bag {i % B} (length {int(lengths[i])})"
-        )
-    offsets = kjt.offsets().long()
-    if int(offsets[0]) != 0 or int(offsets[-1]) != values.numel():
-        raise ValueError(
-            f"{where}: offsets must start at 0 and end at the number of ids {values.numel()}, "
-            f"got {int(offsets[0])}..{int(offsets[-1])}"
-        )
-    weights = kjt.weights_or_none()
-    if weights is not None:
-        if not weights.is_floating_point():
-            raise TypeError(f"{where}: weights must be floating point, got {weights.dtype}")
-        if weights.numel() != values.numel():
-            raise ValueError(f"{where}: {weights.numel()} weights for {values.numel()} ids")
-    sizes = lengths.view(F, B).sum(1).tolist()
-    return Bags(values, offsets, weights, sizes, B)
-
-
-def bags_from_tensors(
-    input: Tensor, offsets: Tensor | None, per_sample_weights: Tensor | None, include_last_offset: bool, where: str
-) -> Bags:
-    """One feature's Bags from `torch.nn.EmbeddingBag`'s forward arguments, validated like torch does."""
-    if input.is_floating_point() or input.dtype == torch.bool:
-        raise TypeError(f"{where}: input must hold integer ids, got dtype {input.dtype}")
-    if input.dim() == 2:
-        if offsets is not None:
-            raise ValueError(f"{where}: offsets must be None when input is 2-D (B, L)")
-        B, L = input.shape
-        values = input.reshape(-1).long()
-        full_offsets = torch.arange(0, B * L + 1, L, device=input.device) if L > 0 else torch.zeros(B + 1, dtype=torch.long, device=input.device)
-        if per_sample_weights is not None and per_sample_weights.shape != input.shape:
-            raise ValueError(f"{where}: per_sample_weights has shape {tuple(per_sample_weights.shape)}, input {tuple(input.shape)}")
-    elif input.dim() == 1:
-        if offsets is None:
-            raise ValueError(f"{where}: offsets are required when input is 1-D")
-        if offsets.dim() != 1 or offsets.is_floating_point():
-            raise TypeError(f"{where}: offsets must be a 1-D integer tensor")
-        values = input.long()
-        offsets = offsets.long()
-        if include_last_offset:
-            full_offsets = offsets
-        else:
-            full_offsets = torch.cat([offsets, offsets.new_tensor([values.numel()])])
-        if full_offsets.numel() < 1 or int(full_offsets[0]) != 0:
-            raise ValueError(f"{where}: offsets[0] must be 0")
-        if int(full_offsets.max()) > values.numel():
-            raise ValueError(f"{where}: offset {int(full_offsets.max())} is beyond the last offset, the number of ids {values.numel()}")
-        if bool((full_offsets[1:] < full_offsets[:-1]).any()):
-            i = int((full_offsets[1:] < full_offsets[:-1]).nonzero()[0])
-            raise ValueError(f"{where}: offsets must be non-decreasing; offsets[{i + 1}] < offsets[{i}]")
-        if int(full_offsets[-1]) != values.numel():
-            raise ValueError(f"{where}: the last offset {int(full_offsets[-1])} must equal the number of ids {values.numel()}")
-        if per_sample_weights is not None and per_sample_weights.shape != input.shape:
-            raise ValueError(f"{where}: per_sample_weights has {per_sample_weights.numel()} entries for {values.numel()} ids")
-    else:
-        raise ValueError(f"{where}: input must be 1-D (with offsets) or 2-D (B, L), got {input.dim()}-D")
-    weights = None if per_sample_weights is None else per_sample_weights.reshape(-1)
-    if weights is not None and not weights.is_floating_point():
-        raise TypeError(f"{where}: per_sample_weights must be floating point")
-    return Bags(values, full_offsets, weights, [values.numel()], full_offsets.numel() - 1)
+    host = torch.tensor(data, dtype=dtype, device="cpu", pin_memory=torch.device(device).type == "cuda")
+    return host.to(device, non_blocking=True)

@@ -9,8 +9,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torchrec import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
-from embtables.bags import Bags, bags_from_kjt
+from embtables.bags import Bags
 from embtables.config import SparseOptimizer, TableConfig
+from embtables.inputs import bags_from_kjt
 from embtables.method import Method
 from embtables.plan import Plan, Target
 from embtables.registry import get_method
@@ -67,7 +68,7 @@ class Collection(nn.Module):
         return self.store.sparse_optimizer()
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor | dict[str, JaggedTensor]:
-        bags = bags_from_kjt(features, self.feature_names, type(self).__name__)
+        bags = bags_from_kjt(features, self.feature_names, type(self).__name__, self.method.id_upper)
         out = self.lookup(bags)
         if self.pooled:
             return KeyedTensor(keys=self.feature_names, length_per_key=self._dims, values=out)
@@ -234,6 +235,6 @@ def assemble(
     target = Target(backend=backend, dim_multiple=store_class(backend).dim_multiple)
     plan = cls.relayout(plan, target)
     device = torch.device(device or "cpu")
-    m = cls.from_plan(plan, counts).to(device)
+    m = cls.from_plan(plan, counts)  # on the CPU: the store below refuses a device it cannot use first
     store = store_class(backend)(plan.physical_tables, plan.lookups, optimizer, device)
     return Collection(m, store).to(device)

@@ -54,6 +54,10 @@ class Method(nn.Module):
     Params: ClassVar[type] = type(None)  # the solved parameters of one logical table, as the plan lists them
     # False only for `full`: every other method must reach budgets below 1 from `budget=` alone
     compresses: ClassVar[bool] = True
+    # per logical feature, the exclusive upper bound its ids must respect (None: any id), as the remap checks
+    # them with `check_ids_in_range`; None when the method takes any id. The collection answers the check while
+    # it reads the batch, in the batch's one copy to the host (`embtables.inputs`).
+    id_upper: list[int | None] | None = None
 
     def __init__(self, plan: Plan) -> None:
         super().__init__()
@@ -115,14 +119,15 @@ class Method(nn.Module):
         return sum(t.numel() * t.element_size() for t in self.state_dict().values())
 
 
-def check_ids_in_range(bags: Bags, upper: Sequence[int | None], method: Method, where: str) -> None:
+def check_ids_in_range(bags: Bags, upper: Sequence[int | None] | None, method: Method, where: str) -> None:
     """Raise ValueError naming table, feature and value when an id of feature f is outside [0, upper[f]).
 
     Args:
         bags: logical bags.
-        upper: exclusive upper bound per feature; None where any id is valid (hashed features).
+        upper: exclusive upper bound per feature; None where any id is valid (hashed features); None: no check
+            (`Method.id_upper`). Answered from `Bags.checked` when the batch's one read did it.
     """
-    if not bags.outside(upper):  # the fast path: one min/max per feature
+    if upper is None or not bags.outside(upper):  # the fast path: one min/max per feature
         return
     for f, (ids, n) in enumerate(zip(bags.values.split(bags.ids_per_feature), upper)):
         bad = ((ids < 0) | (ids >= n)).nonzero() if n is not None and ids.numel() else None

@@ -17,9 +17,10 @@ from typing import Any, ClassVar, Literal, Mapping
 import torch
 from torch import Tensor, nn
 
-from embtables.bags import Bags, bags_from_tensors
+from embtables.bags import Bags, upload
 from embtables.collection import build_collection
 from embtables.config import SparseOptimizer, TableConfig
+from embtables.inputs import bags_from_tensors
 from embtables.registry import get_method
 
 TABLE = "embedding"
@@ -77,7 +78,8 @@ class EmbeddingBag(nn.Module):
         where = type(self).__name__
         if per_sample_weights is not None and self.mode != "sum":
             raise ValueError(f"{where}: per_sample_weights is only supported for mode='sum' (as in torch)")
-        bags = bags_from_tensors(input, offsets, per_sample_weights, self.include_last_offset, where)
+        bags = bags_from_tensors(input, offsets, per_sample_weights, self.include_last_offset, where,
+                                 self.collection.method.id_upper)
         return self.collection.lookup(bags)  # (B, D_out)
 
     def memory_bytes(self) -> int:
@@ -120,7 +122,7 @@ class Embedding(nn.Module):
             raise TypeError(f"{type(self).__name__}: input must hold integer ids, got dtype {input.dtype}")
         values = input.reshape(-1).long()
         n = values.numel()
-        bags = Bags(values, torch.tensor([0, n], device=values.device), None, [n], 1)
+        bags = Bags(values, upload([0, n], values.device), None, [n], 1, n)
         rows = self.collection.lookup(bags)  # (N, D)
         return rows.view(*input.shape, rows.shape[-1])
 

@@ -16,6 +16,10 @@ frequency, instead of an L2 penalty over the whole table.
 
 Serving: everything after the lookups is `DINHead`, which `torch.jit.script` compiles; the lookups stay in the
 collection (a KeyedJaggedTensor in, per-id rows out), as in DLRM.
+
+On CUDA, beyond the collections' own reads of the batch, the forward reads one value on the host (the longest
+history, the padded width) and mini-batch aware regularisation the batch's distinct items (`unique`): each a
+synchronisation per batch, as the shapes depend on them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torchrec import JaggedTensor, KeyedJaggedTensor
 
+from embtables.inputs import bags_from_kjt
 from embtables.models.layers import activation_mlp, output_dims
 
 
@@ -33,11 +38,11 @@ def padded(jt: JaggedTensor, max_len: int | None = None) -> tuple[Tensor, Tensor
     """JaggedTensor of rows (N, D) -> padded (B, L, D) and mask (B, L) (True on real positions)."""
     lengths = jt.lengths()
     B = lengths.numel()
-    L = int(lengths.max()) if max_len is None and B else (max_len or 0)
+    L = int(lengths.max()) if max_len is None and B else (max_len or 0)  # the padded width: a host read
     values = jt.values()
-    offsets = jt.offsets()
+    starts = lengths.cumsum(0) - lengths  # not jt.offsets(): an FBGEMM operator, absent from its CPU build on CUDA
     bag = torch.arange(B, device=values.device).repeat_interleave(lengths, output_size=values.shape[0])
-    pos = torch.arange(values.shape[0], device=values.device) - offsets[bag]
+    pos = torch.arange(values.shape[0], device=values.device) - starts[bag]
     out = values.new_zeros(B, L, values.shape[1])
     out[bag, pos] = values
     mask = torch.arange(L, device=values.device).unsqueeze(0) < lengths.unsqueeze(1)
@@ -130,9 +135,9 @@ class DIN(nn.Module):
     def regularization(self, sparse: KeyedJaggedTensor) -> Tensor:
         """Mini-batch aware L2: lambda * sum over distinct batch items j of ||e(j)||^2 / n_j (0 when disabled)."""
         if self.mba_lambda == 0:
-            return torch.zeros(())
+            return torch.zeros((), device=sparse.values().device)
         hist, target = self.history[0], self.target[0]  # the item features
-        ids = torch.cat([sparse[hist].values(), sparse[target].values()]).unique()
+        ids = bags_from_kjt(sparse, [hist, target], "DIN").values.unique()
         features = [*self.history, *self.target]
         lengths = torch.zeros(len(features), dtype=torch.long, device=ids.device)
         lengths[0] = ids.numel()

@@ -8,6 +8,10 @@ from typing import Sequence
 
 import pytest
 import torch
+
+# Triton kernels run in Triton's interpreter where there is no GPU (read when the kernels are defined, so first)
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from hypothesis import HealthCheck, settings
 from torchrec import KeyedJaggedTensor
 

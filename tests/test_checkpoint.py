@@ -10,9 +10,10 @@ from torchrec import KeyedTensor
 
 import embtables as et
 from embtables.checkpoint import collection_state, load_collection_state, read_collection_file
+from embtables.stores import BACKENDS as STORES
 from tests.conftest import random_kjt
 
-BACKENDS = ["torch", "fbgemm", "fused"]
+BACKENDS = sorted(STORES)  # every registered store
 POOLED = [et.TableConfig("a", 3000, 8, feature_names=("a1", "a2")), et.TableConfig("b", 40, 8),
           et.TableConfig("c", 900, 16, pooling="mean")]
 UNPOOLED = [et.TableConfig("item", 3000, 8, feature_names=("hist", "target"), pooling="none"),

@@ -159,7 +159,7 @@ def test_mod_hashing_formulas(method: str) -> None:
 
 def _touched_rows(ebc: et.Collection, kjt: KeyedJaggedTensor) -> dict[str, set[int]]:
     """Physical table name -> the rows the library's remap reads for this batch."""
-    from embtables.bags import bags_from_kjt
+    from embtables.inputs import bags_from_kjt
 
     physical = ebc.method.remap(bags_from_kjt(kjt, ebc.feature_names, "test")).physical
     touched: dict[str, set[int]] = {t.name: set() for t in ebc.plan.physical_tables}

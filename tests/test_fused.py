@@ -10,7 +10,7 @@ from torchrec import KeyedJaggedTensor
 import embtables as et
 from embtables.bags import Bags
 from embtables.program import ColumnProgram, Piece, Term
-from embtables.stores import FusedStore, TorchStore
+from embtables.stores import BACKENDS, FusedStore, TorchStore
 from embtables.stores.fused_store import kernel_program
 from tests.conftest import copy_state, random_kjt
 
@@ -159,7 +159,7 @@ def test_inference_mode_and_no_grad_leave_the_weights_alone():
     assert torch.equal(x, y) and torch.equal(before, ebc.store.weight)
 
 
-@pytest.mark.parametrize("backend", ["torch", "fbgemm", "fused"])
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
 def test_per_id_rows_ignore_per_sample_weights_on_every_store(backend):
     """A store's per-id rows are the table's rows; a method that weighs them (multihash's importance on unpooled
     tables) does so in combine. The fused store used to apply the weights too, so they counted twice."""

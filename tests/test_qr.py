@@ -121,7 +121,7 @@ def test_integer_division_is_exact_above_2_to_the_24():
     assert (ids.float() / m).long().tolist() != expected[0]  # the reference's float division is wrong here
     ebc = et.build_collection([et.TableConfig("big", n, 4)], "qr", collisions=m)
     kjt = KeyedJaggedTensor(["big"], ids, lengths=torch.ones(4, dtype=torch.long))
-    from embtables.bags import bags_from_kjt
+    from embtables.inputs import bags_from_kjt
 
     phys = ebc.method.remap(bags_from_kjt(kjt, ["big"], "test")).physical
     assert phys.values.view(2, 4).tolist() == expected
@@ -368,7 +368,7 @@ def test_drop_in_embedding_returns_one_row_per_id():
 def test_mult_composes_bags_of_one_id_pooled_and_longer_bags_one_bag_per_id():
     """combine_first on bags of at most one id: the store pools each partition, the weight on partition 0 only;
     with a longer bag every id gets a bag of its own (batch = ids of the longest feature). Both equal e(id)."""
-    from embtables.bags import bags_from_kjt
+    from embtables.inputs import bags_from_kjt
 
     ebc = et.build_collection([et.TableConfig("t", 1000, 8)], "qr", collisions=30)
     for lengths, weighted_batch in (([1, 0, 1, 1], 4), ([2, 0, 1, 0], 3)):

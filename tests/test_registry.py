@@ -9,6 +9,7 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 import embtables as et
+from embtables.stores import BACKENDS
 from tests.conftest import copy_state, random_kjt
 
 METHODS = et.list_methods()
@@ -48,7 +49,7 @@ def test_memory_bytes_is_exact_and_within_budget(method, budget):
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("backend", ["torch", "fbgemm", "fused"])
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
 def test_forward_shapes_empty_bags_and_pooling_semantics(method, backend):
     ebc = build(method, backend=backend)
     kjt = random_kjt(TABLES, batch_size=6, max_len=4, seed=1)

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
+from embtables.stores import BACKENDS
+
 TABLES = 4
 ROWS = 64
 DIM = 8
@@ -113,7 +115,7 @@ def _wrapped_worker(rank: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2)
     tables = [et.TableConfig(f"t{t}", ROWS, DIM, feature_names=(f"f{t}",)) for t in range(TABLES)]
     seen = {}
-    for backend in ("torch", "fbgemm", "fused"):
+    for backend in sorted(BACKENDS):
         for wrapper in ("ddp", "dmp"):
             torch.manual_seed(0)
             model = DLRM(et.build_collection(tables, "hash", 0.5, backend=backend), dense_in=2, bottom=(8, DIM),
@@ -147,7 +149,7 @@ def test_collections_refuse_to_train_on_several_processes(tmp_path: Path) -> Non
                 raise
     for rank in range(2):
         seen = json.loads((tmp_path / f"wrapped{rank}.json").read_text())
-        for backend in ("torch", "fbgemm", "fused"):
+        for backend in sorted(BACKENDS):
             for wrapper in ("ddp", "dmp"):
                 message = seen[f"{backend}-{wrapper}"]
                 assert message.startswith(f"Collection (method 'hash', backend '{backend}'): training on 2 processes "

@@ -1,4 +1,5 @@
-"""What a result must carry to be reproducible: library versions, machine, peak memory."""
+"""What a result must carry to be reproducible: library versions, machine, peak memory; and whether this machine
+can train on a device."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import platform
 import resource
 import sys
 from importlib import metadata
+
+import torch
 
 
 def versions() -> dict[str, str]:
@@ -34,3 +37,21 @@ def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far."""
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb * (1 if sys.platform == "darwin" else 1024)
+
+
+def check_device(device: str, here: bool = True) -> torch.device:
+    """`device` as a torch.device, or a ValueError saying why it is not one or, when `here`, why this machine
+    cannot train there.
+
+    Args:
+        device: e.g. `"cpu"`, `"cuda"`, `"cuda:1"` (`TrainConfig.device`).
+        here: also check that this machine has it.
+    """
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"TrainConfig.device={device!r} is not a device: {e}") from None
+    if here and d.type == "cuda" and not torch.cuda.is_available():
+        build = "was built without CUDA" if torch.version.cuda is None else "finds no CUDA device"
+        raise ValueError(f"TrainConfig.device={device!r}: torch {torch.__version__} {build}; use device='cpu'")
+    return d

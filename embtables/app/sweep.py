@@ -24,8 +24,8 @@ import pandas as pd
 
 import embtables as et
 from embtables.app.results import append_row, load_results
-from embtables.app.runinfo import machine, versions
-from embtables.app.train import TrainConfig
+from embtables.app.runinfo import check_device, machine, versions
+from embtables.app.train import TrainConfig, what_runs
 from embtables.files import read_json, write_json
 
 DEFAULT_BUDGETS = (0.5, 0.1, 0.01, 0.001, 0.0001)
@@ -78,7 +78,7 @@ class SweepConfig:
 
 def cell_id(config: TrainConfig) -> str:
     """A short stable name for a cell: method, budget, seed and a hash of the whole configuration."""
-    digest = hashlib.sha1(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:8]
+    digest = hashlib.sha1(json.dumps(what_runs(asdict(config)), sort_keys=True).encode()).hexdigest()[:8]
     budget = "none" if config.budget is None else f"{config.budget:g}"
     return f"{config.method}-b{budget}-s{config.seed}-{digest}"
 
@@ -148,13 +148,16 @@ def row(config: TrainConfig, outcome: dict[str, Any], wall: float, reference: di
 
 def sweep(config: SweepConfig, out: str | Path, command: str = "", progress: bool = True) -> pd.DataFrame:
     """Run every unfinished cell of `config` into `out`; returns the results table."""
+    check_device(config.train.device)  # before any cell: each would fail the same way
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    recipe = asdict(replace(config.train, method="full", budget=None, options={}, seed=0))
+    # without the device: a sweep may go on on another device, as its runs may
+    recipe = what_runs(asdict(replace(config.train, method="full", budget=None, options={}, seed=0)))
     saved = out / "sweep.json"
     if saved.exists() and read_json(saved)["recipe"] != json.loads(json.dumps(recipe)):
         raise ValueError(f"{out} holds a sweep with a different training recipe; use another --out")
-    write_json(saved, {"recipe": recipe, "command": command, "machine": machine(), "versions": versions()})
+    write_json(saved, {"recipe": recipe, "device": config.train.device, "command": command, "machine": machine(),
+                       "versions": versions()})
     from tqdm import tqdm
 
     cells = config.cells()

@@ -7,6 +7,8 @@ backward on fbgemm and fused (row-wise Adagrad by default), a sparse optimizer o
 *at the best validation point* is reported (selection never looks at test). Checkpoints are atomic, hold each
 collection in the portable format of `et.save_collection`, load without running code from the file, and a
 resumed run reproduces the uninterrupted one exactly (same seed, same data order, RNG state restored).
+`device` places the model, the collections and each batch (e.g. "cuda"); it says where a run trains, not what it
+trains, so a run resumes on another device and a sweep finds its cells whatever the device.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch import nn
 
 import embtables as et
 from embtables.checkpoint import collection_state, load_collection_state, load_tensor_file
-from embtables.app.runinfo import machine, peak_rss_bytes, versions
+from embtables.app.runinfo import check_device, machine, peak_rss_bytes, versions
 from embtables.datasets.layout import COUNTS_FILE, TRUTH_FILE
 from embtables.files import atomic_write, read_json, sha256_file, write_json
 from embtables.metrics import auc, logloss
@@ -49,6 +51,7 @@ class TrainConfig:
         seed: seeds the model initialisation and the data order.
         model_options: extra model keyword arguments (e.g. `{"pooling": "sum"}` for DIN).
         checkpoint_every: checkpoint period in steps (0: at each evaluation and epoch end).
+        device: where the model, the collections and the batches live (`"cpu"`, `"cuda"`, `"cuda:1"`, ...).
     """
 
     model: Literal["dlrm", "din"] = "dlrm"
@@ -70,6 +73,7 @@ class TrainConfig:
     seed: int = 0
     model_options: dict[str, Any] = field(default_factory=dict)
     checkpoint_every: int = 0
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.model not in ("dlrm", "din"):
@@ -86,6 +90,13 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.max_steps must be >= 1, got {self.max_steps}")
         if not self.data:
             raise ValueError("TrainConfig.data must name a data folder")
+        check_device(self.device, here=False)
+
+
+def what_runs(config: dict[str, Any]) -> dict[str, Any]:
+    """A configuration (`asdict(TrainConfig)`) without `device`, which says where a run trains, not what:
+    checkpoints and sweep cells are matched by this."""
+    return {k: v for k, v in config.items() if k != "device"}
 
 
 def open_data(path: str | Path) -> Any:
@@ -117,12 +128,12 @@ def build_model(config: TrainConfig, data: Any) -> nn.Module:
 
     def collection(ts: list[et.TableConfig]) -> et.Collection:
         return et.build_collection(ts, config.method, config.budget, backend=config.backend, optimizer=optimizer,
-                                   counts=counts, **config.options)
+                                   counts=counts, device=config.device, **config.options)
 
     if config.model == "dlrm":
         if any(t.pooling == "none" for t in tables):
             raise ValueError(f"DLRM needs pooled tables; data {config.data!r} is of kind {data.kind!r} (use --model din)")
-        return DLRM(collection(tables), dense_in=data.dense_dim, **config.model_options)
+        return DLRM(collection(tables), dense_in=data.dense_dim, **config.model_options).to(config.device)
     items = [t for t in tables if t.pooling == "none"]
     others = [t for t in tables if t.pooling != "none"]
     if not items:
@@ -132,7 +143,7 @@ def build_model(config: TrainConfig, data: Any) -> nn.Module:
         raise ValueError(f"DIN: unpooled tables {bad} must each hold a (history, target) feature pair")
     history, target = [t.feature_names[0] for t in items], [t.feature_names[1] for t in items]
     return DIN(collection(items), collection(others) if others else None, history=history, target=target,
-               dense_in=data.dense_dim, item_counts=counts.get(history[0]), **config.model_options)
+               dense_in=data.dense_dim, item_counts=counts.get(history[0]), **config.model_options).to(config.device)
 
 
 class Trainer:
@@ -152,6 +163,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, out: str | Path | None = None, data: Any = None, progress: bool = True) -> None:
         self.config, self.progress = config, progress
+        self.device = check_device(config.device)
         self.out = Path(out) if out is not None else None
         self.data = data if data is not None else open_data(config.data)
         for split in ("train", "val"):
@@ -171,8 +183,13 @@ class Trainer:
         self.vocabulary = {"file": str(vocab), "sha256": sha256_file(vocab)} if vocab.exists() else None
 
     # ---- training -----------------------------------------------------------------------------------
-    def train_step(self, batch: Any) -> float:
-        """One step on a batch: forward, backward, every optimizer; returns the loss."""
+    def _on_device(self, batch: Any) -> Any:
+        return batch if self.device.type == "cpu" else batch.to(self.device, non_blocking=True)
+
+    def train_step(self, batch: Any) -> torch.Tensor:
+        """One step on a batch (moved to the device): forward, backward, every optimizer; returns the loss as a
+        0-d tensor on the device, as reading it would make the host wait for the device."""
+        batch = self._on_device(batch)
         logits = self.model(batch.dense, batch.sparse)
         loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
         if hasattr(self.model, "regularization"):
@@ -182,7 +199,7 @@ class Trainer:
         loss.backward()  # the fbgemm store updates its tables here
         for o in (self.dense_optimizer, *self.sparse_optimizers):
             o.step()
-        return loss.item()
+        return loss.detach()
 
     def fit(self, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
         """Train to the end of the schedule (or `stop_after` steps, to simulate an interruption).
@@ -212,8 +229,10 @@ class Trainer:
                 s["step"] += 1
                 s["batch"] = i + 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{s['train_samples'] / s['train_seconds']:,.0f}")
                 done = s["step"] >= total
+                if self.progress and (s["step"] % 50 == 0 or done):  # reading the loss waits for the device
+                    speed = s["train_samples"] / s["train_seconds"]
+                    bar.set_postfix(loss=f"{float(loss):.4f}", samples_per_s=f"{speed:,.0f}")
                 if cfg.eval_every and s["step"] % cfg.eval_every == 0 and not done:
                     self._evaluate_all()
                 if (cfg.checkpoint_every and s["step"] % cfg.checkpoint_every == 0) or (cfg.eval_every and s["step"] % cfg.eval_every == 0):
@@ -255,13 +274,15 @@ class Trainer:
         logits, labels = [], []
         t0 = time.perf_counter()
         for batch in self.data.batches(split, max(self.config.batch_size, 4096), min_count=self.config.min_count):
-            logits.append(self.model(batch.dense, batch.sparse))
+            on = self._on_device(batch)
+            logits.append(self.model(on.dense, on.sparse))
             labels.append(batch.labels)
+        z = torch.cat(logits).cpu() if logits else None  # the metrics run on the host (this waits for the device)
         seconds = time.perf_counter() - t0
         self.model.train()
-        if not logits:
+        if z is None:
             raise ValueError(f"{self.config.data}: split {split!r} is empty")
-        y, z = torch.cat(labels), torch.cat(logits)
+        y = torch.cat(labels)
         return {"auc": auc(z, y), "logloss": logloss(z, y), "rows": int(y.numel()), "samples_per_s": y.numel() / seconds}
 
     def _evaluate_all(self) -> None:
@@ -283,7 +304,7 @@ class Trainer:
         in_store = {id(p) for c in self.collections for p in c.store.parameters()}
         out: dict[str, Any] = {
             "model": cfg.model, "method": cfg.method, "budget": cfg.budget, "options": cfg.options,
-            "backend": cfg.backend, "seed": cfg.seed, "data": cfg.data,
+            "backend": cfg.backend, "device": cfg.device, "seed": cfg.seed, "data": cfg.data,
             "memory_bytes": memory, "full_bytes": full, "compression": memory / full,
             "params_embedding": sum(w.numel() for c in self.collections for w in c.store.weights()),
             "params_dense": sum(p.numel() for p in self.model.parameters() if id(p) not in in_store),
@@ -333,7 +354,8 @@ class Trainer:
         blob = load_tensor_file(path, "training checkpoint")  # tensors and plain values only: runs no code
         if not isinstance(blob, dict) or not {"config", "dense", "collections", "state"} <= set(blob):
             raise ValueError(f"{path}: not a training checkpoint of embtables (missing its config, model or state)")
-        mine, theirs = (json.loads(json.dumps(c)) for c in (asdict(self.config), blob["config"]))  # tuples as lists
+        # tuples as lists; a run may resume on another device
+        mine, theirs = (json.loads(json.dumps(what_runs(c))) for c in (asdict(self.config), blob["config"]))
         differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         if differ:
             was = ", ".join(f"{k}={theirs.get(k)!r} (now {mine.get(k)!r})" for k in differ)

@@ -13,6 +13,9 @@ from embtables.app.train import TrainConfig
 from embtables.cli.options import add_method_arguments, parse_options
 from embtables.stores import BACKENDS
 
+DEVICE_HELP = ("where the model, the tables and the batches live: cpu (default), cuda, cuda:1, ...; the fused "
+               "backend runs on the CPU only, fbgemm on CUDA needs FBGEMM's CUDA build")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train DLRM or DIN with one compression method and write metrics.json")
@@ -31,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("-m", "--model-option", action="append", default=[], metavar="NAME=VALUE",
                    help="a model keyword argument, e.g. -m pooling=sum for DIN (repeatable)")
     p.add_argument("--out", required=True, help="run folder")
@@ -51,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--embedding-lr", type=float, default=TrainConfig.embedding_lr)
     s.add_argument("--dense-lr", type=float, default=TrainConfig.dense_lr)
     s.add_argument("--eval-every", type=int, default=0)
+    s.add_argument("--device", default="cpu", help=DEVICE_HELP + "; every cell trains there")
     s.add_argument("--option", action="append", default=[], metavar="METHOD:NAME=VALUE",
                    help="a method option, e.g. --option qr:operation=add (repeatable)")
     s.add_argument("--quick", action="store_true",
@@ -67,15 +72,15 @@ def _train(args: argparse.Namespace) -> int:
     from embtables.app.train import train
     from embtables.datasets.builtin import resolve_data
 
-    config = TrainConfig(
-        model=args.model, data=str(resolve_data(args.data, args.model)), method=args.method, budget=args.budget,
-        options=parse_options(args.option), backend=args.backend, embedding_dim=args.dim, min_count=args.min_count,
-        epochs=args.epochs, batch_size=args.batch_size, max_steps=args.max_steps,
-        dense_optimizer=args.dense_optimizer, dense_lr=args.dense_lr, embedding_optimizer=args.embedding_optimizer,
-        embedding_lr=args.embedding_lr, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-        seed=args.seed, model_options=parse_options(args.model_option),
-    )
     try:
+        config = TrainConfig(
+            model=args.model, data=str(resolve_data(args.data, args.model)), method=args.method, budget=args.budget,
+            options=parse_options(args.option), backend=args.backend, embedding_dim=args.dim, min_count=args.min_count,
+            epochs=args.epochs, batch_size=args.batch_size, max_steps=args.max_steps,
+            dense_optimizer=args.dense_optimizer, dense_lr=args.dense_lr, embedding_optimizer=args.embedding_optimizer,
+            embedding_lr=args.embedding_lr, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+            seed=args.seed, model_options=parse_options(args.model_option), device=args.device,
+        )
         metrics = train(config, args.out, resume=args.resume)
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
@@ -114,12 +119,13 @@ def _sweep(args: argparse.Namespace) -> int:
         if not sep:
             raise SystemExit(f"error: --option {item!r} must look like METHOD:NAME=VALUE")
         options.setdefault(method, {}).update(parse_options([rest]))
-    train = TrainConfig(
-        model=args.model, data=str(data), backend=args.backend, embedding_dim=args.dim,
-        epochs=args.epochs or (QUICK["epochs"] if quick else 1), batch_size=args.batch_size,
-        max_steps=args.max_steps, embedding_lr=args.embedding_lr, dense_lr=args.dense_lr, eval_every=args.eval_every,
-    )
     try:
+        train = TrainConfig(
+            model=args.model, data=str(data), backend=args.backend, embedding_dim=args.dim,
+            epochs=args.epochs or (QUICK["epochs"] if quick else 1), batch_size=args.batch_size,
+            max_steps=args.max_steps, embedding_lr=args.embedding_lr, dense_lr=args.dense_lr, eval_every=args.eval_every,
+            device=args.device,
+        )
         config = SweepConfig(
             train=train,
             methods=_split(args.methods, str, et.list_methods()),

@@ -1,12 +1,13 @@
 """embtables' own kernels, each beside its loader; the stores and remaps that call them keep a PyTorch reference.
 
+    triton/              Triton GPU kernels of the triton store (import triton: loaded only by that store)
     cpu.py               loader of the C++ CPU kernels in csrc/ (compiled on first use): the fused store's
                          lookup + combine + optimizer kernels, qr's digit remap, range checks, SplitMix64 hashing
     csrc/                their source, compiled into one extension: cpu_kernels.cpp registers the ops;
                          kernels.h (shared helpers and declarations), program.cpp (column programs),
                          fused_store.cpp (the fused store's kernels), remap.cpp (digits, range checks, hashing)
 
-May import: torch only (nothing of embtables), so every layer can use it.
+May import: torch (and triton, in triton/) only, nothing of embtables, so every layer can use it.
 """
 
 from embtables.kernels.cpu import available, disabled, ops_for, require, set_enabled, status

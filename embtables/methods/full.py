@@ -40,6 +40,7 @@ class Full(Method):
     def __init__(self, plan: Plan) -> None:
         super().__init__(plan)
         self._n = [self.tables[t].num_embeddings for t in self.feature_table]
+        self.id_upper = self._n
 
     @classmethod
     def solve(cls, tables: Sequence[TableConfig], budget: float | None, options: FullOptions, target: Target) -> Plan:

@@ -101,6 +101,7 @@ class Hash(Method):
         self.register_buffer("_hashed", per_feature(self, hashed, torch.bool), persistent=False)
         self.register_buffer("_rows", per_feature(self, [p.rows for p in plan.params]), persistent=False)
         self._whole_n = [None if hashed[t] else self.tables[t].num_embeddings for t in self.feature_table]
+        self.id_upper = self._whole_n
 
     @classmethod
     def solve(cls, tables: Sequence[TableConfig], budget: float | None, options: HashOptions, target: Target) -> Plan:

@@ -42,7 +42,8 @@ P_u sum_i W_u[.] = sum_i P_u W_u[.]) and project the pooled (B, d_u) columns str
 (`_layout.ColumnProgram`). Unpooled tables need one dim per collection (torchrec's EmbeddingCollection, and the
 store's per-id path): blocks are stored as column blocks of width g = gcd of their dims
 (`_layout.column_blocks`, as `qr` does) and projected per id. The power rule and its budget fit live in
-`_power_rule`.
+`_power_rule`. Host reads (a synchronisation each on CUDA): none beyond the batch's one (`embtables.inputs`),
+except with several blocks per table: how many ids fall into each block is read once per batch.
 """
 
 from __future__ import annotations
@@ -212,6 +213,7 @@ class MixedDim(Method):
         _, lookups, reads, self.g = _layout(self.tables, params, self.pooled)
         self._single_block = all(len(p.dims) == 1 for p in params)
         self._n = [self.tables[t].num_embeddings for t in self.feature_table]
+        self.id_upper = self._n
         first = [0]  # first feature of each table
         for t in self.tables:
             first.append(first[-1] + len(t.feature_names))
@@ -327,9 +329,11 @@ class MixedDim(Method):
         group = bags.per_id(self._gbase) + block * bags.per_id(self._gstride)
         key = group * B + bags.bag_index() % B
         perm = torch.argsort(key, stable=True)
-        per_bag = torch.bincount(key, minlength=self._num_groups * B)
+        # counted by index_add, not bincount, which on CUDA reads the largest key on the host
+        per_bag = torch.zeros(self._num_groups * B, dtype=torch.long, device=key.device)
+        per_bag.index_add_(0, key, torch.ones_like(key))
         offsets = torch.cat([per_bag.new_zeros(1), per_bag.cumsum(0)])
-        sizes = torch.bincount(group, minlength=self._num_groups).tolist()
+        sizes = per_bag.view(self._num_groups, B).sum(1).tolist()  # ids per group: frequency blocks' one host read
         weights = None if bags.per_sample_weights is None else bags.per_sample_weights[perm]
         return Bags(local[perm], offsets, weights, sizes, B), perm
 

@@ -41,7 +41,8 @@ instead scaled by 1/k after pooling, per feature, which needs no weights. With c
 lookups, one per component, so the store's pooled output already is the concatenation (a hot id's row U[r(x)]
 is stored as k parts of D/k). Unpooled tables use per-id lookups and combine the components per id. The remap
 works feature by feature on Python constants (keys, rows, offsets of each table): whole tables pass through
-untouched and only compressed features are hashed.
+untouched and only compressed features are hashed. Hot rows under sum or mean read the host once per batch beyond
+the batch's read (`embtables.inputs`), a synchronisation on CUDA: how many rows a feature reads depends on the data.
 
 Example:
     >>> import torch, embtables as et
@@ -184,8 +185,8 @@ class MultiHash(Method):
             key_row = comp_ids.index(t) if p.compressed else -1
             self._tables.append(_Table(p.compressed, key_row, p.rows, p.hot, segment, sum(K[:t]), max(1, K[t]),
                                        self.tables[t].num_embeddings))
-        self._any_whole = len(comp_ids) < len(params)
-        self._whole_n = [None if params[t].compressed else self.tables[t].num_embeddings for t in self.feature_table]
+        whole_n = [None if params[t].compressed else self.tables[t].num_embeddings for t in self.feature_table]
+        self.id_upper = whole_n if len(comp_ids) < len(params) else None  # whole tables index rows directly
         self.register_buffer("_j", torch.arange(self.k), persistent=False)
         # physical ids per logical id of each feature, when no table has hot rows
         self._parts = [self.k if self.mode == "concat" or params[t].compressed else 1 for t in self.feature_table]
@@ -316,8 +317,7 @@ class MultiHash(Method):
         return _Components(rows, keep, a, p)
 
     def _all_components(self, bags: Bags) -> list[_Components]:
-        if self._any_whole:  # whole tables index rows directly
-            check_ids_in_range(bags, self._whole_n, self, "multihash")
+        check_ids_in_range(bags, self.id_upper, self, "multihash")
         return [self._components(t, x) for t, x in zip(self.feature_table, bags.values.split(bags.ids_per_feature))]
 
     def remap(self, bags: Bags) -> Remapped:
@@ -337,11 +337,10 @@ class MultiHash(Method):
             lengths = bags.lengths().repeat_interleave(k, dim=0).reshape(-1)  # (F k B,)
             flat = None if weights is None else torch.cat([x.t().reshape(-1) for x in weights])
             offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
-            return Remapped(bags, Bags(values, offsets, flat, [n for n in bags.ids_per_feature for _ in range(k)], B),
-                            comps)
-        pick = lambda x, keep: x.reshape(-1) if keep is None else x[keep]  # noqa: E731  (each id's components in order)
-        values = torch.cat([pick(c.rows, c.keep) for c in comps])
-        flat = None if weights is None else torch.cat([pick(x, c.keep) for x, c in zip(weights, comps)])
+            sizes = [n for n in bags.ids_per_feature for _ in range(k)]
+            return Remapped(bags, Bags(values, offsets, flat, sizes, B), comps)
+        values = torch.cat([c.rows.reshape(-1) for c in comps])  # each id's components in order
+        flat = None if weights is None else torch.cat([x.reshape(-1) for x in weights])
         if all(c.keep is None for c in comps):
             lengths = (bags.lengths() * self._parts_t[:, None]).reshape(-1)  # (F B,)
             offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
@@ -351,7 +350,11 @@ class MultiHash(Method):
         per_id = torch.cat(reads)  # physical ids of each logical id
         cum = torch.cat([per_id.new_zeros(1), per_id.cumsum(0)])
         offsets = cum[bags.offsets]  # hot ids read one row, multi-hashed ones k
-        return Remapped(bags, Bags(values, offsets, flat, offsets[::B].diff().tolist(), B), comps)
+        sizes = offsets[::B].diff().tolist()  # the rows each feature reads: the one host read of hot rows
+        keep = torch.cat([(torch.ones_like(c.rows, dtype=torch.bool) if c.keep is None else c.keep).view(-1)
+                          for c in comps])
+        at = torch.nonzero_static(keep, size=sum(sizes)).squeeze(1)  # sized on the host: no second read
+        return Remapped(bags, Bags(values[at], offsets, None if flat is None else flat[at], sizes, B), comps)
 
     def _importances(self, comps: list[_Components]) -> list[Tensor]:
         """Per feature, its ids' importance vectors p(x) (N_f, k); zeros where its table has none."""
@@ -374,13 +377,15 @@ class MultiHash(Method):
         # unpooled: combine each id's physical rows with its weights a_j(x), feature by feature
         assert rows is not None
         out = []
-        sizes = [c.rows.numel() if c.keep is None else int(c.keep.sum()) for c in comps]
-        for t, c, x in zip(self.feature_table, comps, rows.split(sizes)):
+        # without concat each feature is one lookup, whose size the remap read on the host
+        sizes = [c.rows.numel() for c in comps] if self.mode == "concat" else batch.physical.ids_per_feature
+        for t, c, x, kept in zip(self.feature_table, comps, rows.split(sizes), sizes):
             n, parts = c.rows.shape
             if self.mode == "concat":  # (k N_f, D/k) lookup-major -> (N_f, k, D/k)
                 x = x.view(parts, n, x.shape[1]).transpose(0, 1)
             elif c.keep is not None:  # hot ids fill column 0 only
-                x = x.new_zeros(n, parts, x.shape[1]).index_put_((c.keep.nonzero(as_tuple=True)), x)
+                at = torch.nonzero_static(c.keep.reshape(-1), size=kept).squeeze(1)
+                x = x.new_zeros(n * parts, x.shape[1]).index_copy_(0, at, x).view(n, parts, x.shape[1])
             else:
                 x = x.view(n, parts, x.shape[1])
             x = x if c.weights is None else x * c.weights[:, :, None]

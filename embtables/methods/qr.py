@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 
 from embtables import kernels
-from embtables.bags import Bags, rows_by_slot
+from embtables.bags import Bags, rows_by_slot, upload
 from embtables.config import FP32_BYTES, Lookup, PhysicalTable, TableConfig
 from embtables.method import Method, Remapped, check_ids_in_range
 from embtables.methods._layout import append_blocks
@@ -233,6 +233,7 @@ class QR(Method):
         self._radices = [plan.params[t].radices for t in self.feature_table]
         self._dims = [self.tables[t].embedding_dim for t in self.feature_table]
         self._n = [self.tables[t].num_embeddings for t in self.feature_table]
+        self.id_upper = self._n
         # mult composed per id before pooling: w enters once, on partition 0, and bags longer than one id are
         # looked up as one bag per id
         self._per_id = self.pooled and self._op == "mult" and opts.pooling_order == "combine_first"
@@ -366,7 +367,7 @@ class QR(Method):
     def _compose_rows(self, rows: Tensor, bags: Bags) -> Tensor:
         """Per-id rows (P, g) of every lookup -> (N, D): slots regrouped per id, then composed."""
         N, D = bags.values.numel(), self.tables[0].embedding_dim
-        sizes = torch.tensor([bags.ids_per_feature[f] for f in self._src], device=rows.device)
+        sizes = upload([bags.ids_per_feature[f] for f in self._src], rows.device)
         slot = self._slot.repeat_interleave(sizes, output_size=rows.shape[0])
         fill = 1.0 if self._op == "mult" else 0.0  # the identity of the composition fills missing partitions
         x = rows_by_slot(rows, bags.positions(self._src), slot, N, self._slots, fill)  # (N, S, g)

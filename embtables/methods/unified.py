@@ -52,7 +52,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from embtables.bags import Bags, rows_by_slot
+from embtables.bags import Bags, rows_by_slot, upload
 from embtables.config import FP32_BYTES, KEY_BYTES, Lookup, TableConfig, uniform_table
 from embtables.hashing import derive_seed, hash_key, hash_to_range
 from embtables.method import Method, Remapped
@@ -266,7 +266,7 @@ class Unified(Method):
         # unpooled: every feature has the same chunk count c (checked by solve); rows are in store order
         assert rows is not None
         c = self.chunks[0]
-        sizes = torch.tensor([bags.ids_per_feature[f] for f in self._lookup_list], device=rows.device)
+        sizes = upload([bags.ids_per_feature[f] for f in self._lookup_list], rows.device)
         slot = self._chunk.repeat_interleave(sizes, output_size=rows.shape[0])
         out = rows_by_slot(rows, bags.positions(self._lookup_list), slot, bags.values.numel(), c, 0.0)  # (N, c, w)
         return out.reshape(-1, c * w)  # (N, c w)

@@ -3,7 +3,9 @@
     base.py          `Store`: the interface every backend implements (lookups, weights, optimizer state)
     torch_store.py   `torch`: one nn.Parameter per table, sparse gradients, PyTorch optimizers (the reference)
     fbgemm_store.py  `fbgemm`: FBGEMM's table-batched embedding, the optimizer applied inside backward
+    flat.py          `FlatStore`: every table in one flat buffer, updated inside backward (fused and triton)
     fused_store.py   `fused`: embtables' C++ CPU kernels: lookups, the method's column program and the optimizer
+    triton_store.py  `triton`: embtables' Triton GPU kernels: lookups and the optimizer, one launch per direction
 
 May import: the core library below it (config, bags, program, optim, kernels) and each other; never
 embtables.methods (a method's combine reaches a store as data, a `ColumnProgram`), nor embtables.app,
@@ -16,8 +18,11 @@ from embtables.stores.base import Store
 from embtables.stores.fbgemm_store import FbgemmStore
 from embtables.stores.fused_store import FusedStore
 from embtables.stores.torch_store import TorchStore
+from embtables.stores.triton_store import TritonStore
 
-BACKENDS: dict[str, type[Store]] = {"torch": TorchStore, "fbgemm": FbgemmStore, "fused": FusedStore}
+BACKENDS: dict[str, type[Store]] = {
+    "torch": TorchStore, "fbgemm": FbgemmStore, "fused": FusedStore, "triton": TritonStore,
+}
 
 
 def store_class(backend: str) -> type[Store]:
@@ -26,4 +31,4 @@ def store_class(backend: str) -> type[Store]:
     return BACKENDS[backend]
 
 
-__all__ = ["BACKENDS", "FbgemmStore", "FusedStore", "Store", "TorchStore", "store_class"]
+__all__ = ["BACKENDS", "FbgemmStore", "FusedStore", "Store", "TorchStore", "TritonStore", "store_class"]

@@ -8,6 +8,10 @@ processed by adagrad ... does not match") unless each table's lookups are contig
 the store feeds the TBE its lookups sorted by table and puts the outputs back in lookup order; and its CPU
 backward without pooling (PoolingMode.NONE) is ~30x slower than pooled, so per-id lookups go to a second,
 pooled TBE with every id in a bag of its own (`Bags.singletons`), and their rows are sliced out.
+
+Devices: CPU, and CUDA with FBGEMM's CUDA build (`fbgemm-gpu`). Its CPU build (`fbgemm-gpu-cpu`, what `make`
+installs) has no CUDA kernels, so on CUDA the store refuses to build, naming the device and what to use instead,
+before it allocates anything; so it does on any other device.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
     EmbeddingLocation,
     SplitTableBatchedEmbeddingBagsCodegen,
 )
+from importlib import metadata
+
 from torch import Tensor
 
 from embtables.bags import Bags
@@ -43,6 +49,7 @@ class FbgemmStore(Store):
         self, tables: Sequence[PhysicalTable], lookups: Sequence[Lookup], optimizer: SparseOptimizer, device: torch.device
     ) -> None:
         super().__init__(tables, lookups, optimizer, device)
+        _refuse(torch.device(device))
         # where each physical table lives: (group, index inside that group's TBE)
         self._where: list[tuple[str, int]] = [("", -1)] * len(tables)
         pooled = [lk for lk in lookups if lk.pooled]
@@ -118,6 +125,30 @@ class FbgemmStore(Store):
             "rows": self.rows_tbe.split_embedding_weights() if self.rows_tbe is not None else [],
         }
         return [split[g][i] for g, i in self._where]
+
+
+def _refuse(device: torch.device) -> None:
+    """Raise ValueError naming `device` and the way out when FBGEMM's kernels cannot run there."""
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"the fbgemm backend runs on cpu or cuda, not on {device}; use backend='torch' there")
+    # a CUDA build registers CUDA kernels for its operators: asking the dispatcher runs nothing and allocates nothing
+    if device.type == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key(
+        "fbgemm::asynchronous_complete_cumsum", "CUDA"
+    ):
+        raise ValueError(
+            f"the fbgemm backend cannot run on {device}: the installed FBGEMM ({_fbgemm_distribution()}) is its CPU "
+            "build, without CUDA kernels. Install FBGEMM's CUDA build (fbgemm-gpu, for torch's CUDA version), or "
+            f"use backend='torch' on {device}"
+        )
+
+
+def _fbgemm_distribution() -> str:
+    for name in ("fbgemm-gpu-cpu", "fbgemm-gpu", "fbgemm-gpu-nightly-cpu"):
+        try:
+            return f"{name} {metadata.version(name)}"
+        except metadata.PackageNotFoundError:
+            pass
+    return "fbgemm_gpu"
 
 
 def _table_order(lookups: list[Lookup]) -> list[int] | None:

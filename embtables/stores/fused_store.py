@@ -26,7 +26,6 @@ raise autograd's error instead of updating other rows (the kernel also checks ev
 from __future__ import annotations
 
 import bisect
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -38,9 +37,8 @@ from embtables import kernels
 from embtables.bags import Bags
 from embtables.config import Lookup, PhysicalTable, SparseOptimizer
 from embtables.program import ColumnProgram, Piece, Term  # noqa: F401 (Piece, Term: the docstring example)
-from embtables.stores.base import Store
+from embtables.stores.flat import OPTIMIZER_CODES, FlatStore
 
-_OPTIMIZERS = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2}
 _NO_PROGRAM = torch.zeros(0, dtype=torch.long)
 
 
@@ -137,7 +135,7 @@ def kernel_program(program: ColumnProgram, dims: Sequence[int]) -> KernelProgram
                          width_x)
 
 
-class FusedStore(Store):
+class FusedStore(FlatStore):
     name = "fused"
     dim_multiple = 1
     combines = True  # runs a method's column program itself (`pooled_program`)
@@ -145,46 +143,23 @@ class FusedStore(Store):
     def __init__(
         self, tables: Sequence[PhysicalTable], lookups: Sequence[Lookup], optimizer: SparseOptimizer, device: torch.device
     ) -> None:
-        super().__init__(tables, lookups, optimizer, device)
         if torch.device(device).type != "cpu":
-            raise ValueError("the fused backend runs on the CPU; on CUDA use backend='fbgemm'")
+            raise ValueError(f"the fused backend runs on the CPU, not on {torch.device(device)}; on CUDA use "
+                             "backend='triton' (or 'torch')")
         kernels.require("the fused backend")  # refuse now, not at the first forward
-        sizes = [t.num_embeddings * t.embedding_dim for t in tables]
-        rows = [t.num_embeddings for t in tables]
-        self.register_buffer("weight", torch.empty(sum(sizes)))
-        per_row = {"sgd": [0] * len(tables), "adagrad": sizes, "rowwise_adagrad": rows}[optimizer.name]
-        self.register_buffer("state", torch.zeros(max(sum(per_row), 1)))
-        self._state_offset = _starts(per_row)
-        self._offset = _starts(sizes)
-        self._dim = torch.tensor([t.embedding_dim for t in tables], dtype=torch.long)
-        self._rows = torch.tensor(rows, dtype=torch.long)
+        super().__init__(tables, lookups, optimizer, device)
         self._pooled = _Group(tables, [lk for lk in lookups if lk.pooled])
         self._per_id = _Group(tables, [lk for lk in lookups if not lk.pooled])
-        # an input that needs a gradient, so that autograd calls backward (where the update happens) even when
-        # nothing else does, as FBGEMM's TBE does
-        self._placeholder = torch.zeros(0, requires_grad=True)
         self._workspace = torch.empty(0)  # backward's dL/dx, reused from step to step (see the kernel)
         self.reset_parameters()
 
-    def pooled(self, bags: Bags) -> Tensor:
-        g = self._pooled
-        return self._run(bags, g, g.identity, None, g.width, True)  # (B, sum D)
+    def _pool(self, bags: Bags, per_id: bool) -> Tensor:
+        g = self._per_id if per_id else self._pooled
+        return self._run(bags, g, g.identity, None, g.width, True)
 
     def pooled_program(self, bags: Bags, program: ColumnProgram, matrices: Tensor | None) -> Tensor:
         g = self._pooled
         return self._run(bags, g, g.program(program), matrices, program.width_out, program.exact)
-
-    def rows(self, bags: Bags) -> Tensor:
-        L, n = bags.num_features, max(bags.ids_per_feature)
-        D = self.tables[self.lookups[self.num_pooled].table].embedding_dim
-        if n == 0:
-            return torch.zeros(0, D)
-        g = self._per_id
-        # rows unweighted, as every store returns them: a method that weighs per-id rows does so in its combine
-        single = dataclasses.replace(bags.singletons(n), per_sample_weights=None)
-        out = self._run(single, g, g.identity, None, g.width, True)  # (n, L*D)
-        out = out.view(n, L, D)
-        return torch.cat([out[:c, i] for i, c in enumerate(bags.ids_per_feature)])  # (N_rows, D) in lookup order
 
     def _run(self, bags: Bags, group: _Group, program: KernelProgram, matrices: Tensor | None, width_out: int,
              exact: bool) -> Tensor:
@@ -192,24 +167,6 @@ class FusedStore(Store):
         if psw is not None and psw.dtype != torch.float32:
             raise TypeError(f"the fused backend takes fp32 per-sample weights, got {psw.dtype}")
         return _FusedLookup.apply(self._placeholder, psw, matrices, self, group, bags, program, width_out, exact)
-
-    def optimizer_state(self) -> list[Tensor | None]:
-        name = self.optimizer.name
-        if name == "sgd":
-            return [None] * len(self.tables)
-        out: list[Tensor | None] = []
-        for o, t in zip(self._state_offset.tolist(), self.tables):
-            n, d = t.num_embeddings, t.embedding_dim
-            out.append(self.state[o : o + n] if name == "rowwise_adagrad" else self.state[o : o + n * d].view(n, d))
-        return out
-
-    def weights(self) -> list[Tensor]:
-        return [self.weight[o : o + t.num_embeddings * t.embedding_dim].view(t.num_embeddings, t.embedding_dim)
-                for o, t in zip(self._offset.tolist(), self.tables)]
-
-
-def _starts(sizes: Sequence[int]) -> Tensor:
-    return torch.tensor([0] + list(sizes[:-1]), dtype=torch.long).cumsum(0)
 
 
 class _FusedLookup(torch.autograd.Function):
@@ -238,7 +195,7 @@ class _FusedLookup(torch.autograd.Function):
         if store._workspace.numel() < batch_size * program.width_x:
             store._workspace = torch.empty(batch_size * program.width_x)
         gm, gpsw = ops.fused_backward(
-            grad, store.weight, store.state, store._state_offset, _OPTIMIZERS[o.name], o.lr, o.eps, store._offset,
+            grad, store.weight, store.state, store._state_offset, OPTIMIZER_CODES[o.name], o.lr, o.eps, store._offset,
             store._dim, store._rows, group.table, program.cols, group.table_lookups, group.table_lookup_start,
             values, offsets, psw, batch_size, program.width_x, program.spec, m, x, exact, need_m, need_psw,
             store._workspace)

@@ -1,5 +1,11 @@
 """The `torch` backend: one `nn.Parameter` per physical table, looked up with `embedding_bag`/`embedding`
-with sparse gradients. It is the reference path the other backends are tested against."""
+with sparse gradients. It is the reference path the other backends are tested against, and runs on any device.
+
+On CUDA a step reads nothing on the host: the lookups and their backward need no host value, and the optimizers
+(`embtables.optim`'s Adagrads, `torch.optim.SGD`, whose sparse update is an `index_add`) never coalesce a gradient.
+One exception is PyTorch's: when several lookups read one table, autograd adds their sparse gradients, and CUDA's
+sparse add coalesces (a synchronisation) once the sum holds more rows than the table has elements, i.e. only for
+tables much smaller than a batch."""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from torch import Tensor, nn
 
 from embtables.bags import Bags
 from embtables.config import Lookup, PhysicalTable, SparseOptimizer
-from embtables.optim import RowWiseAdagrad
+from embtables.optim import RowWiseAdagrad, SparseAdagrad
 from embtables.stores.base import Store
 
 
@@ -59,8 +65,8 @@ class TorchStore(Store):
             if o.name == "rowwise_adagrad":
                 self._sparse_optimizer = RowWiseAdagrad(params, lr=o.lr, eps=o.eps)
             elif o.name == "adagrad":
-                self._sparse_optimizer = torch.optim.Adagrad(params, lr=o.lr, eps=o.eps)
-            else:
+                self._sparse_optimizer = SparseAdagrad(params, lr=o.lr, eps=o.eps)
+            else:  # its sparse update is an index_add of the uncoalesced rows: no coalesce, no host read
                 self._sparse_optimizer = torch.optim.SGD(params, lr=o.lr)
         return self._sparse_optimizer
 
