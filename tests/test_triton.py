@@ -132,3 +132,32 @@ def test_the_cpu_without_the_interpreter_is_refused(monkeypatch):
         et.build_collection(POOLED, backend="triton")
     with pytest.raises(ValueError, match="not on meta"):
         et.build_collection(POOLED, backend="triton", device="meta")
+
+
+@pytest.mark.parametrize("model", ["dlrm", "din"])
+def test_the_trainer_trains_dlrm_and_din_on_the_triton_store(tmp_path, model):
+    """The application end to end on the triton store: a few steps, evaluation, a checkpoint the CPU stores load."""
+    from embtables.app.train import TrainConfig, Trainer
+    from embtables.checkpoint import load_collection_state
+
+    if model == "dlrm":
+        from embtables.datasets.synthetic import synth_criteo
+
+        synth_criteo(tmp_path / "data", rows=1200, seed=0, scale=1e-4, min_rows=20, part_rows=600)
+    else:
+        from embtables.datasets.synthetic_sequences import synth_sequences
+
+        synth_sequences(tmp_path / "data", users=40, items=60, clusters=6, clusters_per_category=2)
+    cfg = TrainConfig(model=model, data=str(tmp_path / "data"), method="hash", budget=0.5, backend="triton",
+                      device=DEVICE, batch_size=64, max_steps=3, embedding_dim=8,
+                      model_options=dict(bottom=(8, 8), top=(8,)) if model == "dlrm" else {})
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    metrics = trainer.fit()
+    assert metrics["steps"] == 3 and 0.0 <= metrics["val"]["last"]["auc"] <= 1.0
+    blob = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    cpu = Trainer(TrainConfig(**{**cfg.__dict__, "backend": "torch", "device": "cpu"}), None, progress=False)
+    for c, state in zip(cpu.collections, blob["collections"], strict=True):  # trained on triton, served on torch
+        load_collection_state(c, state, "run")
+    for a, b in zip(trainer.collections, cpu.collections):
+        for x, y in zip(a.store.weights(), b.store.weights()):
+            torch.testing.assert_close(y, x.cpu())
