@@ -63,6 +63,8 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "lookups": [dataclasses.asdict(lk) for lk in plan.lookups],
         "params": [dataclasses.asdict(p) for p in plan.params],
         "extra_bytes": plan.extra_bytes,
+        "raw_tables": list(plan.raw_tables),
+        "index_bytes": plan.index_bytes,
     }
 
 
@@ -78,6 +80,8 @@ def plan_from_dict(d: dict[str, Any]) -> Plan:
         lookups=tuple(Lookup(**lk) for lk in d["lookups"]),
         params=tuple(cls.Params(**_tuples(p)) for p in d["params"]),
         extra_bytes=d["extra_bytes"],
+        raw_tables=tuple(d.get("raw_tables", ())),
+        index_bytes=d.get("index_bytes", 0),
     )
 
 

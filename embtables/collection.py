@@ -14,6 +14,7 @@ from embtables.config import SparseOptimizer, TableConfig
 from embtables.inputs import bags_from_kjt
 from embtables.method import Method
 from embtables.plan import Plan, Target
+from embtables.raw_ids import RawIds, reserve, with_ids
 from embtables.registry import get_method
 from embtables.stores import Store, store_class
 
@@ -49,6 +50,9 @@ class Collection(nn.Module):
         self.feature_names: list[str] = method.feature_names
         self.pooled = method.pooled
         self._dims = method.output_dims()
+        # `raw_ids`: the tables the method reads by rank take raw ids, hashed into [0, N) before the remap
+        self.raw_ids = RawIds(self.plan, method.id_upper) if self.plan.raw_tables else None
+        self._id_upper = method.id_upper if self.raw_ids is None else self.raw_ids.upper
         mean = [self.tables[t].pooling == "mean" for t in method.feature_table]
         self._any_mean = any(mean)
         self.register_buffer("_mean", torch.tensor(mean, dtype=torch.bool), persistent=False)
@@ -60,15 +64,23 @@ class Collection(nn.Module):
         return dict(zip(self.feature_names, self._dims))
 
     def memory_bytes(self) -> int:
-        """Every byte needed to serve: physical table weights plus the method's state; optimizer state excluded."""
-        return self.store.weight_bytes() + self.method.state_bytes()
+        """Every byte the collection holds to serve: physical table weights, the method's state and the raw-id hash
+        keys; optimizer state excluded. A vocabulary mapping raw values to ranks, when the method needs one, is
+        `plan.index_bytes` on top."""
+        return self.store.weight_bytes() + self.method.state_bytes() + (self.raw_ids.bytes() if self.raw_ids else 0)
+
+    @property
+    def id_upper(self) -> list[int | None] | None:
+        """Per feature, the bound the batch's read checks its ids against (None: any id), as `Method.id_upper`
+        but for the features `raw_ids` hashes."""
+        return self._id_upper
 
     def sparse_optimizer(self) -> torch.optim.Optimizer | None:
         """The optimizer for the physical tables, or None when the backend fuses it into backward (fbgemm)."""
         return self.store.sparse_optimizer()
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor | dict[str, JaggedTensor]:
-        bags = bags_from_kjt(features, self.feature_names, type(self).__name__, self.method.id_upper)
+        bags = bags_from_kjt(features, self.feature_names, type(self).__name__, self._id_upper)
         out = self.lookup(bags)
         if self.pooled:
             return KeyedTensor(keys=self.feature_names, length_per_key=self._dims, values=out)
@@ -88,6 +100,8 @@ class Collection(nn.Module):
             if self._any_mean:
                 names = [f for f, m in zip(self.feature_names, self._mean.tolist()) if m]
                 raise ValueError(f"per-id weights need pooling='sum'; features {names} use 'mean'")
+        if self.raw_ids is not None:
+            bags = self.raw_ids(bags)
         batch = self.method.remap(bags)
         program = self.method.combine_program(batch) if self.store.combines else None
         if program is not None:  # lookups and combine in one pass (the fused store)
@@ -155,6 +169,7 @@ def plan(
     *,
     backend: str = "torch",
     counts: Mapping[str, Any] | None = None,
+    raw_ids: bool = False,
     **options: Any,
 ) -> Plan:
     """Solve a method's parameters for `tables` and `budget` without allocating anything.
@@ -166,6 +181,9 @@ def plan(
             explicit options (e.g. `buckets=` for `hash`).
         backend: `"torch"`, `"fbgemm"` or `"fused"`; constrains dims (multiples of 4 on fbgemm).
         counts: per-feature id counts, for frequency-based options.
+        raw_ids: take raw int64 ids in the tables the method reads by rank, by hashing them into [0, N) first
+            (one key per table; `embtables.raw_ids`); else those tables need ids that a vocabulary ranked, whose
+            bytes the plan reports as `index_bytes`.
         **options: the method's options; unknown names raise TypeError.
 
     Returns:
@@ -184,8 +202,16 @@ def plan(
     _check_budget(budget)
     cls = get_method(method)
     opts = cls.make_options(options)
+    if not isinstance(raw_ids, bool):
+        raise ValueError(f"raw_ids must be a bool, got {raw_ids!r}")
     target = Target(backend=backend, dim_multiple=store_class(backend).dim_multiple, counts=counts)
-    return cls.solve(tables, budget, opts, target)
+    p = cls.solve(tables, budget, opts, target)
+    ranked = cls.reads_by_rank(p)
+    if raw_ids and any(ranked) and budget is not None and cls.compresses:
+        # room for the keys: a smaller budget can only hash more tables, so this many keys is enough
+        p = cls.solve(tables, reserve(budget, tables, sum(ranked)), opts, target)
+        ranked = cls.reads_by_rank(p)
+    return with_ids(p, ranked, raw_ids, budget)
 
 
 def build_collection(
@@ -197,6 +223,7 @@ def build_collection(
     optimizer: SparseOptimizer | None = None,
     counts: Mapping[str, Any] | None = None,
     device: torch.device | str | None = None,
+    raw_ids: bool = False,
     **options: Any,
 ) -> Collection:
     """Build a compressed embedding collection: a drop-in for `torchrec.EmbeddingBagCollection`.
@@ -210,6 +237,7 @@ def build_collection(
         optimizer: embedding optimizer; default row-wise Adagrad with lr 0.01.
         counts: per-feature id counts, for frequency-based options.
         device: where to allocate; default CPU.
+        raw_ids: take raw int64 ids everywhere (see `plan`).
         **options: the method's options; unknown names raise TypeError.
 
     Example:
@@ -218,7 +246,7 @@ def build_collection(
         >>> ebc.memory_bytes() <= 0.1 * et.full_bytes(ebc.tables)
         True
     """
-    p = plan(tables, method, budget, backend=backend, counts=counts, **options)
+    p = plan(tables, method, budget, backend=backend, counts=counts, raw_ids=raw_ids, **options)
     return assemble(p, backend, optimizer or SparseOptimizer(), counts, device)
 
 

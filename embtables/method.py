@@ -82,6 +82,12 @@ class Method(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def reads_by_rank(cls, plan: Plan) -> list[bool]:
+        """Per logical table, whether the method indexes its rows by id, so that ids must be ranks in [0, N) (a
+        vocabulary's, `Plan.index_bytes`, or raw ids hashed there, `raw_ids=True`). Default: every table."""
+        return [True] * len(plan.tables)
+
+    @classmethod
     def relayout(cls, plan: Plan, target: Target) -> Plan:
         """The same plan (physical tables, parameters, bytes) laid out for another store: its lookups may differ
         where a store reads shared tables faster another way (unified). The default keeps the plan."""

@@ -55,6 +55,11 @@ class Plan:
         lookups: physical features, pooled ones first.
         params: one solved-parameter dataclass per logical table.
         extra_bytes: bytes of the remap/combine state (hash keys, maps, projections).
+        raw_tables: the tables whose ids are hashed into [0, N) before the remap (`raw_ids=True`), so that they take
+            raw ids although the method reads them by rank; their hash keys are in `extra_bytes`.
+        index_bytes: bytes of the vocabulary that maps raw values to ranks for the tables the method reads by rank
+            (and `raw_ids` does not hash): VOCAB_BYTES_PER_ID per logical row. Not part of `total_bytes`, which
+            counts what the collection holds; `total_bytes + index_bytes` is what serving raw ids costs.
     """
 
     method: str
@@ -65,6 +70,8 @@ class Plan:
     lookups: tuple[Lookup, ...]
     params: tuple[Any, ...]
     extra_bytes: int
+    raw_tables: tuple[int, ...] = ()
+    index_bytes: int = 0
 
     def __post_init__(self) -> None:
         seen_rows = False
@@ -109,7 +116,16 @@ class Plan:
             f"({self.weight_bytes:,} weights + {self.extra_bytes:,} other) of {self.full_bytes:,} full "
             f"= {self.ratio:.6g} of full, {len(self.physical_tables)} physical tables"
         )
+        lines.append(
+            f"vocabulary to serve raw ids: {self.index_bytes:,} bytes"
+            + (f" ({len(self.raw_tables)} tables take raw ids hashed into [0, N) instead)" if self.raw_tables else "")
+            + f"; tables + vocabulary = {(self.total_bytes + self.index_bytes) / self.full_bytes:.6g} of full"
+        )
         return "\n".join(lines)
+
+
+# a vocabulary maps a raw value to its rank with a sorted array of the values and the rank of each (int64 both)
+VOCAB_BYTES_PER_ID = 16
 
 
 def full_bytes(tables: Sequence[TableConfig]) -> int:

@@ -79,7 +79,7 @@ class EmbeddingBag(nn.Module):
         if per_sample_weights is not None and self.mode != "sum":
             raise ValueError(f"{where}: per_sample_weights is only supported for mode='sum' (as in torch)")
         bags = bags_from_tensors(input, offsets, per_sample_weights, self.include_last_offset, where,
-                                 self.collection.method.id_upper)
+                                 self.collection.id_upper)
         return self.collection.lookup(bags)  # (B, D_out)
 
     def memory_bytes(self) -> int:

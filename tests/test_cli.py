@@ -12,6 +12,10 @@ def test_plan_prints_the_solved_tables(capsys):
     out = capsys.readouterr().out
     assert "| C3 | 10131227 | 16 |" in out
     assert "21,607,872 bytes" in out and "0.00999992 of full" in out
+    assert "vocabulary to serve raw ids: 758,368 bytes" in out  # the 8 tables hash keeps whole
+    assert main(["plan", "--method", "qr", "--budget", "0.01", "--raw-ids"]) == 0
+    assert "vocabulary to serve raw ids: 0 bytes (26 tables take raw ids hashed into [0, N) instead)" in \
+        capsys.readouterr().out
 
 
 def test_plan_lists_methods_and_rejects_bad_options(capsys):

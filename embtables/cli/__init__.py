@@ -30,7 +30,8 @@ def _plan(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: unknown table set {args.tables!r}; choose one of {sorted(TABLE_SETS)}")
     tables = TABLE_SETS[args.tables](args.dim)
     try:
-        p = et.plan(tables, args.method, args.budget, backend=args.backend, **parse_options(args.option))
+        p = et.plan(tables, args.method, args.budget, backend=args.backend, raw_ids=args.raw_ids,
+                    **parse_options(args.option))
     except (ValueError, TypeError) as e:
         raise SystemExit(f"error: {e}") from None
     print(p.summary())
@@ -42,6 +43,8 @@ def _register_plan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tables", default="criteo-kaggle", help="built-in table set")
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--list", action="store_true", help="list the registered methods and exit")
+    p.add_argument("--raw-ids", action="store_true", help="hash raw ids into [0, N) for the tables the method reads "
+                   "by rank, instead of needing a vocabulary (the plan then counts their keys, not index bytes)")
     add_method_arguments(p)
     p.set_defaults(run=_plan)
 

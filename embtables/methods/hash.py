@@ -122,6 +122,10 @@ class Hash(Method):
         )
         return Plan("hash", options, budget, tuple(tables), physical, lookups, params, KEY_BYTES * sum(hashed))
 
+    @classmethod
+    def reads_by_rank(cls, plan: Plan) -> list[bool]:
+        return [not p.hashed for p in plan.params]  # whole tables are indexed directly
+
     def remap(self, bags: Bags) -> Remapped:
         check_ids_in_range(bags, self._whole_n, self, "hash")
         if self.keys.numel() == 0:

@@ -270,6 +270,10 @@ class MultiHash(Method):
         extra = sum(p.bytes - FP32_BYTES * ph.num_embeddings * ph.embedding_dim for p, ph in zip(params, physical))
         return Plan("multihash", o, budget, tuple(tables), tuple(physical), tuple(lookups), tuple(params), extra)
 
+    @classmethod
+    def reads_by_rank(cls, plan: Plan) -> list[bool]:
+        return [not p.compressed for p in plan.params]  # whole tables are indexed directly
+
     # ---- forward ----------------------------------------------------------------------------------------
     def output_dims(self) -> list[int]:
         return [

@@ -231,6 +231,10 @@ class Unified(Method):
         return Plan("unified", options, budget, tuple(tables), physical, tuple(lookups), tuple(params), key_bytes)
 
     @classmethod
+    def reads_by_rank(cls, plan: Plan) -> list[bool]:
+        return [False] * len(plan.tables)  # every feature is hashed: any int64 id
+
+    @classmethod
     def relayout(cls, plan: Plan, target: Target) -> Plan:
         features = [f for t in plan.tables for f in t.feature_names]
         chunks = [c for p in plan.params for c in p.chunks]
