@@ -69,7 +69,6 @@ from embtables.options import check_options, option
 from embtables.plan import InfeasibleBudget, Plan, Target, full_bytes, largest_within
 from embtables.registry import register_method
 
-COMBINES = ("sum", "mean", "concat")
 HOT_ROWS = "multihash option hot_rows"
 
 
@@ -135,14 +134,10 @@ class _Table:
 
 @dataclass(frozen=True)
 class _Components:
-    """The physical rows of a feature's ids N_f, from remap to combine.
-
-    Args:
-        rows: (N_f, c) physical rows; c = k, or 1 for a whole table's id under sum or mean.
-        keep: (N_f, c) which of them are read (a hot id reads only column 0 under sum or mean); None: all.
-        weights: (N_f, c) their weights a_j(x) (importance, 1/k of a mean); None: ones.
-        importance: (N_f, k) the ids' importance vectors p(x) = P[h_0(x)]; None when the table has none.
-    """
+    """The physical rows of a feature's N_f ids, from remap to combine: `rows` (N_f, c), c = k, or 1 for a whole
+    table's id under sum or mean; `keep` (N_f, c), which of them are read (None: all; a hot id reads column 0 only
+    under sum or mean); `weights` (N_f, c), a_j(x) (importance, 1/k of a mean; None: ones); `importance` (N_f, k),
+    p(x) = P[h_0(x)] (None when the table has none)."""
 
     rows: Tensor
     keep: Tensor | None
