@@ -6,6 +6,10 @@ reading them back as batches of dense features and KeyedJaggedTensors.
                               pool, resumable parts), criteo_parse.py (vectorised line parsing), lines.py
                               (streaming lines of plain or gzip files), parts.py (atomic Parquet part writer)
                               and frequency.py (exact streaming value counts)
+    tabular.py                a user's CSV or Parquet log -> the same layout (`preprocess csv`); with
+                              tabular_read.py (streaming records with line numbers), tabular_values.py (labels,
+                              numbers, hashed categories, column typing) and tabular_write.py (splits, parts,
+                              counts, bad rows)
     vocab.py                  raw ids -> frequency-ranked embedding indices, with an out-of-vocabulary index
     loader.py, shuffle.py     batches of a Criteo-kind folder; the seeded shuffle buffer they stream through
     sequences.py              behaviour sequences for DIN: the Amazon interactions file -> samples; with

@@ -19,7 +19,12 @@ Resume: chunk k is a fixed range of input lines (files are cut every `chunk_rows
 boundaries), written as `<split>/part-<k>.parquet` (one part per split it feeds), so its bytes depend on the
 settings alone. It is complete when its marker `DIR/_progress/chunk-<k>.json` exists (written after its parts
 are renamed into place); a re-run with the same settings keeps complete chunks, redoes the rest, and produces
-byte-identical files. A finished run (summary.json present) returns its summary at once.
+byte-identical files. A finished run (summary.json present) returns its summary at once, repeating on stderr the
+bad lines the first run reported.
+
+Bad lines: skipped, counted and reported (file, line, reason; the first MAX_REPORTED on stderr and in
+summary.json), but more than `max_bad_fraction` of the lines (default 1%) fails the run with `TooManyBadLines`:
+the real Criteo files have none, so that many means the wrong file, a damaged download or another format.
 
 Example:
     embtables preprocess criteo train.txt --out data/criteo --split kaggle-days
@@ -34,19 +39,27 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from embtables.datasets.criteo_chunks import (
-    PARSE_THREADS, PROGRESS_DIR, SCHEMA, CriteoFormatError, Run, kaggle_days, line_ranges, run_chunks,
+    MAX_REPORTED, PARSE_THREADS, PROGRESS_DIR, SCHEMA, CriteoFormatError, Run, bad_line_text, kaggle_days, line_ranges,
+    run_chunks,
 )
 from embtables.datasets.layout import (
     COUNTS_FILE, MISSING_CAT, MISSING_INT, SUMMARY_FILE, read_json, save_counts, write_json,
 )
 from embtables.datasets.lines import count_lines
 
-__all__ = ["SCHEMA", "CriteoFormatError", "kaggle_days", "preprocess_criteo"]
+__all__ = ["SCHEMA", "CriteoFormatError", "TooManyBadLines", "kaggle_days", "preprocess_criteo"]
 
 SPLIT_MODES = ("kaggle-days", "random", "ordered", "none")
 COUNTED = ("kaggle-days", "ordered")  # splits that need the line count first
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 DEFAULT_CHUNK_ROWS = 1 << 21
+# the Kaggle and 1TB files have no bad line at all: a few (a truncated last line of an interrupted download, a
+# header someone added) are worth skipping, but more than 1% means the wrong file or format, not noise
+DEFAULT_MAX_BAD_FRACTION = 0.01
+
+
+class TooManyBadLines(ValueError):
+    """More bad lines than `max_bad_fraction` allows: names the inputs, the counts and the option."""
 
 
 def _check_settings(split: str, seed: int | None, fractions: Sequence[float] | None, chunk_rows: int) -> None:
@@ -102,6 +115,7 @@ def preprocess_criteo(
     strict: bool = False,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     progress: bool = True,
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
 ) -> dict[str, Any]:
     """Convert Criteo TSV files to `out`'s Parquet layout; resumes an interrupted run with the same settings.
 
@@ -115,8 +129,12 @@ def preprocess_criteo(
             otherwise bad lines are skipped, counted, and the first 100 listed.
         chunk_rows: input lines per part file: the unit of resume (memory does not grow with it).
         progress: show a tqdm bar with rows/s on stderr.
+        max_bad_fraction: the share of bad lines (of the lines read) above which the run fails; it is not one of
+            the settings a resumed run must repeat, so a finished run re-run with a larger value is accepted.
 
-    Returns:
+    Raises:
+        TooManyBadLines: more than `max_bad_fraction` of the lines are bad (raised after summary.json is written,
+            and again by every re-run that does not raise the limit).
         the summary also written to `out/summary.json`: rows_read == rows_written + bad_rows, first_bad_lines
         (file, 1-based line, reason, content), per-split rows/clicks/parts, and the settings.
 
@@ -124,7 +142,8 @@ def preprocess_criteo(
         >>> import tempfile, os
         >>> d = tempfile.mkdtemp(); src = os.path.join(d, "day.tsv")
         >>> _ = open(src, "w").write("1\\t3" + "\\t" * 12 + "\\t68fd1e64" * 26 + "\\n" + "oops\\n")
-        >>> s = preprocess_criteo(src, os.path.join(d, "out"), split="none", progress=False)  # stderr: day.tsv:2: ...
+        >>> s = preprocess_criteo(src, os.path.join(d, "out"), split="none", progress=False,
+        ...                       max_bad_fraction=0.5)  # stderr: day.tsv:2: ...
         >>> s["rows_read"], s["rows_written"], s["bad_rows"], s["splits"]["all"]["clicks"]
         (2, 1, 1, 1)
     """
@@ -135,13 +154,21 @@ def preprocess_criteo(
         if not os.path.isfile(p):
             raise FileNotFoundError(f"{p}: no such input file")
     _check_settings(split, seed, fractions, chunk_rows)
+    if (isinstance(max_bad_fraction, bool) or not isinstance(max_bad_fraction, (int, float))
+            or not 0 <= max_bad_fraction <= 1):
+        raise ValueError(f"max_bad_fraction (--max-bad-fraction) must be a number in [0, 1], got {max_bad_fraction!r}")
     if split in ("random", "ordered"):
         seed = (0 if seed is None else seed) if split == "random" else None
         fractions = tuple(float(f) for f in (DEFAULT_FRACTIONS if fractions is None else fractions))
     out = Path(out)
     manifest = _manifest(out, _settings(paths, split, seed, fractions, chunk_rows))  # type: ignore[arg-type]
-    if (out / SUMMARY_FILE).exists():
-        return read_json(out / SUMMARY_FILE)  # this exact run already completed
+    if (out / SUMMARY_FILE).exists():  # this exact run already completed: say again what it said of bad lines
+        summary = read_json(out / SUMMARY_FILE)
+        listed = summary.get("first_bad_lines", [])[:MAX_REPORTED]
+        for bad in listed:
+            print(bad_line_text(bad), file=sys.stderr)
+        _print_total(summary["bad_rows"], len(listed), out)
+        return _check_bad_fraction(summary, out, max_bad_fraction)
 
     run = Run(paths, out, split, seed or 0, tuple(fractions or ()), strict, chunk_rows, progress)
     if split in COUNTED:
@@ -155,16 +182,34 @@ def preprocess_criteo(
             run_chunks(run)
     finally:
         run.bar.close()
-    return _finish(run)
+    return _check_bad_fraction(_finish(run), out, max_bad_fraction)
+
+
+def _print_total(bad_rows: int, printed: int, out: Path) -> None:
+    if bad_rows > printed:
+        print(f"{bad_rows} bad lines skipped in total; the first {min(bad_rows, MAX_REPORTED)} are listed in "
+              f"{out / SUMMARY_FILE}", file=sys.stderr)
+
+
+def _check_bad_fraction(summary: dict[str, Any], out: Path, max_bad_fraction: float) -> dict[str, Any]:
+    """`summary`, or TooManyBadLines when more than `max_bad_fraction` of its lines are bad."""
+    read, bad, good = summary["rows_read"], summary["bad_rows"], summary["rows_written"]
+    if bad <= max_bad_fraction * read:
+        return summary
+    keep = (f"To keep the {good:,} good rows anyway, run again with a larger --max-bad-fraction: the conversion is "
+            "kept, not redone." if good else "No line is good: there is nothing to keep.")
+    raise TooManyBadLines(
+        f"{', '.join(summary['inputs'])}: {bad:,} of {read:,} lines are bad ({bad / read:.1%}), more than "
+        f"--max-bad-fraction (max_bad_fraction) {max_bad_fraction:g} allows. Is it a Criteo TSV file (a 0/1 label, "
+        f"13 integer and 26 hexadecimal columns, tab-separated)? The first bad lines and their reasons are listed "
+        f"above and in {out / SUMMARY_FILE}. {keep}")
 
 
 def _finish(run: Run) -> dict[str, Any]:
     written = sum(t["rows"] for t in run.totals.values())
     if run.rows_read != written + run.bad_rows:
         raise RuntimeError(f"internal error: {run.rows_read} lines read != {written} written + {run.bad_rows} bad")
-    if run.bad_rows > run.printed:
-        print(f"{run.bad_rows} bad lines skipped in total; the first {len(run.bad_lines)} are listed in "
-              f"{run.out / SUMMARY_FILE}", file=sys.stderr)
+    _print_total(run.bad_rows, run.printed, run.out)
     save_counts(run.out / COUNTS_FILE, run.counter.result())
     summary: dict[str, Any] = {
         "kind": "criteo", "inputs": run.inputs, "split": run.split, "chunk_rows": run.chunk_rows,

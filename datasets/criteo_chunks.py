@@ -98,6 +98,11 @@ def _by_split(p: ParsedLines, which: np.ndarray | None, splits: list[str]) -> It
         yield s, (label[sl], dense[:, sl], sparse[:, sl])
 
 
+def bad_line_text(bad: dict[str, Any]) -> str:
+    """How a skipped line is reported on stderr: `file:line: bad line skipped: reason`."""
+    return f"{bad['file']}:{bad['line']}: bad line skipped: {bad['reason']}"
+
+
 def _snippet(line: bytes) -> str:
     text = line.rstrip(b"\r\n").decode("utf-8", errors="backslashreplace")
     return text if len(text) <= 400 else text[:400] + "..."
@@ -128,7 +133,7 @@ class Run:
 
     def print_bad(self, bad: dict[str, Any]) -> None:
         if self.printed < MAX_REPORTED:
-            tqdm.write(f"{bad['file']}:{bad['line']}: bad line skipped: {bad['reason']}", file=sys.stderr)
+            tqdm.write(bad_line_text(bad), file=sys.stderr)
             self.printed += 1
 
     def add(self, marker: dict[str, Any]) -> None:
@@ -273,6 +278,8 @@ def run_chunks(run: Run) -> None:
                         run.part_path(s, k).exists() for s in marker["splits"]):
                     reader.seek(marker["byte_end"])  # a completed part: keep it, count its training rows
                     run.bar.update(marker["lines"])
+                    for bad in marker["bad_lines"]:  # as the run that wrote it printed them
+                        run.print_bad(bad)
                     if run.count_split in marker["splits"]:
                         table = pq.read_table(run.part_path(run.count_split, k), columns=SPARSE)
                         run.count([table.column(c).to_numpy() for c in SPARSE])

@@ -13,7 +13,9 @@ A data folder DIR holds:
     DIR/truth.json                 synthetic data only: Bayes-optimal AUC and logloss per split
 
 Criteo-like columns: `label` int8, `I1`..`I13` int32 (missing = `MISSING_INT`), `C1`..`C26` int64 raw
-categorical ids (hex parsed as unsigned 32-bit; missing = `MISSING_CAT`).
+categorical ids (hex parsed as unsigned 32-bit; missing = `MISSING_CAT`). A folder of `embtables preprocess
+csv` (`tabular.py`) is of kind "criteo" with the user's columns instead, which its summary.json lists ("dense":
+float64, NaN when missing; "categorical": int64 hashed ids, `MISSING_CAT` when missing).
 
 Every file is written atomically: to a temporary name in the same folder, fsynced, then renamed, so a crash
 never leaves a half-written file under a final name.

@@ -12,6 +12,11 @@ is fixed by (seed, workers). With `workers > 0`, worker w reads every workers-th
 the batches of the workers are interleaved round-robin; the partial batches each worker ends with are
 merged, so every batch is full except possibly the last (dropped with `drop_last`), as with `workers=0`.
 
+Feature columns: summary.json's "dense" and "categorical" lists when present (a folder of `embtables preprocess
+csv`, with the user's column names), else Criteo's I1..I13 and C1..C26. Integer dense columns (Criteo's int32,
+`MISSING_INT` when missing) become log(1 + max(x, 0)); floating-point ones (float64, NaN when missing) become
+sign(x) log(1 + |x|), which equals the former on counts and keeps the sign of negative values; missing gives 0.
+
 Files from elsewhere are checked as they are read, with a ValueError naming the file: a part that is not
 readable Parquet or lacks a column (its footer, when batches are requested), and, with ids="index", an id of
 the split counts.npz counted (summary.json's "counts_split") that counts.npz does not list: such counts do not
@@ -38,9 +43,10 @@ from embtables.datasets.shuffle import DEFAULT_BUFFER_ROWS, Rows, ShuffleBuffer,
 from embtables.datasets.vocab import Vocabulary
 
 IdKind = Literal["index", "raw"]
-_COLUMNS = [LABEL, *DENSE, *SPARSE]
-_NEEDS = ("a Criteo data folder's parts hold label, I1..I13 and C1..C26, as written by `embtables preprocess "
-          "criteo` or `embtables synth criteo`")
+_WRITERS = "`embtables preprocess criteo` or `embtables synth criteo`"
+_NEEDS = f"a Criteo data folder's parts hold label, I1..I13 and C1..C26, as written by {_WRITERS}"
+_OWN_WRITER = "`embtables preprocess csv`"  # of folders that list their own columns
+_OWN_NEEDS = f"this folder's parts hold label and the columns its summary.json lists, as written by {_OWN_WRITER}"
 
 
 @dataclass
@@ -48,8 +54,10 @@ class Batch:
     """One batch of Criteo rows (sequence data sets use the same class, with dense (B, 0) and their own keys).
 
     Args:
-        dense: (B, 13) float32, log(1 + max(x, 0)) of I1..I13 (missing values give 0).
-        sparse: KeyedJaggedTensor keyed C1..C26, one int64 id per feature per row (feature-major values).
+        dense: (B, 13) float32, log(1 + max(x, 0)) of I1..I13 (missing values give 0); (B, len(dense)) for a
+            folder that lists its own columns.
+        sparse: KeyedJaggedTensor keyed C1..C26 (or the folder's categorical columns), one int64 id per feature
+            per row (feature-major values).
         labels: (B,) float32 clicks (0 or 1).
     """
 
@@ -67,15 +75,16 @@ class Batch:
                      self.labels.to(device, non_blocking=non_blocking))
 
 
-def make_batch(rows: Rows | tuple[torch.Tensor, ...]) -> Batch:
-    """A `Batch` from rows (labels (B,), dense (B, 13), ids (B, 26)) given as numpy arrays or tensors."""
+def make_batch(rows: Rows | tuple[torch.Tensor, ...], keys: list[str] = SPARSE) -> Batch:
+    """A `Batch` from rows (labels (B,), dense (B, 13), ids (B, 26)) given as numpy arrays or tensors; `keys`
+    names the id columns."""
     labels, dense, ids = (torch.as_tensor(a) for a in rows)
     B, F = ids.shape
     values = ids.t().contiguous().view(-1)  # (F * B,) feature-major, as KeyedJaggedTensor lays out ids
     # numpy builds these ~50x faster than torch.ones/arange when torch's intra-op threads are contended
     lengths = torch.from_numpy(np.ones(F * B, dtype=np.int32))
     offsets = torch.from_numpy(np.arange(F * B + 1, dtype=np.int32))
-    kjt = KeyedJaggedTensor(keys=SPARSE, values=values, lengths=lengths, offsets=offsets, stride=B)
+    kjt = KeyedJaggedTensor(keys=keys, values=values, lengths=lengths, offsets=offsets, stride=B)
     return Batch(dense, kjt, labels)
 
 
@@ -95,22 +104,29 @@ class _RowGroups(IterableDataset):
     """Streams transformed rows of a list of (file, row group) units as batches; runs in loader workers."""
 
     def __init__(self, units: list[tuple[str, int]], batch_size: int, shuffle: bool, seed: int, buffer_rows: int,
-                 vocabs: list[Vocabulary] | None, counted: tuple[str, str] | None = None) -> None:
+                 vocabs: list[Vocabulary] | None, counted: tuple[str, str] | None = None,
+                 features: tuple[list[str], list[str]] = (DENSE, SPARSE), writers: str = _WRITERS) -> None:
         self.units, self.batch_size, self.shuffle, self.seed = units, batch_size, shuffle, seed
+        self.dense, self.sparse, self.writers = *features, writers
         self.buffer_rows, self.vocabs = buffer_rows, vocabs
         self.counted = counted  # (counts file, split): the units are of the split it counted, so every id is in it
 
     def _read(self, path: str, group: int) -> Rows:
         try:
-            t = pq.ParquetFile(path).read_row_group(group, columns=_COLUMNS)
+            t = pq.ParquetFile(path).read_row_group(group, columns=[LABEL, *self.dense, *self.sparse])
         except (pa.ArrowException, OSError) as e:
             raise _FileError(f"{path}: row group {group} is not readable Parquet ({type(e).__name__}: {e})") from e
         labels = t.column(LABEL).to_numpy().astype(np.float32)
-        raw = np.stack([t.column(c).to_numpy() for c in DENSE], axis=1)  # (n, 13) int32
-        dense = np.log1p(np.maximum(raw, 0), dtype=np.float64).astype(np.float32)  # exact int -> float64
-        raw_ids = [t.column(c).to_numpy() for c in SPARSE]
+        dense = np.zeros((t.num_rows, len(self.dense)), dtype=np.float32)  # (n, 13) for Criteo
+        for j, c in enumerate(self.dense):
+            raw = t.column(c).to_numpy()
+            if raw.dtype.kind == "f":  # NaN (missing) -> 0; the sign of negative values is kept
+                dense[:, j] = np.nan_to_num(np.sign(raw) * np.log1p(np.abs(raw)), nan=0.0)
+            else:  # Criteo's int32: negative values and MISSING_INT -> 0; exact int -> float64
+                dense[:, j] = np.log1p(np.maximum(raw, 0), dtype=np.float64)
+        raw_ids = [t.column(c).to_numpy() for c in self.sparse]
         if self.vocabs is not None:
-            raw_ids = [self._lookup(v, col, f, path) for v, col, f in zip(self.vocabs, raw_ids, SPARSE)]
+            raw_ids = [self._lookup(v, col, f, path) for v, col, f in zip(self.vocabs, raw_ids, self.sparse)]
         return labels, dense, np.stack(raw_ids, axis=1)  # ids (n, 26) int64
 
     def _lookup(self, vocab: Vocabulary, col: np.ndarray, feature: str, path: str) -> np.ndarray:
@@ -123,7 +139,7 @@ class _RowGroups(IterableDataset):
                 raise _FileError(f"{path}: column {feature} holds id {int(ids[0])}, which {counts} never counted "
                                  f"({np.unique(ids).size} such id(s) in this row group), though it counts split "
                                  f"{split!r}, this part's: the counts do not belong to these Parquet files "
-                                 "(rewrite the folder with `embtables preprocess criteo` or `embtables synth criteo`)")
+                                 f"(rewrite the folder with {self.writers})")
         return idx
 
     def _rows(self, worker: int, workers: int) -> Iterator[Rows]:
@@ -181,7 +197,12 @@ class CriteoData:
         if not self.splits:
             raise ValueError(f"{self.path} is not a Criteo data folder: no <split>/part-*.parquet files")
         self.kind = "criteo"
-        self.dense_dim = len(DENSE)
+        # the folder's own feature columns (`preprocess csv`), else Criteo's
+        self.dense, self.sparse = (_names(self.path, self.summary, key, default)
+                                   for key, default in (("dense", DENSE), ("categorical", SPARSE)))
+        self.dense_dim = len(self.dense)
+        own = "categorical" in self.summary
+        self._writers, self._needs = (_OWN_WRITER, _OWN_NEEDS) if own else (_WRITERS, _NEEDS)
         self._counts: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
         self._vocabs: dict[tuple[str, int], Vocabulary] = {}
 
@@ -201,8 +222,10 @@ class CriteoData:
 
     def vocabulary(self, feature: str, min_count: int = 1) -> Vocabulary:
         """The frequency-ranked vocabulary of `feature` (from counts.npz), cached per (feature, min_count)."""
-        if feature not in SPARSE:
-            raise ValueError(f"unknown feature {feature!r}; Criteo features are {SPARSE[0]}..{SPARSE[-1]}")
+        if feature not in self.sparse:
+            known = f"the features of {self.path} are {', '.join(self.sparse)}" if self.sparse != SPARSE else \
+                f"Criteo features are {SPARSE[0]}..{SPARSE[-1]}"
+            raise ValueError(f"unknown feature {feature!r}; {known}")
         if self._counts is None:
             path = self.path / COUNTS_FILE
             if not path.exists():
@@ -217,12 +240,12 @@ class CriteoData:
         return self._vocabs[key]
 
     def tables(self, embedding_dim: int, min_count: int = 1) -> list[TableConfig]:
-        """One TableConfig per feature C1..C26 with num_embeddings = its vocabulary size (kept values + OOV)."""
-        return [TableConfig(f, self.vocabulary(f, min_count).num_embeddings, embedding_dim) for f in SPARSE]
+        """One TableConfig per feature (C1..C26) with num_embeddings = its vocabulary size (kept values + OOV)."""
+        return [TableConfig(f, self.vocabulary(f, min_count).num_embeddings, embedding_dim) for f in self.sparse]
 
     def counts(self, min_count: int = 1) -> dict[str, torch.Tensor]:
         """Per feature, (num_embeddings,) int64 training counts indexed by vocabulary index (the OOV slot last)."""
-        return {f: torch.from_numpy(self.vocabulary(f, min_count).index_counts()) for f in SPARSE}
+        return {f: torch.from_numpy(self.vocabulary(f, min_count).index_counts()) for f in self.sparse}
 
     def batches(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                 ids: IdKind = "index", min_count: int = 1, workers: int = 0,
@@ -250,16 +273,17 @@ class CriteoData:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         if ids not in ("index", "raw"):
             raise ValueError(f"ids must be 'index' or 'raw', got {ids!r}")
-        vocabs = [self.vocabulary(f, min_count) for f in SPARSE] if ids == "index" else None
-        units = [(str(p), g) for p in self.parts(split) for g in range(open_part(p, _COLUMNS, _NEEDS).num_row_groups)]
+        vocabs = [self.vocabulary(f, min_count) for f in self.sparse] if ids == "index" else None
+        columns = [LABEL, *self.dense, *self.sparse]
+        units = [(str(p), g) for p in self.parts(split) for g in range(open_part(p, columns, self._needs).num_row_groups)]
         counted = None  # the split counts.npz counted holds no id it lacks: check those ids as they are read
         if vocabs is not None and split == self.summary.get("counts_split"):
             counted = (str(self.path / COUNTS_FILE), split)
-        source = _RowGroups(units, batch_size, shuffle, seed, buffer_rows, vocabs, counted)
+        source = _RowGroups(units, batch_size, shuffle, seed, buffer_rows, vocabs, counted, (self.dense, self.sparse),
+                            self._writers)
         return self._iterate(source, workers, batch_size, drop_last)  # errors above raise at the call
 
-    @staticmethod
-    def _iterate(source: _RowGroups, workers: int, batch_size: int, drop_last: bool) -> Iterator[Batch]:
+    def _iterate(self, source: _RowGroups, workers: int, batch_size: int, drop_last: bool) -> Iterator[Batch]:
         stream = iter(source) if workers == 0 else iter(DataLoader(source, batch_size=None, num_workers=workers))
         tails: list[Rows] = []
         for item in stream:
@@ -269,11 +293,20 @@ class CriteoData:
             if tail:
                 tails.append(tuple(rows))  # a worker's last, partial batch: merged below
             else:
-                yield make_batch(tuple(rows))
+                yield make_batch(tuple(rows), self.sparse)
         merged = [concat([tuple(a.numpy() for a in t) for t in tails])] if tails else []
         for rows, full in batches_of(iter(merged), batch_size):
             if full or not drop_last:
-                yield make_batch(rows)
+                yield make_batch(rows, self.sparse)
+
+
+def _names(path: Path, summary: dict, key: str, default: list[str]) -> list[str]:
+    """summary.json's list of feature columns `key`, checked, or `default` (Criteo's) when it has none."""
+    names = summary.get(key, default)
+    if not isinstance(names, list) or not all(isinstance(n, str) and n and n != LABEL for n in names):
+        raise ValueError(f"{path / SUMMARY_FILE}: {key!r} must be a list of column names other than {LABEL!r}, "
+                         f"got {names!r}")
+    return names
 
 
 def open_data(path: str | Path) -> CriteoData:

@@ -1,5 +1,6 @@
 """Files written atomically: to a temporary name in the same folder, fsynced, then renamed, so a crash never leaves
-a half-written file under a final name. Every file the project writes goes through `atomic_write`."""
+a half-written file under a final name. Every file the project writes goes through `atomic_write`, and gets the
+mode `open()` would give it (0666 less the umask), not the 0600 of the temporary file."""
 
 from __future__ import annotations
 
@@ -7,18 +8,44 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc/self/status), else by setting
+    and restoring it under a lock (to 0o077 meanwhile, so a file another thread creates then is not more open)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        old = os.umask(0o077)
+        os.umask(old)
+    return old
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)` then rename tmp_path to `path` atomically (same folder, fsynced)."""
+    """Call `write(tmp_path)` then rename tmp_path to `path` atomically (same folder, fsynced), with the mode
+    `open()` would have given `path` (mkstemp creates the temporary file 0600: readable by its owner only).
+
+    Args:
+        path: the final name.
+        write: writes the content to the path it is given.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -12,7 +12,7 @@ import pytest
 import embtables.datasets.criteo_chunks as chunks
 import embtables.datasets.lines as lines_module
 from embtables.cli import build_parser
-from embtables.datasets.criteo import CriteoFormatError, kaggle_days, preprocess_criteo
+from embtables.datasets.criteo import CriteoFormatError, TooManyBadLines, kaggle_days, preprocess_criteo
 from embtables.datasets.criteo_parse import parse_line
 from embtables.datasets.layout import MISSING_CAT, MISSING_INT, SPARSE, load_counts, read_json
 from tests.criteo_lines import BAD, as_rows, expected_rows, files_of, inject, make_line, random_lines, read_rows, write
@@ -219,7 +219,7 @@ def test_bad_lines_are_skipped_reported_and_no_good_line_is_lost(tmp_path, capsy
     good = random_lines(600, seed=8)
     lines, where = inject(good, seed=8)
     src = write(tmp_path / "d.tsv", lines)
-    s = preprocess_criteo(src, tmp_path / "out", split=split, progress=False, chunk_rows=128)
+    s = preprocess_criteo(src, tmp_path / "out", split=split, progress=False, chunk_rows=128, max_bad_fraction=0.05)
     assert (s["rows_read"], s["rows_written"], s["bad_rows"]) == (len(lines), len(good), len(BAD))
     assert s["rows_read"] == s["rows_written"] + s["bad_rows"]
     assert [b["line"] for b in s["first_bad_lines"]] == sorted(where)
@@ -230,6 +230,68 @@ def test_bad_lines_are_skipped_reported_and_no_good_line_is_lost(tmp_path, capsy
     splits = ["all"] if split == "none" else ["train", "val", "test"]
     written = sorted(r for s_ in splits for r in as_rows(read_rows(tmp_path / "out", s_)))
     assert written == sorted(expected_rows(good))
+
+
+def test_more_bad_lines_than_max_bad_fraction_fail_naming_the_file_the_counts_and_the_option(tmp_path, capsys):
+    src = write(tmp_path / "notcriteo.tsv", [b"oops\n"] * 201)
+    args = build_parser().parse_args(_preprocess_args(src, tmp_path / "out"))
+    assert args.max_bad_fraction == 0.01
+    assert args.run(args) == 2
+    err = capsys.readouterr().err
+    assert f"{src}: 201 of 201 lines are bad (100.0%), more than --max-bad-fraction" in err and "0.01 allows" in err
+    assert f"{src}:1: bad line skipped" in err and "No line is good: there is nothing to keep." in err
+    again = build_parser().parse_args([*_preprocess_args(src, tmp_path / "out"), "--max-bad-fraction", "1"])
+    assert again.run(again) == 0  # the finished conversion is accepted under a larger limit, not redone
+    assert "0 rows written of 201 read, 201 bad" in capsys.readouterr().out
+
+
+def _preprocess_args(src, out):
+    return ["preprocess", "criteo", str(src), "--out", str(out), "--split", "none"]
+
+
+def test_max_bad_fraction_is_a_share_of_the_lines_read(tmp_path):
+    lines = random_lines(99, seed=13)
+    one_bad, two_bad = write(tmp_path / "a.tsv", lines + [b"x\n"]), write(tmp_path / "b.tsv", lines[:98] + [b"x\n"] * 2)
+    assert preprocess_criteo(one_bad, tmp_path / "a", split="none", progress=False)["bad_rows"] == 1  # 1% is allowed
+    with pytest.raises(TooManyBadLines, match=r"2 of 100 lines are bad \(2.0%\).* To keep the 98 good rows anyway"):
+        preprocess_criteo(two_bad, tmp_path / "b", split="none", progress=False)
+    for value in (-0.1, 1.5, True, "1%"):
+        with pytest.raises(ValueError, match="max_bad_fraction .--max-bad-fraction. must be a number in"):
+            preprocess_criteo(one_bad, tmp_path / "c", split="none", progress=False, max_bad_fraction=value)
+
+
+def test_a_finished_run_repeats_its_bad_line_report(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(chunks, "MAX_REPORTED", 3)  # more bad lines than are listed: the total line is printed too
+    monkeypatch.setattr("embtables.datasets.criteo.MAX_REPORTED", 3)
+    lines, _ = inject(random_lines(600, seed=14), seed=14)
+    kw = dict(split="none", progress=False, max_bad_fraction=0.05)
+    first = preprocess_criteo(write(tmp_path / "d.tsv", lines), tmp_path / "out", **kw)
+    said = capsys.readouterr().err
+    assert said.count("bad line skipped") == 3 and f"{len(BAD)} bad lines skipped in total; the first 3" in said
+    assert preprocess_criteo(tmp_path / "d.tsv", tmp_path / "out", **kw) == first
+    assert capsys.readouterr().err == said
+
+
+def test_a_resumed_run_reports_the_bad_lines_of_the_chunks_it_keeps(tmp_path, capsys, monkeypatch):
+    lines, _ = inject(random_lines(600, seed=15), seed=15)
+    src = write(tmp_path / "d.tsv", lines)
+    kw = dict(split="none", progress=False, chunk_rows=100, max_bad_fraction=0.05)
+    preprocess_criteo(src, tmp_path / "clean", **kw)
+    clean = capsys.readouterr().err
+    finish = chunks.finish_chunk
+
+    def crash_on_fourth(run, k, marker):
+        if k == 3:
+            raise KeyboardInterrupt
+        finish(run, k, marker)
+
+    monkeypatch.setattr(chunks, "finish_chunk", crash_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess_criteo(src, tmp_path / "out", **kw)
+    monkeypatch.setattr(chunks, "finish_chunk", finish)
+    capsys.readouterr()
+    preprocess_criteo(src, tmp_path / "out", **kw)
+    assert capsys.readouterr().err == clean  # the lines of the kept chunks 0-2 too, in order
 
 
 def test_strict_mode_stops_at_the_first_bad_line_naming_line_and_content(tmp_path):

@@ -143,3 +143,20 @@ def test_nothing_in_the_project_unpickles_or_evaluates_file_contents():
                 if banned.search(code) or (loads.search(code) and "weights_only=True" not in code):
                     found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_get_the_mode_open_would_give_them(tmp_path, umask, mode):
+    """Not mkstemp's 0600: results, reports and checkpoints are for the user's group (or team) to read too."""
+    from embtables.files import atomic_write, current_umask, write_json
+
+    old = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        write_json(tmp_path / "a.json", {"x": 1})
+        atomic_write(tmp_path / "b.bin", lambda tmp: Path(tmp).write_bytes(b"x"))
+        assert os.umask(umask) == umask  # reading it changed nothing
+    finally:
+        os.umask(old)
+    for name in ("a.json", "b.bin"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name

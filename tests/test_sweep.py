@@ -141,3 +141,89 @@ def test_recommendations_follow_the_numbers():
     assert lines[0].startswith("- budgets 0.1 to 0.01: use **qr**:")
     assert "at 0.1 -0.0100 AUC" in lines[0] and "at 0.01 -0.0500 AUC" in lines[0]
     assert lines[1].startswith("- budget 0.001: use **hash (tied within seed spread with qr)**: -0.1500 AUC")
+
+
+def test_each_row_records_the_conditions_its_speed_was_measured_under(data, tmp_path, in_process, monkeypatch):
+    cfg = config(data, methods=("full", "hash"), budgets=(0.3, 0.05))
+    real = sw._spawn
+
+    def dying(cell, folder):
+        if len(in_process) == 2:
+            raise KeyboardInterrupt
+        return real(cell, folder)
+
+    monkeypatch.setattr(sw, "_spawn", dying)
+    with pytest.raises(KeyboardInterrupt):
+        sw.sweep(cfg, tmp_path, progress=False)
+    monkeypatch.setattr(sw, "_spawn", real)
+    df = sw.sweep(cfg, tmp_path, progress=False)
+    for col in ("load_start", "load_end", "other_cores"):
+        assert (df[col] >= 0).all(), col  # Linux has both the load average and /proc/stat
+    assert (df["cores"] >= 1).all()
+    runs = list(df["sweep_run"])
+    assert runs[0] == runs[1] != runs[2]  # the resumed sweep measured its last cell in another run
+    text = write_report(tmp_path).read_text()
+    assert "x †" in text and f"- hash at budget 0.05, seed 0: measured in another run of the sweep ({runs[2]}; " \
+        f"full: {runs[0]}); " in text
+    assert "(not comparable: another sweep run" in text  # (and ", other load" if the machine got busier)
+
+
+def _conditions_table(**full):
+    """A full and a hash row measured in one run under the same load, the full row changed by `full`."""
+    base = dict(status="ok", budget=1.0, seed=0, sweep_run="r1", other_cores=0.1, cores=4, load_start=0.5,
+                load_end=0.6)
+    return pd.DataFrame([{**base, "method": "full", **full}, {**base, "method": "hash", "budget": 0.1}])
+
+
+def test_speeds_are_flagged_when_measured_in_another_run_or_under_other_load():
+    from embtables.app.conditions import conditions_section, speed_conditions
+
+    same = _conditions_table()
+    assert list(speed_conditions(same)) == ["", ""]
+    assert "Every speed here was measured in one run of the sweep (r1) under comparable load" in "\n".join(
+        conditions_section(same, speed_conditions(same)))
+    assert list(speed_conditions(_conditions_table(other_cores=1.1))) == ["", ""]  # within a quarter of 4 cores
+    assert list(speed_conditions(_conditions_table(other_cores=1.2))) == ["", "other load"]
+    both = _conditions_table(other_cores=2.0, sweep_run="r0")
+    assert list(speed_conditions(both)) == ["", "another sweep run, other load"]
+    text = "\n".join(conditions_section(both, speed_conditions(both)))
+    assert "as during the full table's run (2.00; a difference over 1.0, 25% of the machine's 4 cores, counts)" in text
+    assert ("- hash at budget 0.1, seed 0: measured in another run of the sweep (r1; full: r0); 0.10 cores busy "
+            "elsewhere (full: 2.00), load average 0.50 at its start and 0.60 at its end") in text
+    old = _conditions_table().drop(columns=["sweep_run", "other_cores", "cores"])  # written before they were kept
+    assert list(speed_conditions(old)) == ["", ""] and "do not record" in conditions_section(old, speed_conditions(old))[2]
+
+
+def _agg(full_auc, hash_auc, spread=0.0):
+    from embtables.app.report import aggregate
+
+    rows = [dict(method=m, options="{}", budget=b, status="ok", seed=s, memory_bytes=1e6 * b, full_bytes=1e6,
+                 test_auc_best=auc + (spread if s else -spread), test_logloss_best=0.5, train_samples_per_s=1e4)
+            for m, b, auc in (("full", 1.0, full_auc), ("hash", 0.1, hash_auc), ("qr", 0.1, full_auc - 0.01))
+            for s in (0, 1)]
+    return aggregate(pd.DataFrame(rows))
+
+
+def test_a_compressed_table_beating_full_is_explained_only_when_it_does(data):
+    from pathlib import Path
+
+    from embtables.app.report import beats_full
+
+    text = "\n".join(beats_full(_agg(0.75, 0.76), Path(data)))
+    assert "## Compressed tables beat the full table" in text and "- budget 0.1: hash (+0.0100 AUC)" in text
+    assert "qr" not in text  # below full
+    assert "The likely reason is the data's size" in text and "overfits them" in text and "regularises" in text
+    assert "the training split has 3,200 rows and 29% of its distinct ids occur once" in text
+    assert beats_full(_agg(0.75, 0.74)) == []
+    assert beats_full(_agg(0.75, 0.752, spread=0.005)) == []  # within the seed spread: not a win
+    assert "data's size" in "\n".join(beats_full(_agg(0.75, 0.76), None))  # the data folder gone: still said
+
+
+def test_report_command_says_where_the_report_and_figures_went(data, tmp_path, in_process, capsys):
+    from embtables.cli import main
+
+    sw.sweep(config(data, methods=("full", "hash"), budgets=(0.3,)), tmp_path, progress=False)
+    capsys.readouterr()  # the sweep's own lines
+    assert main(["report", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == (f"report: {tmp_path / 'report.md'}\nfigures: {tmp_path / 'auc_vs_bytes.png'}, "
+                                       f"{tmp_path / 'throughput_vs_bytes.png'}\n")

@@ -93,6 +93,26 @@ def test_resume_refuses_a_different_configuration(tiny_criteo, tmp_path):
         Trainer(config(tiny_criteo, max_steps=3, seed=1), tmp_path, progress=False).fit(resume=True)
 
 
+def test_an_earlier_run_is_replaced_only_with_force(tiny_criteo, tmp_path):
+    from embtables.app.train import train
+
+    first = Trainer(config(tiny_criteo, max_steps=3), tmp_path, progress=False).fit()
+    other = config(tiny_criteo, max_steps=2, seed=1)
+    with pytest.raises(ValueError, match=rf"{tmp_path} already holds a training run \(config.json, checkpoint.pt\): "
+                       "continue it with --resume"):
+        Trainer(other, tmp_path, progress=False).fit()
+    with pytest.raises(ValueError, match="already holds a training run"):
+        train(other, tmp_path, progress=False)
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == first["steps"] == 3  # untouched
+    with pytest.raises(ValueError, match="give one"):
+        train(other, tmp_path, resume=True, force=True, progress=False)
+    assert train(other, tmp_path, force=True, progress=False)["steps"] == 2
+    assert json.loads((tmp_path / "config.json").read_text())["seed"] == 1
+    (tmp_path / "config.json").unlink()  # a checkpoint alone is a run too
+    with pytest.raises(ValueError, match=r"already holds a training run \(checkpoint.pt\)"):
+        train(other, tmp_path, progress=False)
+
+
 def test_errors_for_wrong_data_and_arguments(tiny_criteo, tmp_path):
     with pytest.raises(ValueError, match="not a Criteo data folder"):
         open_data(tmp_path)

@@ -1,34 +1,41 @@
 """`embtables report DIR`: report.md and PNG figures from a sweep's results.parquet alone.
 
 AUC is the test AUC at the best validation step of each run (selection never looks at test), averaged over
-seeds with the min-max spread shown; bytes are `memory_bytes()` of the compressed collection.
+seeds with the min-max spread shown; bytes are `memory_bytes()` of the compressed collection. Speeds measured
+under other conditions than the full table's are marked (see `conditions.py`), and a compressed table that beats
+the full one is explained rather than left to puzzle the reader.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from embtables.app.conditions import MARK, conditions_section, speed_conditions
 from embtables.app.results import RESULTS, load_results
-from embtables.datasets.layout import SUMMARY_FILE, TRUTH_FILE
+from embtables.datasets.layout import COUNTS_FILE, SUMMARY_FILE, TRUTH_FILE, load_counts
 from embtables.files import atomic_write, read_json
 
 AUC = "test_auc_best"
 
 
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (method, options, budget): means and min/max over seeds of the finished runs."""
-    ok = df[df["status"] == "ok"]
+    """One row per (method, options, budget): means and min/max over seeds of the finished runs; `conditions` says
+    why its speed does not compare with the full table's ("" when it does)."""
+    ok = df[df["status"] == "ok"].assign(conditions=speed_conditions(df))
     g = ok.groupby(["method", "options", "budget"], dropna=False)
     out = g.agg(
         seeds=("seed", "nunique"), bytes=("memory_bytes", "mean"), full_bytes=("full_bytes", "mean"),
         auc=(AUC, "mean"), auc_min=(AUC, "min"), auc_max=(AUC, "max"), auc_sd=(AUC, "std"),
         logloss=("test_logloss_best", "mean"), speed=("train_samples_per_s", "mean"),
+        conditions=("conditions", lambda why: ", ".join(sorted({w for w in why if w}))),
     ).reset_index()
     full = out[out["method"] == "full"]
     out["gap_to_full"] = out["auc"] - (full["auc"].mean() if len(full) else math.nan)
@@ -112,6 +119,8 @@ def recommendations(agg: pd.DataFrame) -> list[str]:
         who = label(top["method"], top["options"]) + (f" (tied within seed spread with {', '.join(tied)})" if tied else "")
         numbers = (f"{top['gap_to_full']:+.4f} AUC vs full at {top['bytes'] / 1e6:,.3g} MB, "
                    f"{top['speed_vs_full']:.2f}x full's training speed")
+        if top.get("conditions"):
+            numbers += f" (not comparable: {top['conditions']})"
         if groups and groups[-1][0] == who:
             groups[-1][1].append((budget, numbers))
         else:
@@ -130,8 +139,70 @@ def _spread(r: Any) -> float:
     return 0.0 if r["seeds"] < 2 else float(r["auc_max"] - r["auc_min"]) / 2
 
 
+def beats_full(agg: pd.DataFrame, data: Path | None = None) -> list[str]:
+    """A section naming the compressed tables whose AUC beats the full table's by more than the seed spread (of
+    either), at each budget, and the likely reason; no lines when none does.
+
+    Args:
+        agg: `aggregate` of a results table.
+        data: the data folder, for its training rows and how many ids occur once (when it is still there).
+    """
+    full = agg[agg["method"] == "full"]
+    if not len(full):
+        return []
+    ref = full.iloc[0]
+    lines = []
+    for budget, g in agg[agg["method"] != "full"].groupby("budget", sort=False):
+        won = [f"{label(r['method'], r['options'])} ({r['gap_to_full']:+.4f} AUC)"
+               for _, r in g.sort_values("auc", ascending=False).iterrows()
+               if r["gap_to_full"] > max(_spread(r), _spread(ref))]
+        if won:
+            lines.append(f"- budget {budget:g}: {', '.join(won)}")
+    if not lines:
+        return []
+    return ["## Compressed tables beat the full table", "",
+            "At these budgets a compressed table reached a higher test AUC than the full table:", "", *lines, "",
+            "The likely reason is the data's size, not something compression adds: " + _ids_seen_once(data)
+            + "the full table gives every id a row of its own, and an id seen once or twice in training gets a row "
+            "fitted to those few examples (it overfits them), while a compressed table shares each row among many "
+            "ids, which regularises. On data where most ids are seen many times, such as the full Criteo sets, "
+            "expect the full table to lead.", ""]
+
+
+def _ids_seen_once(data: Path | None) -> str:
+    """"the training split has N rows and P% of its distinct ids occur once; " from the data folder, or ""."""
+    try:
+        counts = load_counts(data / COUNTS_FILE)  # type: ignore[operator]
+        rows = read_json(data / SUMMARY_FILE)["splits"]["train"]["rows"]  # type: ignore[operator]
+    except (TypeError, OSError, ValueError, KeyError):
+        return ""  # the report is made from results alone: the data may be elsewhere, or gone
+    distinct = sum(len(c) for _, c in counts.values())
+    once = sum(int(np.count_nonzero(c == 1)) for _, c in counts.values())
+    return f"the training split has {rows:,} rows and {once / max(distinct, 1):.0%} of its distinct ids occur once; "
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """What `build_report` wrote: report.md and its figures (PNG), in the sweep folder."""
+
+    report: Path
+    figures: list[Path]
+
+
 def write_report(folder: str | Path) -> Path:
-    """Regenerate `folder/report.md` and its figures from `folder/results.parquet`."""
+    """Regenerate `folder/report.md` and its figures from `folder/results.parquet`; returns report.md's path."""
+    return build_report(folder).report
+
+
+def build_report(folder: str | Path) -> ReportFiles:
+    """Regenerate `folder/report.md` and its figures from `folder/results.parquet`.
+
+    Args:
+        folder: a sweep folder.
+
+    Raises:
+        ValueError: the folder has no results (or unreadable ones), naming the file.
+    """
     folder = Path(folder)
     df = load_results(folder)
     if not len(df):
@@ -149,6 +220,7 @@ def write_report(folder: str | Path) -> Path:
               "against the full table's mean; bytes are `memory_bytes()` of the embeddings.", ""]
     lines += [f"![AUC against bytes]({n})" for n in names[:1]] + [""]
     lines += ["## Recommendation per budget", ""] + recommendations(agg) + [""]
+    lines += beats_full(agg, Path(df["data"].iloc[0]))
     bayes_col = bayes is not None  # data without a planted truth has no Bayes column
     for budget, g in agg[agg["method"] != "full"].groupby("budget", sort=False):
         lines += [f"## Budget {budget:g}", "", "| rank | method | bytes | of full | test AUC | gap to full | "
@@ -159,7 +231,7 @@ def write_report(folder: str | Path) -> Path:
                 f"| {rank} | {label(r['method'], r['options'])} | {r['bytes']:,.0f} | {r['bytes'] / r['full_bytes']:.4g} | "
                 f"{r['auc']:.4f} ({r['auc_min']:.4f}..{r['auc_max']:.4f}) | {r['gap_to_full']:+.4f} | "
                 + (f"{r.get('gap_to_bayes', math.nan):+.4f} | " if bayes_col else "")
-                + f"{r['speed']:,.0f} | {r['speed_vs_full']:.2f}x |"
+                + f"{r['speed']:,.0f} | {r['speed_vs_full']:.2f}x{' ' + MARK if r['conditions'] else ''} |"
             )
         lines.append("")
     full = agg[agg["method"] == "full"]
@@ -167,11 +239,12 @@ def write_report(folder: str | Path) -> Path:
         r = full.iloc[0]
         lines += [f"Full table: test AUC {r['auc']:.4f} ({r['auc_min']:.4f}..{r['auc_max']:.4f}) over {r['seeds']} "
                   f"seed(s), {r['bytes']:,.0f} bytes, {r['speed']:,.0f} samples/s.", ""]
+    lines += conditions_section(df, speed_conditions(df))
     lines += _other_cells(df)
     lines += [f"![training throughput against bytes]({n})" for n in names[1:]]
     report = folder / "report.md"
     atomic_write(report, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
-    return report
+    return ReportFiles(report, [folder / n for n in names])
 
 
 def _versions(df: pd.DataFrame) -> str:

@@ -6,17 +6,24 @@ and a crash cannot take the sweep down), in `DIR/runs/<cell>/` with its checkpoi
 cell in progress, and that cell itself resumes from its last checkpoint. A re-run with the same arguments
 skips finished cells. A budget a method cannot reach is recorded as `infeasible` with its smallest feasible
 budget; a cell that fails is recorded as `failed` with the error (and retried by the next run).
+
+Each row also records the conditions its speed was measured under: the run of the sweep that measured it
+(`sweep_run`, its start time and process id: a resumed sweep measures its cells in another run than the first),
+the 1-minute load average at the cell's start and end, and `other_cores`, the cores other processes kept busy
+during the cell; the report flags speeds measured under other conditions than the full table's.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
+import os
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +31,7 @@ import pandas as pd
 
 import embtables as et
 from embtables.app.results import append_row, load_results
-from embtables.app.runinfo import check_device, machine, versions
+from embtables.app.runinfo import check_device, cpu_clock, load_average, machine, other_cores, versions
 from embtables.app.train import TrainConfig, what_runs
 from embtables.files import read_json, write_json
 
@@ -116,14 +123,24 @@ def _spawn(config: TrainConfig, folder: Path) -> dict[str, Any]:
     return read_json(folder / "outcome.json")
 
 
-def row(config: TrainConfig, outcome: dict[str, Any], wall: float, reference: dict[str, Any] | None) -> dict[str, Any]:
-    """One results row (flat columns) from a cell's outcome."""
+def row(config: TrainConfig, outcome: dict[str, Any], wall: float, reference: dict[str, Any] | None,
+        conditions: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One results row (flat columns) from a cell's outcome.
+
+    Args:
+        config: the cell.
+        outcome: what `run_cell` returned (metrics, or the infeasibility or failure).
+        wall: the cell's wall seconds.
+        reference: the results row of the full table of the same seed (for `gap_to_full`), if any.
+        conditions: what the cell was measured under (`sweep_run`, `load_start`, `load_end`, `other_cores`).
+    """
     r: dict[str, Any] = {
         "cell": cell_id(config), "status": outcome["status"], "model": config.model, "data": config.data,
         "method": config.method, "options": json.dumps(config.options, sort_keys=True),
         "budget": config.budget if config.budget is not None else 1.0, "seed": config.seed, "epochs": config.epochs,
         "wall_seconds": wall, "smallest_budget": outcome.get("smallest_budget", math.nan), "error": outcome.get("error", ""),
-        "machine": machine(), "versions": json.dumps(versions(), sort_keys=True),
+        "machine": machine(), "cores": os.cpu_count() or 1, "versions": json.dumps(versions(), sort_keys=True),
+        **(conditions or {}),
     }
     if outcome["status"] == "ok":
         r.update(memory_bytes=outcome["memory_bytes"], full_bytes=outcome["full_bytes"],
@@ -161,6 +178,7 @@ def sweep(config: SweepConfig, out: str | Path, command: str = "", progress: boo
     from tqdm import tqdm
 
     cells = config.cells()
+    run = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S.%f} UTC, pid {os.getpid()}"  # this run of the sweep
     results = load_results(out)
     finished = set(results[results["status"].isin(["ok", "infeasible"])]["cell"]) if len(results) else set()
     bar = tqdm(cells, disable=not progress, unit="cell", dynamic_ncols=True)
@@ -169,13 +187,15 @@ def sweep(config: SweepConfig, out: str | Path, command: str = "", progress: boo
         bar.set_description(name)
         if name in finished:
             continue
-        t0 = time.perf_counter()
+        t0, clock, load = time.perf_counter(), cpu_clock(), load_average()
         outcome = _spawn(cell, out / "runs" / name)
+        conditions = dict(sweep_run=run, load_start=load, load_end=load_average(),
+                          other_cores=other_cores(clock, cpu_clock()))
         reference = None
         if cell.method != "full" and len(results):
             ref = results[(results["method"] == "full") & (results["seed"] == cell.seed) & (results["status"] == "ok")]
             reference = ref.iloc[-1].to_dict() if len(ref) else None
-        r = row(cell, outcome, time.perf_counter() - t0, reference)
+        r = row(cell, outcome, time.perf_counter() - t0, reference, conditions)
         results = append_row(out, r)
         bar.write(_describe(r))
     return results

@@ -6,15 +6,14 @@ backward on fbgemm and fused (row-wise Adagrad by default), a sparse optimizer o
 `eval_every` steps and at the end; the test split is evaluated at the same points so that the test metric
 *at the best validation point* is reported (selection never looks at test). Checkpoints are atomic, hold each
 collection in the portable format of `et.save_collection`, load without running code from the file, and a
-resumed run reproduces the uninterrupted one exactly (same seed, same data order, RNG state restored).
+resumed run reproduces the uninterrupted one exactly (same seed, same data order, RNG state restored); see
+`checkpoints.py`, which also keeps a new run from replacing an earlier one in the same folder without `force`.
 `device` places the model, the collections and each batch (e.g. "cuda"); it says where a run trains, not what it
 trains, so a run resumes on another device and a sweep finds its cells whatever the device.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,13 +24,13 @@ import torch
 from torch import nn
 
 import embtables as et
-from embtables.checkpoint import collection_state, load_collection_state, load_tensor_file
+from embtables.app.checkpoints import CHECKPOINT, Checkpoints, claim_run_folder, what_runs
 from embtables.app.runinfo import check_device, machine, peak_rss_bytes, versions
 from embtables.datasets.layout import COUNTS_FILE, TRUTH_FILE
-from embtables.files import atomic_write, read_json, sha256_file, write_json
+from embtables.files import read_json, sha256_file, write_json
 from embtables.metrics import auc, logloss
 
-CHECKPOINT = "checkpoint.pt"
+__all__ = ["CHECKPOINT", "TrainConfig", "Trainer", "build_model", "open_data", "train", "what_runs"]
 
 
 @dataclass(frozen=True)
@@ -93,12 +92,6 @@ class TrainConfig:
         check_device(self.device, here=False)
 
 
-def what_runs(config: dict[str, Any]) -> dict[str, Any]:
-    """A configuration (`asdict(TrainConfig)`) without `device`, which says where a run trains, not what:
-    checkpoints and sweep cells are matched by this."""
-    return {k: v for k, v in config.items() if k != "device"}
-
-
 def open_data(path: str | Path) -> Any:
     """Open a data folder of either kind, as its summary.json says (`criteo` or `sequences`)."""
     from embtables.datasets.layout import SUMMARY_FILE
@@ -146,7 +139,7 @@ def build_model(config: TrainConfig, data: Any) -> nn.Module:
                dense_in=data.dense_dim, item_counts=counts.get(history[0]), **config.model_options).to(config.device)
 
 
-class Trainer:
+class Trainer(Checkpoints):
     """Trains `config.model` on `config.data` with `config.method`; usable from your own code.
 
     Args:
@@ -201,14 +194,19 @@ class Trainer:
             o.step()
         return loss.detach()
 
-    def fit(self, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
+    def fit(self, resume: bool = False, stop_after: int | None = None, force: bool = False) -> dict[str, Any]:
         """Train to the end of the schedule (or `stop_after` steps, to simulate an interruption).
 
         Args:
             resume: continue from `out/checkpoint.pt` when it exists.
             stop_after: return after this many steps in total, leaving the checkpoint of that step behind.
+            force: replace an earlier run in `out`; without it (or `resume`) a folder holding a run is refused.
+
+        Raises:
+            ValueError: `out` holds an earlier run and neither `resume` nor `force` is set (naming the folder).
         """
         cfg = self.config
+        claim_run_folder(self.out, resume, force)
         if resume:
             self.load_checkpoint()
         if self.out is not None:
@@ -308,7 +306,8 @@ class Trainer:
             "memory_bytes": memory, "full_bytes": full, "compression": memory / full,
             "params_embedding": sum(w.numel() for c in self.collections for w in c.store.weights()),
             "params_dense": sum(p.numel() for p in self.model.parameters() if id(p) not in in_store),
-            "steps": s["step"], "best_step": best["step"],
+            "steps": s["step"], "best_step": best["step"], "train_rows": self.data.rows("train"),
+            "steps_per_epoch": self.data.num_batches("train", cfg.batch_size, drop_last=True),
             "train_samples_per_s": s["train_samples"] / max(s["train_seconds"], 1e-9),
             "eval_samples_per_s": evals[-1]["val"]["samples_per_s"],
             "peak_rss_bytes": peak_rss_bytes(), "machine": machine(), "versions": versions(), "evals": evals,
@@ -323,66 +322,6 @@ class Trainer:
             out["bayes"] = {k: {"auc": v["bayes_auc"], "logloss": v["bayes_logloss"]} for k, v in splits.items()}
         return out
 
-    # ---- checkpoints --------------------------------------------------------------------------------
-    def _collection_prefixes(self) -> tuple[str, ...]:
-        return tuple(f"{name}." for name, m in self.model.named_modules() if isinstance(m, et.Collection))
-
-    def save_checkpoint(self) -> None:
-        """`out/checkpoint.pt`: the dense model and its optimizer, each collection in the portable format of
-        `et.save_collection` (with its tables' optimizer state), the data position and the RNG state."""
-        if self.out is None:
-            return
-        skip = self._collection_prefixes()
-        blob = {
-            "dense": {k: v for k, v in self.model.state_dict().items() if not k.startswith(skip)},
-            "collections": [collection_state(c) for c in self.collections],
-            "dense_optimizer": self.dense_optimizer.state_dict(),
-            "rng": torch.get_rng_state(),
-            "state": self.state,
-            "config": asdict(self.config),
-            "vocabulary": self.vocabulary,
-        }
-        buffer = io.BytesIO()
-        torch.save(blob, buffer)
-        atomic_write(self.out / CHECKPOINT, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
-
-    def load_checkpoint(self) -> bool:
-        """Restore the run from `out/checkpoint.pt`; False when there is none."""
-        path = None if self.out is None else self.out / CHECKPOINT
-        if path is None or not path.exists():
-            return False
-        blob = load_tensor_file(path, "training checkpoint")  # tensors and plain values only: runs no code
-        if not isinstance(blob, dict) or not {"config", "dense", "collections", "state"} <= set(blob):
-            raise ValueError(f"{path}: not a training checkpoint of embtables (missing its config, model or state)")
-        # tuples as lists; a run may resume on another device
-        mine, theirs = (json.loads(json.dumps(what_runs(c))) for c in (asdict(self.config), blob["config"]))
-        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-        if differ:
-            was = ", ".join(f"{k}={theirs.get(k)!r} (now {mine.get(k)!r})" for k in differ)
-            raise ValueError(f"{path} was written by a different configuration: {was}; use a new --out or the same "
-                             "arguments")
-        recorded = blob.get("vocabulary")
-        if recorded != self.vocabulary:
-            raise ValueError(
-                f"{path}: the run recorded vocabulary {_vocab_text(recorded)}, but the data folder now has "
-                f"{_vocab_text(self.vocabulary)}: the data changed since the run started; use the original data "
-                "or a new --out")
-        missing, unexpected = self.model.load_state_dict(blob["dense"], strict=False)
-        skip = self._collection_prefixes()
-        if unexpected or any(not k.startswith(skip) for k in missing):
-            raise ValueError(f"{path}: the dense model does not fit (missing {[k for k in missing if not k.startswith(skip)]}, "
-                             f"unexpected {unexpected})")
-        for c, state in zip(self.collections, blob["collections"], strict=True):
-            load_collection_state(c, state, str(path))
-        self.dense_optimizer.load_state_dict(blob["dense_optimizer"])
-        torch.set_rng_state(blob["rng"])
-        self.state = blob["state"]
-        return True
-
-
-def _vocab_text(record: dict[str, str] | None) -> str:
-    return "none" if record is None else f"{record['file']} (sha256 {record['sha256'][:16]}...)"
-
 
 def _scores(e: dict[str, float]) -> dict[str, float]:
     return {"auc": e["auc"], "logloss": e["logloss"]}
@@ -394,6 +333,17 @@ def _progress(enabled: bool, total: int, initial: int) -> Any:
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, leave=False)
 
 
-def train(config: TrainConfig, out: str | Path | None = None, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train and evaluate one configuration; returns the metrics (also written to `out/metrics.json`)."""
-    return Trainer(config, out, progress=progress).fit(resume=resume)
+def train(config: TrainConfig, out: str | Path | None = None, resume: bool = False, progress: bool = True,
+          force: bool = False) -> dict[str, Any]:
+    """Train and evaluate one configuration; returns the metrics (also written to `out/metrics.json`).
+
+    Args:
+        config: the run.
+        out: its folder (None: keep nothing on disk).
+        resume: continue the run in `out` from its checkpoint.
+        progress: show a progress bar.
+        force: replace an earlier run in `out` (without it or `resume`, a folder holding a run is refused).
+    """
+    if not force:  # refused before the model is built (minutes for full Criteo tables); fit() does the replacing
+        claim_run_folder(None if out is None else Path(out), resume, force=False)
+    return Trainer(config, out, progress=progress).fit(resume=resume, force=force)

@@ -7,8 +7,12 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from embtables.cli import tabular
+from embtables.cli.options import fractions
 from embtables.datasets import criteo
-from embtables.datasets.criteo import DEFAULT_CHUNK_ROWS, SPLIT_MODES, CriteoFormatError, preprocess_criteo
+from embtables.datasets.criteo import (
+    DEFAULT_CHUNK_ROWS, DEFAULT_MAX_BAD_FRACTION, SPLIT_MODES, CriteoFormatError, preprocess_criteo,
+)
 from embtables.datasets.sequences import MAX_HISTORY, prepare_amazon
 from embtables.datasets.synthetic import SynthCriteoConfig, synth_criteo
 
@@ -22,11 +26,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output data folder (resumed if it exists)")
     p.add_argument("--split", choices=SPLIT_MODES, default="kaggle-days")
     p.add_argument("--seed", type=int, default=None, help="hash seed of --split random (default 0)")
-    p.add_argument("--fractions", type=_fractions, default=None, metavar="TRAIN,VAL,TEST",
+    p.add_argument("--fractions", type=fractions, default=None, metavar="TRAIN,VAL,TEST",
                    help="split shares of --split random or ordered (default 0.8,0.1,0.1)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad line instead of skipping it")
+    p.add_argument("--max-bad-fraction", type=float, default=DEFAULT_MAX_BAD_FRACTION, metavar="FRACTION",
+                   help=f"fail when more than this share of the lines is bad (default {DEFAULT_MAX_BAD_FRACTION:g}: "
+                   "the Criteo files have none, so more means the wrong file or format); 1 accepts any")
     p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="input lines per part file")
     p.set_defaults(run=_preprocess_criteo)
+    tabular.register(datasets)  # `embtables preprocess csv`
 
     synth = sub.add_parser("synth", help="write a synthetic data set with a planted truth (Bayes AUC in truth.json)")
     kinds = synth.add_subparsers(dest="synth_kind", required=True)
@@ -54,20 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(run=_prepare_sequences)
 
 
-def _fractions(text: str) -> tuple[float, float, float]:
-    try:
-        parts = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected TRAIN,VAL,TEST numbers, got {text!r}") from None
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"expected 3 comma-separated numbers TRAIN,VAL,TEST, got {text!r}")
-    return parts  # type: ignore[return-value]
-
-
 def _preprocess_criteo(args: argparse.Namespace) -> int:
     try:
         s = preprocess_criteo(args.inputs, args.out, split=args.split, seed=args.seed, fractions=args.fractions,
-                              strict=args.strict, chunk_rows=args.chunk_rows)
+                              strict=args.strict, chunk_rows=args.chunk_rows, max_bad_fraction=args.max_bad_fraction)
     except (CriteoFormatError, ValueError, FileNotFoundError) as e:
         print(f"embtables preprocess criteo: error: {e}", file=sys.stderr)
         return 2

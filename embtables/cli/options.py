@@ -30,3 +30,14 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="fbgemm", choices=sorted(BACKENDS))
     p.add_argument("-o", "--option", action="append", default=[], metavar="NAME=VALUE",
                    help="a method option, e.g. -o buckets=1000 -o seed=3 (repeatable)")
+
+
+def fractions(text: str) -> tuple[float, float, float]:
+    """`--fractions TRAIN,VAL,TEST` of the preprocessing commands: three numbers."""
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TRAIN,VAL,TEST numbers, got {text!r}") from None
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected 3 comma-separated numbers TRAIN,VAL,TEST, got {text!r}")
+    return parts  # type: ignore[return-value]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 from embtables.app.sweep import DEFAULT_BUDGETS, QUICK
@@ -13,6 +13,9 @@ from embtables.app.train import TrainConfig
 from embtables.cli.options import add_method_arguments, parse_options
 from embtables.stores import BACKENDS
 
+# fewer optimizer steps than this and the model has barely left its initialisation: an embedding row moves only in
+# the steps whose batch holds its id, and the dense layers' Adam takes on the order of a hundred steps to settle
+FEW_STEPS = 100
 DEVICE_HELP = ("where the model, the tables and the batches live: cpu (default), cuda, cuda:1, ...; the fused "
                "backend runs on the CPU only, fbgemm on CUDA needs FBGEMM's CUDA build")
 
@@ -38,7 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--model-option", action="append", default=[], metavar="NAME=VALUE",
                    help="a model keyword argument, e.g. -m pooling=sum for DIN (repeatable)")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    again.add_argument("--force", action="store_true", help="replace an earlier run in --out (without it, or "
+                       "--resume, a folder holding a run is refused)")
     p.set_defaults(run=_train)
 
     s = sub.add_parser("sweep", help="train every method at every budget and seed; write results and a report")
@@ -65,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     r = sub.add_parser("report", help="regenerate report.md and figures of a sweep folder from results.parquet")
     r.add_argument("folder")
-    r.set_defaults(run=lambda a: print(_report(a.folder)) or 0)
+    r.set_defaults(run=lambda a: _report(a.folder) or 0)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -81,22 +87,51 @@ def _train(args: argparse.Namespace) -> int:
             embedding_lr=args.embedding_lr, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
             seed=args.seed, model_options=parse_options(args.model_option), device=args.device,
         )
-        metrics = train(config, args.out, resume=args.resume)
+        metrics = train(config, args.out, resume=args.resume, force=args.force)
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
-    summary = {k: metrics[k] for k in ("method", "budget", "memory_bytes", "compression", "train_samples_per_s")}
+    summary = {k: metrics[k] for k in ("method", "budget", "steps", "memory_bytes", "compression", "train_samples_per_s")}
     summary.update({s: metrics[s]["best"] for s in ("val", "test") if s in metrics})
     print(json.dumps(summary, indent=2))
+    note = few_steps_note(config, metrics)
+    if note:
+        print(f"note: {note}", file=sys.stderr)  # stderr: stdout stays one JSON document
     return 0
 
 
-def _report(folder: str) -> Path:
-    from embtables.app.report import write_report
+def few_steps_note(config: TrainConfig, metrics: dict[str, Any]) -> str | None:
+    """Advice when the schedule ran out after fewer than FEW_STEPS steps (None otherwise, or when --max-steps
+    was what stopped it: then the user chose the length).
+
+    Args:
+        config: the run's configuration (epochs, batch size, max steps).
+        metrics: its metrics (steps, steps_per_epoch, train_rows).
+    """
+    steps, per_epoch, rows = metrics["steps"], metrics.get("steps_per_epoch"), metrics.get("train_rows")
+    if steps >= FEW_STEPS or not per_epoch or rows is None or (config.max_steps is not None and steps >= config.max_steps):
+        return None
+    epochs = config.epochs
+    more = [f"--epochs {math.ceil(FEW_STEPS / per_epoch)}"]
+    # the largest power-of-two batch that reaches FEW_STEPS over the same epochs; below 32 a batch says little
+    batch = next((b for b in (1 << k for k in range(12, 4, -1))
+                  if b < config.batch_size and rows // b * epochs >= FEW_STEPS), None)
+    if batch is not None:
+        more.append(f"--batch-size {batch}")
+    return (f"{epochs} epoch{'s' if epochs != 1 else ''} of {per_epoch:,} step{'s' if per_epoch != 1 else ''} "
+            f"(batch {config.batch_size:,} over {rows:,} rows): {steps:,} steps in all, few for the embeddings to "
+            f"learn (fewer than {FEW_STEPS}); try {' or '.join(more)}")
+
+
+def _report(folder: str) -> None:
+    """Write the report of a sweep folder and say where it and its figures went."""
+    from embtables.app.report import build_report
 
     try:
-        return write_report(folder)
+        written = build_report(folder)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
+    print(f"report: {written.report}")
+    print(f"figures: {', '.join(str(f) for f in written.figures) if written.figures else 'none (no finished run)'}")
 
 
 def _split(text: str | None, cast: Any, default: Sequence[Any]) -> tuple[Any, ...]:
@@ -136,6 +171,6 @@ def _sweep(args: argparse.Namespace) -> int:
         sweep(config, args.out, command="embtables " + " ".join(sys.argv[1:]))
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    print(f"report: {_report(args.out)}")
+    _report(args.out)
     return 0
 

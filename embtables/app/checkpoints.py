@@ -1,0 +1,127 @@
+"""The run folder of a `Trainer`: its checkpoint (save, load) and the refusal to overwrite an earlier run.
+
+Checkpoints are atomic, hold each collection in the portable format of `et.save_collection`, load without running
+code from the file, and restore everything a resumed run needs to reproduce the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import embtables as et
+from embtables.checkpoint import collection_state, load_collection_state, load_tensor_file
+from embtables.files import atomic_write
+
+CHECKPOINT = "checkpoint.pt"
+# what a run leaves in its folder: any of the first two means a run was started there
+RUN_FILES = ("config.json", CHECKPOINT, "metrics.json")
+
+
+def what_runs(config: dict[str, Any]) -> dict[str, Any]:
+    """A configuration (`asdict(TrainConfig)`) without `device`, which says where a run trains, not what:
+    checkpoints and sweep cells are matched by this."""
+    return {k: v for k, v in config.items() if k != "device"}
+
+
+def claim_run_folder(out: Path | None, resume: bool, force: bool) -> None:
+    """Make sure a new run does not silently replace an earlier one in `out`.
+
+    Args:
+        out: the run folder (None: nothing is kept on disk, nothing to check).
+        resume: the run continues the folder's checkpoint: an earlier run is expected.
+        force: replace an earlier run: its config.json, checkpoint.pt and metrics.json are removed now, so that
+            a later `--resume` cannot pick up the old checkpoint.
+
+    Raises:
+        ValueError: `out` holds a run (config.json or checkpoint.pt) and neither `resume` nor `force` is set,
+            naming the folder; or both are set.
+    """
+    if resume and force:
+        raise ValueError("resume (--resume) continues the run in --out, force (--force) replaces it: give one")
+    if out is None or resume:
+        return
+    found = [name for name in RUN_FILES[:2] if (out / name).exists()]
+    if found and not force:
+        raise ValueError(f"{out} already holds a training run ({', '.join(found)}): continue it with --resume "
+                         "(resume=True), replace it with --force (force=True), or choose another --out")
+    if force:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+
+
+class Checkpoints:
+    """The checkpoint methods of `Trainer` (which provides out, model, collections, dense_optimizer, state,
+    config and vocabulary)."""
+
+    out: Path | None
+    model: torch.nn.Module
+    collections: list[et.Collection]
+    dense_optimizer: torch.optim.Optimizer
+    state: dict[str, Any]
+    config: Any
+    vocabulary: dict[str, str] | None
+
+    def _collection_prefixes(self) -> tuple[str, ...]:
+        return tuple(f"{name}." for name, m in self.model.named_modules() if isinstance(m, et.Collection))
+
+    def save_checkpoint(self) -> None:
+        """`out/checkpoint.pt`: the dense model and its optimizer, each collection in the portable format of
+        `et.save_collection` (with its tables' optimizer state), the data position and the RNG state."""
+        if self.out is None:
+            return
+        skip = self._collection_prefixes()
+        blob = {
+            "dense": {k: v for k, v in self.model.state_dict().items() if not k.startswith(skip)},
+            "collections": [collection_state(c) for c in self.collections],
+            "dense_optimizer": self.dense_optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+            "state": self.state,
+            "config": asdict(self.config),
+            "vocabulary": self.vocabulary,
+        }
+        buffer = io.BytesIO()
+        torch.save(blob, buffer)
+        atomic_write(self.out / CHECKPOINT, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+
+    def load_checkpoint(self) -> bool:
+        """Restore the run from `out/checkpoint.pt`; False when there is none."""
+        path = None if self.out is None else self.out / CHECKPOINT
+        if path is None or not path.exists():
+            return False
+        blob = load_tensor_file(path, "training checkpoint")  # tensors and plain values only: runs no code
+        if not isinstance(blob, dict) or not {"config", "dense", "collections", "state"} <= set(blob):
+            raise ValueError(f"{path}: not a training checkpoint of embtables (missing its config, model or state)")
+        # tuples as lists; a run may resume on another device
+        mine, theirs = (json.loads(json.dumps(what_runs(c))) for c in (asdict(self.config), blob["config"]))
+        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if differ:
+            was = ", ".join(f"{k}={theirs.get(k)!r} (now {mine.get(k)!r})" for k in differ)
+            raise ValueError(f"{path} was written by a different configuration: {was}; use a new --out or the same "
+                             "arguments")
+        recorded = blob.get("vocabulary")
+        if recorded != self.vocabulary:
+            raise ValueError(
+                f"{path}: the run recorded vocabulary {_vocab_text(recorded)}, but the data folder now has "
+                f"{_vocab_text(self.vocabulary)}: the data changed since the run started; use the original data "
+                "or a new --out")
+        missing, unexpected = self.model.load_state_dict(blob["dense"], strict=False)
+        skip = self._collection_prefixes()
+        if unexpected or any(not k.startswith(skip) for k in missing):
+            raise ValueError(f"{path}: the dense model does not fit (missing {[k for k in missing if not k.startswith(skip)]}, "
+                             f"unexpected {unexpected})")
+        for c, state in zip(self.collections, blob["collections"], strict=True):
+            load_collection_state(c, state, str(path))
+        self.dense_optimizer.load_state_dict(blob["dense_optimizer"])
+        torch.set_rng_state(blob["rng"])
+        self.state = blob["state"]
+        return True
+
+
+def _vocab_text(record: dict[str, str] | None) -> str:
+    return "none" if record is None else f"{record['file']} (sha256 {record['sha256'][:16]}...)"
