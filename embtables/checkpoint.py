@@ -32,11 +32,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -122,9 +120,13 @@ def save_collection(collection: Collection, path: str | os.PathLike, *, optimize
         path: the file to write.
         optimizer_state: also save the tables' optimizer state, to continue training after loading.
     """
-    buffer = io.BytesIO()
-    torch.save(collection_state(collection, optimizer_state), buffer)
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+    save_tensor_file(path, collection_state(collection, optimizer_state))
+
+
+def save_tensor_file(path: str | os.PathLike, obj: Any) -> None:
+    """`torch.save(obj)` into `path` atomically (through a temporary file, not an in-memory copy of the whole
+    file); `load_tensor_file` reads it back."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_tensor_file(path: str | os.PathLike, what: str) -> Any:

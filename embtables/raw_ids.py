@@ -55,11 +55,11 @@ class RawIds(nn.Module):
         super().__init__()
         feature_table = [i for i, t in enumerate(plan.tables) for _ in t.feature_names]
         raw = set(plan.raw_tables)
-        # the hash parameters: one key per table (serving state, counted in memory_bytes)
-        self.register_buffer("keys", torch.tensor([hash_key(derive_seed(_SEED, t)) for t in plan.raw_tables],
-                                                  dtype=torch.int64))
-        self.register_buffer("_key", torch.tensor([hash_key(derive_seed(_SEED, t)) if t in raw else 0
-                                                   for t in feature_table], dtype=torch.int64), persistent=False)
+        # the hash parameters: one key per table (serving state, counted in memory_bytes); per feature, its table's
+        keys = {t: hash_key(derive_seed(_SEED, t)) for t in plan.raw_tables}
+        self.register_buffer("keys", torch.tensor(list(keys.values()), dtype=torch.int64))
+        self.register_buffer("_key", torch.tensor([keys.get(t, 0) for t in feature_table], dtype=torch.int64),
+                             persistent=False)
         self.register_buffer("_rows", torch.tensor([plan.tables[t].num_embeddings for t in feature_table]),
                              persistent=False)
         self.register_buffer("_hashed", torch.tensor([t in raw for t in feature_table]), persistent=False)

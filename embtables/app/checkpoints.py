@@ -6,7 +6,6 @@ code from the file, and restore everything a resumed run needs to reproduce the 
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -15,8 +14,7 @@ from typing import Any
 import torch
 
 import embtables as et
-from embtables.checkpoint import collection_state, load_collection_state, load_tensor_file
-from embtables.files import atomic_write
+from embtables.checkpoint import collection_state, load_collection_state, load_tensor_file, save_tensor_file
 
 CHECKPOINT = "checkpoint.pt"
 # what a run leaves in its folder: any of the first two means a run was started there
@@ -85,9 +83,7 @@ class Checkpoints:
             "config": asdict(self.config),
             "vocabulary": self.vocabulary,
         }
-        buffer = io.BytesIO()
-        torch.save(blob, buffer)
-        atomic_write(self.out / CHECKPOINT, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+        save_tensor_file(self.out / CHECKPOINT, blob)
 
     def load_checkpoint(self) -> bool:
         """Restore the run from `out/checkpoint.pt`; False when there is none."""

@@ -36,8 +36,8 @@ class FlatStore(Store):
         per_row = {"sgd": [0] * len(tables), "adagrad": sizes, "rowwise_adagrad": rows}[optimizer.name]
         self.register_buffer("weight", torch.empty(sum(sizes), device=device))
         self.register_buffer("state", torch.zeros(max(sum(per_row), 1), device=device))
-        self._offsets = _starts(sizes)  # host copies: views of the tables need no device read
-        self._state_offsets = _starts(per_row)
+        self._offsets = starts(sizes)  # host copies: views of the tables need no device read
+        self._state_offsets = starts(per_row)
         for name, values in (("_offset", self._offsets), ("_state_offset", self._state_offsets), ("_rows", rows),
                              ("_dim", [t.embedding_dim for t in tables])):
             self.register_buffer(name, torch.tensor(values, dtype=torch.long, device=device), persistent=False)
@@ -77,7 +77,8 @@ class FlatStore(Store):
                 for o, t in zip(self._offsets, self.tables)]
 
 
-def _starts(sizes: Sequence[int]) -> list[int]:
+def starts(sizes: Sequence[int]) -> list[int]:
+    """Where each of consecutive blocks of `sizes` starts: 0, then the running sums."""
     out = [0]
     for s in sizes[:-1]:
         out.append(out[-1] + s)

@@ -27,7 +27,7 @@ from torch.autograd.function import once_differentiable
 
 from embtables.bags import Bags
 from embtables.config import Lookup, PhysicalTable, SparseOptimizer
-from embtables.stores.flat import OPTIMIZER_CODES, FlatStore
+from embtables.stores.flat import OPTIMIZER_CODES, FlatStore, starts
 
 
 def check_device(device: torch.device | str) -> None:
@@ -71,8 +71,7 @@ class TritonStore(FlatStore):
     ) -> None:
         check_device(device)
         super().__init__(tables, lookups, optimizer, device)
-        rows = [t.num_embeddings for t in tables]
-        row_base = [sum(rows[:t]) for t in range(len(tables))]  # a global row numbering: sort keys of backward
+        row_base = starts([t.num_embeddings for t in tables])  # a global row numbering: sort keys of backward
         self.register_buffer("_row_base", torch.tensor(row_base, dtype=torch.long, device=device), persistent=False)
         self._groups = {per_id: _Group(tables, [lk for lk in lookups if lk.pooled != per_id], device)
                         for per_id in (False, True)}
