@@ -70,6 +70,12 @@ class Collection(nn.Module):
         return self.store.weight_bytes() + self.method.state_bytes() + (self.raw_ids.bytes() if self.raw_ids else 0)
 
     @property
+    def index_bytes(self) -> int:
+        """Bytes of the vocabulary that maps raw values to the ranks this collection reads (`Plan.index_bytes`):
+        0 when every table takes raw ids."""
+        return self.plan.index_bytes
+
+    @property
     def id_upper(self) -> list[int | None] | None:
         """Per feature, the bound the batch's read checks its ids against (None: any id), as `Method.id_upper`
         but for the features `raw_ids` hashes."""
@@ -206,6 +212,12 @@ def plan(
         raise ValueError(f"raw_ids must be a bool, got {raw_ids!r}")
     target = Target(backend=backend, dim_multiple=store_class(backend).dim_multiple, counts=counts)
     p = cls.solve(tables, budget, opts, target)
+    by_frequency = [t.name for t, r in zip(tables, cls.reads_frequency(p)) if r]
+    if raw_ids and by_frequency:
+        raise ValueError(
+            f"{method} with raw_ids=True: tables {by_frequency} are laid out by frequency rank (id 0 the most "
+            f"frequent), which raw ids are not; use vocabulary ranks, or options without frequency blocks/hot rows"
+        )
     ranked = cls.reads_by_rank(p)
     if raw_ids and any(ranked) and budget is not None and cls.compresses:
         # room for the keys: a smaller budget can only hash more tables, so this many keys is enough

@@ -88,6 +88,13 @@ class Method(nn.Module):
         return [True] * len(plan.tables)
 
     @classmethod
+    def reads_frequency(cls, plan: Plan) -> list[bool]:
+        """Per logical table, whether the layout relies on ids being frequency ranks (id 0 the most frequent:
+        frequency blocks, hot rows), which raw ids hashed into [0, N) are not, so `raw_ids=True` is refused there.
+        Default: no table."""
+        return [False] * len(plan.tables)
+
+    @classmethod
     def relayout(cls, plan: Plan, target: Target) -> Plan:
         """The same plan (physical tables, parameters, bytes) laid out for another store: its lookups may differ
         where a store reads shared tables faster another way (unified). The default keeps the plan."""

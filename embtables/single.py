@@ -275,7 +275,7 @@ class MixedDimEmbeddingBag(_MethodEmbeddingBag):
         >>> counts = 1e6 / torch.arange(1, 100_001)  # Zipf
         >>> bag = et.MixedDimEmbeddingBag(100_000, 16, counts=counts, alpha=0.5)
         >>> bag.collection.plan.params[0].dims, bag(torch.tensor([[0, 99_999]])).shape
-        ((16, 4, 4, 4), torch.Size([1, 16]))
+        ((16, 4, 1, 1), torch.Size([1, 16]))
     """
 
     method = "mixed_dim"

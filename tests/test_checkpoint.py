@@ -39,6 +39,8 @@ def build(method: str, options: dict, tables: list[et.TableConfig], backend: str
     budget = 0.3 if et.get_method(method).compresses else None
     if method == "multihash" and tables is UNPOOLED and not options:
         options = {"hash_all": True}
+    if method == "mixed_dim":  # dims in multiples of 4, so the plan also builds on fbgemm (else refused, below)
+        options = {**options, "dim_multiple": 4}
     if method == "multihash" and options.get("hot_rows"):
         counts = {f: c.flip(0) for f, c in counts_for(tables).items()}  # not ranked: the hot ids need a map
     else:
@@ -152,3 +154,12 @@ def test_a_plan_the_store_cannot_hold_is_refused_naming_the_file(tmp_path):
                                          "a multiple of 4"):
         et.load_collection(tmp_path / "qr.pt", "fbgemm")
     torch.testing.assert_close(serve(et.load_collection(tmp_path / "qr.pt", "torch"), c.tables), serve(c, c.tables))
+
+
+def test_a_plan_the_target_store_cannot_hold_is_refused_naming_table_and_dim(tmp_path):
+    trained = et.build_collection(POOLED, "mixed_dim", 0.3, backend="torch", counts=counts_for(POOLED))
+    dims = {d for p in trained.plan.params for d in p.dims}
+    assert any(d % 4 for d in dims)  # the torch store's own multiple is 1
+    et.save_collection(trained, tmp_path / "c.pt")
+    with pytest.raises(ValueError, match=r"c\.pt: cannot be built on backend 'fbgemm'.* has dim \d+, which is not a multiple of 4"):
+        et.load_collection(tmp_path / "c.pt", backend="fbgemm")

@@ -84,3 +84,11 @@ def test_raw_ids_survive_a_checkpoint(method, tmp_path):
 def test_raw_ids_must_be_a_bool():
     with pytest.raises(ValueError, match="raw_ids must be a bool"):
         et.plan(TABLES, "hash", 0.5, raw_ids="yes")
+
+
+def test_layouts_by_frequency_rank_refuse_raw_ids():
+    tables = [et.TableConfig("C1", 10_000, 16), et.TableConfig("C2", 50, 16)]
+    counts = {"C1": torch.arange(10_000, 0, -1), "C2": torch.arange(50, 0, -1)}
+    with pytest.raises(ValueError, match=r"mixed_dim with raw_ids=True: tables \['C1'\] are laid out by frequency"):
+        et.plan(tables, "mixed_dim", 0.1, counts=counts, raw_ids=True, granularity="block")
+    assert et.plan(tables, "mixed_dim", 0.1, counts=counts, raw_ids=True).raw_tables == (0, 1)  # one block each

@@ -28,6 +28,8 @@ def budget_for(method: str, budget: float) -> float:
 
 def build(method: str, budget: float = 0.1, tables=TABLES, **kw) -> et.Collection:
     torch.manual_seed(0)
+    if method == "mixed_dim":  # one plan on every store: dims in FBGEMM's multiple
+        kw.setdefault("dim_multiple", 4)
     return et.build_collection(tables, method, budget=budget_for(method, budget), **kw)
 
 

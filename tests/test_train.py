@@ -37,10 +37,9 @@ def config(data, **kw):
 
 def test_loss_decreases_and_beats_chance_on_planted_data(tiny_criteo):
     trainer = Trainer(config(tiny_criteo, epochs=4), progress=False)
-    data = trainer.data
     losses = []
     for epoch in range(4):
-        for batch in data.batches("train", 256, shuffle=True, seed=epoch, drop_last=True):
+        for batch in trainer.batches("train", 256, shuffle=True, seed=epoch, drop_last=True):
             losses.append(trainer.train_step(batch))
     assert len(losses) >= 60
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.02

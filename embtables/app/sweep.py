@@ -144,6 +144,7 @@ def row(config: TrainConfig, outcome: dict[str, Any], wall: float, reference: di
     }
     if outcome["status"] == "ok":
         r.update(memory_bytes=outcome["memory_bytes"], full_bytes=outcome["full_bytes"],
+                 index_bytes=outcome["index_bytes"],
                  compression=outcome["compression"], train_samples_per_s=outcome["train_samples_per_s"],
                  eval_samples_per_s=outcome["eval_samples_per_s"], peak_rss_bytes=outcome["peak_rss_bytes"],
                  steps=outcome["steps"])

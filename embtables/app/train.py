@@ -42,7 +42,11 @@ class TrainConfig:
         data: a data folder in the `embtables.datasets` layout.
         method, budget, options, backend: the embedding collection (see `et.build_collection`).
         embedding_dim: D of every logical table.
-        min_count: ids seen fewer times in training share one out-of-vocabulary row.
+        min_count: ids seen fewer times in training share one out-of-vocabulary row; the default 2 trains that
+            row on the values seen once, the ones most like values a later file brings that training never saw.
+        raw_ids: feed raw (hashed-to-int64) ids instead of vocabulary ranks: tables the method reads by rank hash
+            them into [0, N) first (`et.build_collection(raw_ids=True)`), so serving needs no vocabulary
+            (`index_bytes` 0). Criteo-layout data (DLRM) only.
         epochs, batch_size: the schedule; `max_steps` stops earlier when set.
         dense_optimizer: `"adam"` or `"adagrad"`; dense_lr its learning rate.
         embedding_optimizer, embedding_lr: the tables' optimizer (see `et.SparseOptimizer`).
@@ -60,7 +64,8 @@ class TrainConfig:
     options: dict[str, Any] = field(default_factory=dict)
     backend: str = "fbgemm"
     embedding_dim: int = 16
-    min_count: int = 1
+    min_count: int = 2
+    raw_ids: bool = False
     epochs: int = 1
     batch_size: int = 1024
     max_steps: int | None = None
@@ -89,6 +94,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.max_steps must be >= 1, got {self.max_steps}")
         if not self.data:
             raise ValueError("TrainConfig.data must name a data folder")
+        if self.raw_ids and self.model != "dlrm":
+            raise ValueError("TrainConfig.raw_ids: only DLRM on Criteo-layout data feeds raw ids; DIN reads ranks")
         check_device(self.device, here=False)
 
 
@@ -121,7 +128,7 @@ def build_model(config: TrainConfig, data: Any) -> nn.Module:
 
     def collection(ts: list[et.TableConfig]) -> et.Collection:
         return et.build_collection(ts, config.method, config.budget, backend=config.backend, optimizer=optimizer,
-                                   counts=counts, device=config.device, **config.options)
+                                   counts=counts, device=config.device, raw_ids=config.raw_ids, **config.options)
 
     if config.model == "dlrm":
         if any(t.pooling == "none" for t in tables):
@@ -215,8 +222,8 @@ class Trainer(Checkpoints):
         total = self._total_steps()
         bar = _progress(self.progress, total, s["step"])
         while s["epoch"] < cfg.epochs and s["step"] < total:
-            batches = self.data.batches("train", cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + s["epoch"],
-                                        drop_last=True, min_count=cfg.min_count)
+            batches = self.batches("train", cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + s["epoch"],
+                                   drop_last=True)
             for i, batch in enumerate(batches):
                 if i < s["batch"]:
                     continue  # resumed run: these batches were trained before the checkpoint
@@ -265,13 +272,18 @@ class Trainer(Checkpoints):
         return min(total, self.config.max_steps) if self.config.max_steps else total
 
     # ---- evaluation ---------------------------------------------------------------------------------
+    def batches(self, split: str, batch_size: int, **loader: Any) -> Any:
+        """`data.batches` with the ids this run trains on: raw ids, or ranks of the vocabulary cut at min_count."""
+        ids = {"ids": "raw"} if self.config.raw_ids else {"min_count": self.config.min_count}
+        return self.data.batches(split, batch_size, **loader, **ids)
+
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
         """AUC, logloss and samples/s of the model on `split` (in file order, every row)."""
         self.model.eval()
         logits, labels = [], []
         t0 = time.perf_counter()
-        for batch in self.data.batches(split, max(self.config.batch_size, 4096), min_count=self.config.min_count):
+        for batch in self.batches(split, max(self.config.batch_size, 4096)):
             on = self._on_device(batch)
             logits.append(self.model(on.dense, on.sparse))
             labels.append(batch.labels)
@@ -304,6 +316,7 @@ class Trainer(Checkpoints):
             "model": cfg.model, "method": cfg.method, "budget": cfg.budget, "options": cfg.options,
             "backend": cfg.backend, "device": cfg.device, "seed": cfg.seed, "data": cfg.data,
             "memory_bytes": memory, "full_bytes": full, "compression": memory / full,
+            "index_bytes": sum(c.index_bytes for c in self.collections), "raw_ids": cfg.raw_ids,
             "params_embedding": sum(w.numel() for c in self.collections for w in c.store.weights()),
             "params_dense": sum(p.numel() for p in self.model.parameters() if id(p) not in in_store),
             "steps": s["step"], "best_step": best["step"], "train_rows": self.data.rows("train"),

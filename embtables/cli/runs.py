@@ -29,7 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--dim", type=int, default=16, help="embedding dim D")
-    p.add_argument("--min-count", type=int, default=1)
+    p.add_argument("--min-count", type=int, default=TrainConfig.min_count,
+                   help="values seen fewer times in training share one trained out-of-vocabulary row (default %(default)s)")
+    p.add_argument("--raw-ids", action="store_true",
+                   help="feed raw ids hashed into each table instead of vocabulary ranks: no vocabulary to serve")
     p.add_argument("--dense-optimizer", default="adam", choices=["adam", "adagrad"])
     p.add_argument("--dense-lr", type=float, default=1e-3)
     p.add_argument("--embedding-optimizer", default="rowwise_adagrad", choices=["rowwise_adagrad", "adagrad", "sgd"])
@@ -58,6 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-steps", type=int, default=None)
     s.add_argument("--backend", default="fbgemm", choices=sorted(BACKENDS))
     s.add_argument("--dim", type=int, default=16)
+    s.add_argument("--min-count", type=int, default=TrainConfig.min_count,
+                   help="values seen fewer times in training share one trained out-of-vocabulary row (default %(default)s)")
+    s.add_argument("--raw-ids", action="store_true",
+                   help="every cell feeds raw ids hashed into each table instead of vocabulary ranks")
     s.add_argument("--embedding-lr", type=float, default=TrainConfig.embedding_lr)
     s.add_argument("--dense-lr", type=float, default=TrainConfig.dense_lr)
     s.add_argument("--eval-every", type=int, default=0)
@@ -82,6 +89,7 @@ def _train(args: argparse.Namespace) -> int:
         config = TrainConfig(
             model=args.model, data=str(resolve_data(args.data, args.model)), method=args.method, budget=args.budget,
             options=parse_options(args.option), backend=args.backend, embedding_dim=args.dim, min_count=args.min_count,
+            raw_ids=args.raw_ids,
             epochs=args.epochs, batch_size=args.batch_size, max_steps=args.max_steps,
             dense_optimizer=args.dense_optimizer, dense_lr=args.dense_lr, embedding_optimizer=args.embedding_optimizer,
             embedding_lr=args.embedding_lr, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
@@ -157,6 +165,7 @@ def _sweep(args: argparse.Namespace) -> int:
     try:
         train = TrainConfig(
             model=args.model, data=str(data), backend=args.backend, embedding_dim=args.dim,
+            min_count=args.min_count, raw_ids=args.raw_ids,
             epochs=args.epochs or (QUICK["epochs"] if quick else 1), batch_size=args.batch_size,
             max_steps=args.max_steps, embedding_lr=args.embedding_lr, dense_lr=args.dense_lr, eval_every=args.eval_every,
             device=args.device,

@@ -3,7 +3,7 @@
 With n_u the rows of a table or block u and k_u the lookups per sample that land in it, s_u = n_u / k_u is the
 inverse of a row's popularity, and the rule gives d_u = lambda s_u^(-alpha) (floor 1, rounded). `md_solver`
 is the reference's solver (tricks/md_embedding_bag.py) in both its forms; `fit_budget` searches lambda (and,
-when no lambda fits, a row cap) so a plan's bytes meet a budget; `frequency_blocks` cuts frequency-ranked ids
+when even the narrowest dims do not fit, a row cap with it) so a plan's bytes meet a budget; `frequency_blocks` cuts frequency-ranked ids
 into blocks of similar log-popularity (the paper's blocking). See `embtables.methods.mixed_dim`.
 """
 
@@ -87,36 +87,57 @@ def frequency_blocks(n: int, blocks: int) -> list[int]:
 
 
 def fit_budget(
-    dims_at: Callable[[float], list[int]],
+    dims_at: Callable[[float, int], list[int]],
     bytes_at: Callable[[list[int], int], int],
-    w: list[float],
-    most: int,
-    widest: int,
+    rows: Sequence[int],
+    floor: int,
     budget: float,
     full: int,
 ) -> tuple[list[int], int]:
-    """(dims, row cap) within budget * full bytes and, wherever a row cap allows, >= 0.9 of it."""
-    limit = budget * full
-    if not w:
+    """(dims, row cap R) of the blocks of `rows` ids within budget * full bytes.
+
+    `dims_at(lam, R)` is the rule's dims with every block's rows capped at R (its popularity then counts the
+    capped rows, as the DLRM reference applies `--md-flag` after `--max-ind-range`), `bytes_at(dims, R)` their
+    bytes; both grow with lam and R. Without a cap (R = the largest block) lambda is the largest that fits (a
+    bisection in log lambda); when that uses under 0.9 of the budget (one block's next dim step is too large,
+    as with multiples of 4), the next step's dims are kept and every block hashed to the largest R that fits.
+    When even the floor dims do not fit, rows are capped, and R and lambda are solved together: for each R,
+    lambda is the largest that keeps the capped blocks (the largest) at the floor dim, so smaller blocks stay as
+    much wider as the rule says, and R is the largest whose bytes fit.
+    """
+    limit, most = budget * full, max(rows, default=1)
+    if not rows:
         if bytes_at([], most) > limit:
             raise InfeasibleBudget("mixed_dim", budget, 1.0, "every table keeps its dim")
         return [], most
-    lo, hi = 0.5 / max(w), 2.0 * widest / min(x for x in w if x > 0)  # every dim at its floor / at its cap
-    if bytes_at(dims_at(lo), most) > limit:  # the narrowest dims need hashed rows
-        dims = dims_at(lo)
-        cap = largest_within(lambda c: bytes_at(dims, c), 1, most, limit)
-        if cap is None:
-            raise InfeasibleBudget("mixed_dim", budget, bytes_at(dims, 1) / full, "narrowest dims, one row per block")
-        return dims, cap
-    if bytes_at(dims_at(hi), most) <= limit:
-        return dims_at(hi), most
-    for _ in range(200):  # bisection in log(lambda); bytes only grow with lambda
-        mid = math.sqrt(lo * hi)
-        if mid in (lo, hi):
-            break
-        lo, hi = (mid, hi) if bytes_at(dims_at(mid), most) <= limit else (lo, mid)
-    below, above = dims_at(lo), dims_at(hi)
-    if bytes_at(below, most) >= 0.9 * limit:
-        return below, most
-    cap = largest_within(lambda c: bytes_at(above, c), 1, most, limit)
-    return (below, most) if cap is None else (above, cap)
+
+    def largest_lambda(cap: int, ok: Callable[[list[int]], bool]) -> tuple[float, float]:
+        """(largest lambda whose dims are ok, the next lambda step above it)."""
+        lo, hi = 1e-9, 1e9  # dims are at their floor at lo and at their cap at hi for any table size here
+        if ok(dims_at(hi, cap)):
+            return hi, hi
+        for _ in range(200):  # bisection in log(lambda)
+            mid = math.sqrt(lo * hi)
+            if mid in (lo, hi):
+                break
+            lo, hi = (mid, hi) if ok(dims_at(mid, cap)) else (lo, mid)
+        return lo, hi
+
+    if bytes_at(dims_at(0.0, most), most) <= limit:  # the floor fits without a cap: lambda alone meets the budget
+        lo, hi = largest_lambda(most, lambda d: bytes_at(d, most) <= limit)
+        below, above = dims_at(lo, most), dims_at(hi, most)
+        if bytes_at(below, most) >= 0.9 * limit:
+            return below, most
+        # one block's next dim step is too large (coarse multiples): take it and hash every block to R rows
+        cap = largest_within(lambda c: bytes_at(above, c), 1, most, limit)
+        return (below, most) if cap is None else (above, cap)
+
+    def dims_of(cap: int) -> list[int]:
+        big = [i for i, n in enumerate(rows) if n > cap]
+        return dims_at(largest_lambda(cap, lambda d: all(d[i] <= floor for i in big))[0], cap)
+
+    cap = largest_within(lambda c: bytes_at(dims_of(c), c), 1, most - 1, limit)
+    if cap is None:
+        smallest = bytes_at(dims_at(0.0, 1), 1) / full
+        raise InfeasibleBudget("mixed_dim", budget, smallest, "narrowest dims, one row per block")
+    return dims_of(cap), cap

@@ -87,8 +87,8 @@ class MixedDimOptions:
         threshold: tables with at most this many rows keep their dim, without projection.
         round_to_power_of_two: round dims to powers of two before the backend's multiple.
         seed: base seed of the hash keys of blocks that a budget makes hash.
-        dim_multiple: every block dim is a multiple of this; default 4 (FBGEMM's) on every backend, so that a
-            plan and its checkpoints move between backends; must be a multiple of the backend's.
+        dim_multiple: every block dim is a multiple of this; default the backend's own (1, or 4 on fbgemm); must
+            be a multiple of the backend's. Set 4 for a plan whose checkpoints must also load on fbgemm.
     """
 
     alpha: float = option(0.3, minimum=0)
@@ -132,7 +132,7 @@ def solve_blocks(
     tables: Sequence[TableConfig], budget: float | None, options: MixedDimOptions, target: Target
 ) -> list[MixedDimParams]:
     """Blocks, dims and rows of every table: the d0 form without a budget, else the budget search above."""
-    multiple = options.dim_multiple or max(4, target.dim_multiple)
+    multiple = options.dim_multiple or target.dim_multiple
     if multiple % target.dim_multiple:
         raise ValueError(
             f"mixed_dim option dim_multiple={multiple} is not a multiple of backend {target.backend!r}'s "
@@ -143,15 +143,19 @@ def solve_blocks(
     blocks = [_blocks(t, options, target.counts) if m else [] for t, m in zip(tables, narrowed)]
     units = [(ti, n, k) for ti, bl in enumerate(blocks) for _, n, k in bl]  # (table, ids, lookups per sample)
     fixed = sum(t.full_bytes for t, bl in zip(tables, blocks) if not bl)
-    w = popularity([n for _, n, _ in units], [k for _, _, k in units], options.alpha) if units else []
+    ids = [n for _, n, _ in units]
+    most = max(ids, default=1)
+    weights = {most: popularity(ids, [k for _, _, k in units], options.alpha) if units else []}
 
-    def dims_at(lam: float) -> list[int]:
+    def dims_at(lam: float, cap: int) -> list[int]:
+        if cap not in weights:  # the rule reads the rows a block keeps
+            weights[cap] = popularity([min(n, cap) for n in ids], [k for _, _, k in units], options.alpha)
         dims = []
-        for (ti, n, _), x in zip(units, w):
-            dim = tables[ti].embedding_dim
+        for (ti, n, _), x in zip(units, weights[cap]):
+            dim, r = tables[ti].embedding_dim, min(n, cap)
             d = round_dim(lam * x, options.round_to_power_of_two, multiple, dim - dim % multiple)
             # keep D where the projection would cost more than the narrower rows save
-            dims.append(dim if dim % multiple == 0 and d < dim and n * d + dim * d >= n * dim else d)
+            dims.append(dim if dim % multiple == 0 and d < dim and r * d + dim * d >= r * dim else d)
         return dims
 
     def bytes_at(dims: list[int], cap: int) -> int:
@@ -159,13 +163,11 @@ def solve_blocks(
             _block_bytes(n, min(n, cap), d, tables[ti].embedding_dim) for (ti, n, _), d in zip(units, dims)
         )
 
-    most = max([n for _, n, _ in units], default=1)
     if budget is None:
         d0 = options.d0 or max([tables[ti].embedding_dim for ti, _, _ in units], default=1)
-        dims, cap = dims_at(d0 / max(w, default=1.0)), most
+        dims, cap = dims_at(d0 / max(weights[most], default=1.0), most), most
     else:
-        widest = max(t.embedding_dim for t in tables)
-        dims, cap = fit_budget(dims_at, bytes_at, w, most, widest, budget, sum(t.full_bytes for t in tables))
+        dims, cap = fit_budget(dims_at, bytes_at, ids, multiple, budget, sum(t.full_bytes for t in tables))
     params, it = [], iter(dims)
     for t, bl in zip(tables, blocks):
         if not bl:
@@ -205,6 +207,10 @@ class MixedDim(Method):
 
     Options = MixedDimOptions
     Params = MixedDimParams
+
+    @classmethod
+    def reads_frequency(cls, plan: Plan) -> list[bool]:
+        return [len(p.dims) > 1 for p in plan.params]  # frequency blocks are ranges of ranks
 
     def __init__(self, plan: Plan) -> None:
         super().__init__(plan)
