@@ -1,5 +1,6 @@
 """Benchmarks that need hardware this machine may lack stay runnable: their dry runs work here."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,3 +21,24 @@ def test_gpu_benchmark_dry_run_checks_outputs_and_prints_its_tables():
     assert all(float(diff) <= 1e-5 for _, _, diff in checked)  # the run also exits non-zero otherwise
     assert "| embtables full, triton, row-wise Adagrad | " in text and "1.00x" in text
     assert "| forward-only lookups, full on triton | GB/s |" in text
+
+
+def test_unified_ablation_dry_run_writes_its_table(tmp_path):
+    """Tiny planted data, a few steps: every variant's sweep folder, the full reference once, the markdown table."""
+    from embtables.app.results import load_results
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "benchmarks/unified_ablation.py", "--dry-run", "--probes", "2,by_vocabulary",
+           "--budgets", "0.1", "--out", str(out)]
+    env = {**os.environ, "EMBTABLES_CACHE": str(tmp_path / "cache")}
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    text = (out / "unified_ablation.md").read_text()
+    assert "Command: `python benchmarks/unified_ablation.py --dry-run" in text and "Machine: " in text
+    table = [line for line in text.splitlines() if line.startswith("| 2 |") or line.startswith("| by_vocabulary |")]
+    assert len(table) == 2 and all(" 0.1 | " in line and "not run" not in line for line in table)
+    assert "| 2 | w 8; chunks 2 x 26 features |" in text
+    assert "gap to the full table's test AUC (0." in text
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["probes-2", "probes-by_vocabulary"]
+    methods = [sorted(set(load_results(out / f)["method"])) for f in ("probes-2", "probes-by_vocabulary")]
+    assert methods == [["full", "unified"], ["unified"]]

@@ -1,6 +1,8 @@
 """`unified`: reduction to a full table, the multi-probe formula against a per-id oracle, round-robin tables,
 both backends, pooling semantics, exact bytes, the budget solver's bounds, bad options."""
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given
@@ -230,3 +232,136 @@ def test_unpooled_empty_input_gives_no_rows():
     ebc = et.build_collection(seq, "unified", rows=10, width=4, num_tables=2)
     out = ebc(KeyedJaggedTensor(["h", "t"], torch.zeros(0, dtype=torch.long), lengths=torch.zeros(4, dtype=torch.long)))
     assert out["h"].values().shape == (0, 8) and out["t"].lengths().tolist() == [0, 0]
+
+
+# ---- probes: chunking as part of the solve ----
+
+UNIFORM = [
+    et.TableConfig("x", 100_000, 16, feature_names=("x1", "x2")),
+    et.TableConfig("y", 5000, 16, pooling="mean"),
+    et.TableConfig("z", 20, 16),
+]
+
+
+@pytest.mark.parametrize(
+    "tables, probes, w, chunks",
+    [
+        # all dims D = 16: c chunks of width D / c; by_vocabulary: 4, 2, 1 chunks at 1, 1/16 and 1/256 of the rows
+        (UNIFORM, 1, 16, [(1, 1), (1,), (1,)]),
+        (UNIFORM, 2, 8, [(2, 2), (2,), (2,)]),
+        (UNIFORM, 4, 4, [(4, 4), (4,), (4,)]),
+        (UNIFORM, "by_vocabulary", 4, [(4, 4), (2,), (1,)]),  # y: 5000 16 <= 1e5 < 5000 256; z: 20 4096 <= 1e5
+        # dims 16, 8, 8 (g = 8): c D_t / g chunks of width g / c
+        (TABLES, 1, 8, [(2, 2), (1,), (1,)]),
+        (TABLES, 2, 4, [(4, 4), (2,), (2,)]),
+        (TABLES, 4, 2, [(8, 8), (4,), (4,)]),
+        (TABLES, "by_vocabulary", 2, [(8, 8), (2,), (1,)]),  # a 5000 rows: 4 per 8 columns; b 300: 2; c 3: 1
+    ],
+)
+def test_probes_plan_chunks_widths_and_exact_bytes(tables, probes, w, chunks):
+    ebc = et.build_collection(tables, "unified", rows=321, probes=probes, num_tables=2)
+    p = ebc.plan
+    assert [q.chunks for q in p.params] == chunks
+    assert [t.embedding_dim for t in p.physical_tables] == [w, w]
+    assert ebc.output_dims == {f: c * w for t, cs in zip(tables, chunks) for f, c in zip(t.feature_names, cs)}
+    C = sum(map(sum, chunks))
+    assert ebc.memory_bytes() == p.total_bytes == 4 * 2 * 321 * w + 8 * C
+    # and from a budget: the largest M within it
+    q = et.plan(tables, "unified", budget=0.05, probes=probes, num_tables=2)
+    M, limit = q.physical_tables[0].num_embeddings, 0.05 * et.full_bytes(tables)
+    assert q.total_bytes == 4 * 2 * M * w + 8 * C <= limit < 4 * 2 * (M + 1) * w + 8 * C
+
+
+def test_default_is_single_probe_and_chunks_override_probes():
+    default, single = et.plan(TABLES, "unified", rows=50), et.plan(TABLES, "unified", rows=50, probes=1)
+    assert default == dataclasses.replace(single, options=default.options)
+    assert [q.chunks for q in default.params] == [(2, 2), (1,), (1,)]  # one full-width lookup per 8 columns
+    p = et.plan(UNIFORM, "unified", rows=50, probes="by_vocabulary", chunks={"z": 3, "x2": 1})
+    assert [q.chunks for q in p.params] == [(4, 1), (2,), (3,)]
+    assert [q.out_dims for q in p.params] == [(16, 4), (8,), (12,)]
+
+
+def test_by_vocabulary_rule():
+    from embtables.methods._unified_chunks import by_vocabulary
+
+    assert by_vocabulary([4096, 4095, 256, 255, 16, 15, 1]) == [4, 4, 2, 2, 1, 1, 1]
+    assert by_vocabulary([10**9, 10**9 // 16, 10**9 // 16 + 1]) == [4, 2, 4]
+    assert by_vocabulary([7]) == [4] and by_vocabulary([100, 6, 7], most=2) == [2, 1, 2]
+
+
+@pytest.mark.parametrize("backend", ["torch", "fbgemm", "fused"])
+def test_probes_2_forward_is_the_concatenation_of_the_hashed_rows(backend):
+    """e_f(x) = [E_{g mod T}[h_{f,0}(x)], E_{(g+1) mod T}[h_{f,1}(x)]], pooled per bag (sum; mean for y)."""
+    ebc = et.build_collection(UNIFORM, "unified", rows=257, probes=2, num_tables=3, seed=7, backend=backend)
+    W, M = [w.detach() for w in ebc.store.weights()], 257
+    kjt = random_kjt(UNIFORM, batch_size=5, max_len=3, seed=9)
+    with torch.no_grad():
+        out = ebc(kjt)
+    g = 0
+    for f, name in enumerate(["x1", "x2", "y", "z"]):
+        jt = kjt[name]
+        want = []
+        for b, ids in enumerate(torch.split(jt.values(), jt.lengths().tolist())):
+            parts = []
+            for j in range(2):  # chunk j of feature f is chunk g + j of the collection: table (g + j) mod 3
+                rows = hash_to_range(ids, hash_key(derive_seed(7, f, j)), M)
+                pooled = W[(g + j) % 3][rows].sum(0)
+                parts.append(pooled / max(len(ids), 1) if name == "y" else pooled)
+            want.append(torch.cat(parts))
+        torch.testing.assert_close(out[name], torch.stack(want), rtol=1e-5, atol=1e-6)
+        g += 2
+
+
+@pytest.mark.parametrize("probes", [2, "by_vocabulary"])
+def test_probes_gradients_reach_every_chunks_rows(probes):
+    """loss = <out, R>: row r of table s gets the sum of R's chunk columns over the (bag, id, chunk) hashed to it
+    (divided by the bag's length under mean pooling)."""
+    ebc = et.build_collection(UNIFORM, "unified", rows=61, probes=probes, num_tables=2, seed=3)
+    kjt = random_kjt(UNIFORM, batch_size=4, max_len=3, seed=5)
+    out = ebc(kjt)
+    R = torch.randn(out.values().shape, generator=torch.Generator().manual_seed(0))
+    (out.values() * R).sum().backward()
+    w, T = ebc.plan.physical_tables[0].embedding_dim, 2
+    want = [torch.zeros(61, w) for _ in range(T)]
+    chunks = [c for q in ebc.plan.params for c in q.chunks]
+    col = g = 0
+    for f, name in enumerate(["x1", "x2", "y", "z"]):
+        jt = kjt[name]
+        for b, ids in enumerate(torch.split(jt.values(), jt.lengths().tolist())):
+            for j in range(chunks[f]):
+                rows = hash_to_range(ids, hash_key(derive_seed(3, f, j)), 61)
+                grad = R[b, col + j * w : col + (j + 1) * w] / (max(len(ids), 1) if name == "y" else 1)
+                want[(g + j) % T].index_add_(0, rows, grad.expand(len(ids), w))
+        col, g = col + chunks[f] * w, g + chunks[f]
+    for s, weight in enumerate(ebc.store.weight):
+        got = weight.grad.to_dense()
+        assert got.abs().sum() > 0
+        torch.testing.assert_close(got, want[s], rtol=1e-5, atol=1e-6)
+
+
+def test_unpooled_probes_give_one_width():
+    seq = [et.TableConfig("s", 10**6, 8, feature_names=("h", "t"), pooling="none"), et.TableConfig("u", 50, 8, pooling="none")]
+    a, b = et.plan(seq, "unified", rows=99, probes=2), et.plan(seq, "unified", rows=99, width=4)
+    assert (a.physical_tables, a.lookups, a.params) == (b.physical_tables, b.lookups, b.params)
+    with pytest.raises(ValueError, match="unpooled tables return one row width"):
+        et.plan(seq, "unified", rows=99, probes="by_vocabulary")
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"probes": 0}, "probes must be an int >= 1 or 'by_vocabulary', got 0"),
+        ({"probes": True}, "probes must be an int >= 1 or 'by_vocabulary', got True"),
+        ({"probes": 1.5}, "probes must be an int >= 1 or 'by_vocabulary', got 1.5"),
+        ({"probes": "many"}, "probes must be an int >= 1 or 'by_vocabulary', got 'many'"),
+        ({"probes": 3}, "probes=3 cuts features into up to 3 chunks, which does not divide dim 16 of table 'a'"),
+        ({"probes": 16}, "probes=16 cuts features into up to 16 chunks, which does not divide dim 8 of table 'b'"),
+        ({"probes": 2, "width": 4}, "probes=2 and width=4 both set the chunk width; give one"),
+        ({"probes": 4, "backend": "fbgemm"},
+         r"probes=4 gives chunks of width 2 \(dim 8 of table 'b' / 4\), which must be a multiple of 4 on the 'fbgemm'"),
+        ({"probes": "by_vocabulary", "backend": "fbgemm"}, "probes='by_vocabulary' gives chunks of width 2"),
+    ],
+)
+def test_bad_probes_raise_clear_errors(options, match):
+    with pytest.raises(ValueError, match=match):
+        et.plan(TABLES, "unified", budget=0.1, **options)

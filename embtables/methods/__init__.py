@@ -10,6 +10,7 @@ here whose name does not start with `_` on first use, so adding a method is addi
     _layout.py       helper: wide partitions stored as several physical tables of one width (qr, mixed_dim)
     _partitions.py   helper: mixed-radix complementary partitions (qr)
     _power_rule.py   helper: the mixed-dimension power rule and its budget fit (mixed_dim)
+    _unified_chunks.py  helper: chunk width and chunks per feature from probes / width / chunks (unified)
 
 May import: the core library (`embtables.config`, `bags`, `method`, `plan`, `program`, `registry`, `options`,
 `hashing`, `frequency`, `kernels`, ...) and each other; never `embtables.stores` (a method describes tables and

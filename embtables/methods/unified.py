@@ -15,10 +15,21 @@ lookups (the paper's spreading of one big table over several for hardware balanc
 
     bytes = 4 T M w  +  8 sum_f c_f          (shared tables + one stored int64 hash key per (feature, chunk))
 
-Defaults: w = gcd of the logical dims and c_f = D_f / w, so every feature keeps its table's width; `chunks`
-sets c_f per feature (its output is then c_f w wide, which may differ from D_f). Every feature is hashed, so
-ids may be any int64. Tables keep their pooling: a pooled bag of a chunked feature is the concatenation of
-the chunks' pooled bags, which the store computes directly.
+Chunking is part of the solve (`probes`; g = gcd of the logical dims D_t, N_t a table's rows):
+
+    probes=c:                w = g / c,   c_f = c D_t / g     (all dims D: c chunks of width D / c, output D)
+    probes="by_vocabulary":  w = g / 4,   c_f = s_t D_t / g,
+                             s_t = max(1, 4 / 2^k_t),   k_t = floor(log_16(N_max / N_t))
+
+probes=1 (the default) is single-probe multiplexing: one full-width lookup per feature. by_vocabulary gives the
+largest vocabularies 4 chunks (output width D_t) and halves that per 16x fewer rows, down to 1 chunk (output
+D_t / 4): s_t is 4 (N_t / N_max)^(1/4) rounded up to a power of two, the fourth-root rule of thumb for
+embedding widths. It depends on the tables only, not on M (so the budget fit below stays one division); a
+feature whose output c_f w differs from D_t is pooled to that width (DLRM projects it to D), and unpooled
+tables, which return one width for all features, refuse mixed widths. `width=w` instead sets the chunk width
+directly (c_f = D_t / w); `chunks` sets c_f per named feature, overriding both (output c_f w). Every feature
+is hashed, so ids may be any int64. Tables keep their pooling: a pooled bag of a chunked feature is the
+concatenation of the chunks' pooled bags, which the store computes directly.
 
 Store layout. Pooled collections read each shared table with ONE lookup whose bags are the bags of all the
 chunks it serves, sample-major (`Bags.stack`: bag b n + i is sample b's i-th chunk on that table, batch B n).
@@ -40,14 +51,16 @@ Example:
     >>> p = et.plan(tables, "unified", budget=0.01)
     >>> [(t.num_embeddings, t.embedding_dim) for t in p.physical_tables], p.total_bytes
     ([(200004, 8)], 6400152)
+    >>> q = et.plan(tables, "unified", budget=0.01, probes=2)  # w = 8 / 2: C1 16 = 4 x 4, C2 8 = 2 x 4
+    >>> [p.chunks for p in q.params], q.physical_tables[0].embedding_dim
+    ([(4,), (2,)], 4)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -56,6 +69,7 @@ from embtables.bags import Bags, rows_by_slot, upload
 from embtables.config import FP32_BYTES, KEY_BYTES, Lookup, TableConfig, uniform_table
 from embtables.hashing import derive_seed, hash_key, hash_to_range
 from embtables.method import Method, Remapped
+from embtables.methods._unified_chunks import check_probes, chunk_layout
 from embtables.options import check_options, option
 from embtables.plan import InfeasibleBudget, Plan, Target, full_bytes
 from embtables.program import ColumnProgram, Piece, Term
@@ -69,14 +83,18 @@ class UnifiedOptions:
 
     Args:
         rows: rows M of each shared table; exclusive with a budget.
-        width: width w of a chunk (the shared tables' dim); default gcd of the tables' embedding dims.
-        chunks: feature name -> chunk count c_f (output width c_f * w); features not named get D_f / w.
+        probes: chunks per feature: an int c (c D_t / g chunks of width w = g / c, g the gcd of the tables'
+            dims: c chunks of width D / c when all dims are D), or "by_vocabulary" (4, 2 or 1 chunks of width
+            g / 4 per g columns by the table's rows, see the module docstring); default 1 (single probe).
+        width: width w of a chunk (the shared tables' dim), then c_f = D_t / w; exclusive with `probes`.
+        chunks: feature name -> chunk count c_f (output width c_f * w), overriding `probes` for the named features.
             Stored as sorted (feature, count) pairs.
         num_tables: number T of shared tables the chunks are dealt over round-robin.
         seed: base seed of the (feature, chunk) hash keys.
     """
 
     rows: int | None = option(None, minimum=1)
+    probes: int | Literal["by_vocabulary"] | None = None
     width: int | None = option(None, minimum=1)
     chunks: Mapping[str, int] | tuple[tuple[str, int], ...] | None = None
     num_tables: int = option(1, minimum=1)
@@ -84,6 +102,7 @@ class UnifiedOptions:
 
     def __post_init__(self) -> None:
         check_options(self, "unified")
+        check_probes(self.probes)
         if self.chunks is not None:
             pairs = tuple(self.chunks.items()) if isinstance(self.chunks, Mapping) else tuple(self.chunks)
             for pair in pairs:
@@ -132,28 +151,6 @@ def _stacks(pooled: bool, target: Target) -> bool:
     return pooled and target.backend != "fused"
 
 
-def _chunk_counts(tables: Sequence[TableConfig], options: UnifiedOptions, width: int) -> list[int]:
-    """c_f for every feature, feature-major; raises naming the option when a width does not divide."""
-    given = dict(options.chunks or ())
-    features = [f for t in tables for f in t.feature_names]
-    unknown = sorted(set(given) - set(features))
-    if unknown:
-        raise ValueError(f"unified option chunks names features {unknown} that no table has; features: {features}")
-    out = []
-    for t in tables:
-        for f in t.feature_names:
-            if f in given:
-                out.append(given[f])
-            elif t.embedding_dim % width:
-                raise ValueError(
-                    f"unified option width={width} does not divide dim {t.embedding_dim} of table {t.name!r}; "
-                    f"give chunks for feature {f!r} or another width"
-                )
-            else:
-                out.append(t.embedding_dim // width)
-    return out
-
-
 @register_method("unified")
 class Unified(Method):
     """Unified Embedding: every (feature, chunk) hashed into shared tables; chunks concatenated per feature."""
@@ -189,13 +186,7 @@ class Unified(Method):
     ) -> Plan:
         if (budget is None) == (options.rows is None):
             raise ValueError("unified needs exactly one of budget= or rows=")
-        width = options.width if options.width is not None else math.gcd(*[t.embedding_dim for t in tables])
-        if width % target.dim_multiple:
-            raise ValueError(
-                f"unified option width={width} must be a multiple of {target.dim_multiple} on the "
-                f"{target.backend!r} backend (the default is the gcd of the tables' dims)"
-            )
-        chunks = _chunk_counts(tables, options, width)
+        width, chunks = chunk_layout(tables, options.probes, options.width, dict(options.chunks or ()), target)
         out_dims = [c * width for c in chunks]
         if tables[0].pooling == "none" and len(set(out_dims)) > 1:
             raise ValueError(
