@@ -18,9 +18,9 @@ POOLED = [et.TableConfig("a", 3000, 8, feature_names=("a1", "a2")), et.TableConf
           et.TableConfig("c", 900, 16, pooling="mean")]
 UNPOOLED = [et.TableConfig("item", 3000, 8, feature_names=("hist", "target"), pooling="none"),
             et.TableConfig("cat", 50, 8, pooling="none")]
-# options that give a method more state than its defaults: a hot-id map and importance weights, frequency blocks
-# with projections
-STATEFUL = [("multihash", {"importance": True, "hot_rows": 6, "hash_all": True}),
+# options that give a method more state than its defaults: a hot-id map and importance tables (padded to 4 columns,
+# so that the plan also builds on fbgemm), frequency blocks with projections
+STATEFUL = [("multihash", {"importance": True, "hot_rows": 6, "hash_all": True, "dim_multiple": 4}),
             ("mixed_dim", {"granularity": "block", "blocks": 3, "alpha": 0.5})]
 CONFIGS = [(m, {}) for m in et.list_methods()] + STATEFUL
 
@@ -63,7 +63,7 @@ def train_step(c: et.Collection, seed: int, tables: list[et.TableConfig]) -> Non
         sparse.step()
         sparse.zero_grad()
     with torch.no_grad():
-        for p in c.method.parameters():  # projections, importance weights: plain SGD, stateless
+        for p in c.method.parameters():  # projections (mixed_dim): plain SGD, stateless
             p -= 0.05 * p.grad
             p.grad = None
 

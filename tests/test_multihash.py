@@ -40,6 +40,20 @@ def variant_options(combine, importance, append, hot) -> dict:
     return kw
 
 
+def importance_table(ebc: et.Collection, table: str) -> torch.Tensor:
+    """The store's (K, k') importance table P of a logical table (a view: writes change the store)."""
+    names = [t.name for t in ebc.plan.physical_tables]
+    return ebc.store.weights()[names.index(f"{table}/importance")]
+
+
+def randomize_importance(ebc: et.Collection) -> None:
+    """Random importance weights (not the initial ones) in every importance table."""
+    with torch.no_grad():
+        for t, w in zip(ebc.plan.physical_tables, ebc.store.weights()):
+            if t.name.endswith("/importance"):
+                w.uniform_(-2, 2)
+
+
 def build_one(n, d, variant, pooling="sum", backend="torch", **kw) -> et.Collection:
     """A one-table collection "t" for a variant, with random importance weights (not the initial ones)."""
     importance, hot = variant[1], variant[3]
@@ -49,17 +63,20 @@ def build_one(n, d, variant, pooling="sum", backend="torch", **kw) -> et.Collect
     opts = {**variant_options(*variant), **kw}
     ebc = et.build_collection([table], "multihash", counts=counts, backend=backend, **opts)
     if importance:
-        with torch.no_grad():
-            ebc.method.importance.uniform_(-2, 2)
+        randomize_importance(ebc)
     return ebc
 
 
-def oracle(ebc: et.Collection, x: int, counts: torch.Tensor | None = None, table: int = 0) -> torch.Tensor:
-    """e(x) from the module docstring's formulas, one id at a time, reading only weights, keys and P; `counts`
-    are the table's counts when its hot ids need a map."""
+def oracle(ebc: et.Collection, x: int, counts: torch.Tensor | None = None, table: int = 0,
+           W: torch.Tensor | None = None, P: torch.Tensor | None = None) -> torch.Tensor:
+    """e(x) from the module docstring's formulas, one id at a time, reading only weights, keys and P (the store's,
+    or the given W and P: leaves for reference gradients); `counts` are the table's counts when its hot ids need a
+    map."""
     o, p, t = ebc.plan.options, ebc.plan.params[table], ebc.tables[table]
     k = o.num_hashes
-    W = ebc.store.weights()[table]
+    W = ebc.store.weights()[table] if W is None else W
+    if o.importance and p.compressed and P is None:
+        P = importance_table(ebc, t.name)
     parts = k if o.combine == "concat" else 1
     if not p.compressed:
         return torch.cat([W[j * t.num_embeddings + x] for j in range(parts)])
@@ -76,25 +93,24 @@ def oracle(ebc: et.Collection, x: int, counts: torch.Tensor | None = None, table
     else:
         rows = [parts * H + int(hash_to_range(torch.tensor([x]), keys[j], p.rows)) for j in range(k)]
         a = [1.0] * k
-        if o.importance:
-            imp_off = sum(q.importance_rows for q in ebc.plan.params[:table] if q.compressed)
-            prow = ebc.method.importance[imp_off + int(hash_to_range(torch.tensor([x]), keys[k], p.importance_rows))]
-            a = list(prow)
+        if o.importance:  # a_j(x) = P[h_0(x), j]
+            a = list(P[int(hash_to_range(torch.tensor([x]), keys[k], p.importance_rows))])
         comps = [a[j] * W[rows[j]] for j in range(k)]
         e = torch.cat(comps) if o.combine == "concat" else sum(comps) / (k if o.combine == "mean" else 1)
-    if o.append_weights:
-        imp_off = sum(q.importance_rows for q in ebc.plan.params[:table] if q.compressed)
-        e = torch.cat([e, ebc.method.importance[imp_off + int(hash_to_range(torch.tensor([x]), keys[k], p.importance_rows))]])
+    if o.append_weights:  # p(x), without P's padding columns
+        e = torch.cat([e, P[int(hash_to_range(torch.tensor([x]), keys[k], p.importance_rows)), :k]])
     return e
 
 
-def expected_bytes(n, d, variant, m, K, k=2) -> int:
-    """4 (H D + m D') + 8 (k + [importance]) + 4 K k + 8 H [map], written out independently of the solver."""
+def expected_bytes(n, d, variant, m, K, k=2, padded_k=None) -> int:
+    """4 (H D + m D') + 8 (k + [importance]) + 4 K k' + 8 H [map], written out independently of the solver; k' is
+    the importance table's width, k padded up to the dim multiple (k where none)."""
     combine, importance, _, hot = variant
     H = 0 if hot is None else 37
     d_pool = d // k if combine == "concat" else d
     mapped = hot is not None and hot is UNRANKED
-    return 4 * (H * d + m * d_pool) + 8 * (k + importance) + 4 * K * k * importance + 8 * H * mapped
+    k_ = padded_k or k
+    return 4 * (H * d + m * d_pool) + 8 * (k + importance) + 4 * K * k_ * importance + 8 * H * mapped
 
 
 def test_one_hash_without_collision_is_a_full_table():
@@ -149,28 +165,28 @@ def test_backends_agree_in_forward_backward_and_training(variant):
     importance, hot = variant[1], variant[3]
     counts = None if hot is None else {"a1": hot, "a2": hot, "b": hot[:300], "c": hot[:3]}
     opt = et.SparseOptimizer("sgd", lr=1.0)
+    kw = dict(dim_multiple=4) if importance else {}  # one plan for both: P padded to FBGEMM's 4 columns
     a, b = (
-        et.build_collection(tables, "multihash", budget=0.2, counts=counts, backend=be, optimizer=opt, **variant_options(*variant))
+        et.build_collection(tables, "multihash", budget=0.2, counts=counts, backend=be, optimizer=opt,
+                            **variant_options(*variant), **kw)
         for be in ("torch", "fbgemm")
     )
     assert [p.compressed for p in a.plan.params] == [True, True, False]
+    assert a.plan == b.plan and not list(a.method.parameters())  # P is a table of the store, not a parameter
     if importance:
-        with torch.no_grad():
-            a.method.importance.uniform_(-2, 2)
+        randomize_importance(a)
     copy_state(a, b)
     weights_before = [w.clone() for w in b.store.weights()]
     kjt = random_kjt(tables, batch_size=8, max_len=5, seed=3, id_range=40)  # collisions and repeated ids
-    grads = []
     for ebc in (a, b):
         out = ebc(kjt).values()
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        grads.append(None if not importance else ebc.method.importance.grad)
-    if importance:
-        torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-5)
-        assert grads[0].abs().sum() > 0
-    # fused SGD with lr 1 applies w -= grad, so the fbgemm weight change is its gradient
+    # fused SGD with lr 1 applies w -= grad, so the fbgemm weight change is its gradient (P's tables included)
     for w_a, w0, w1 in zip(a.store.weight, weights_before, b.store.weights()):
         torch.testing.assert_close(w0 - w1, w_a.grad.to_dense(), rtol=1e-5, atol=1e-5)
+    if importance:
+        assert any(w.grad.to_dense()[:, :2].abs().sum() > 0 for w in a.store.weight[3:])  # P of "a" and "b"
+        assert all(not w.grad.to_dense()[:, 2:].any() for w in a.store.weight[3:])  # its padding: never read
     a.sparse_optimizer().step()
     with torch.no_grad():
         torch.testing.assert_close(a(kjt).values(), b(kjt).values(), rtol=1e-5, atol=1e-5)
@@ -186,6 +202,23 @@ def test_memory_bytes_match_the_formula(variant):
     if ratio is not None:
         assert ratio.plan.params[0].importance_rows == 125
         assert ratio.memory_bytes() == expected_bytes(400, 8, variant, 50, 125)
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v[1]], ids=[i for i, v in zip(IDS, VARIANTS) if v[1]])
+@pytest.mark.parametrize("num_hashes, backend, dim_multiple, width", [
+    (2, "torch", None, 2), (2, "fbgemm", None, 4), (2, "torch", 4, 4), (2, "fused", 4, 4), (3, "torch", 2, 4),
+    (4, "fbgemm", None, 4),
+])
+def test_importance_table_bytes_with_and_without_padding(variant, num_hashes, backend, dim_multiple, width):
+    """P is a (K, k') table of the store, k' = k padded to the dim multiple: its padding columns count."""
+    if variant[0] == "concat" and num_hashes != 2:
+        pytest.skip("concat splits D = 8 into 2 parts of 4 here")
+    ebc = build_one(400, 8, variant, rows=50, backend=backend, num_hashes=num_hashes, dim_multiple=dim_multiple)
+    P = importance_table(ebc, "t")
+    assert P.shape == (50, width)
+    expected = expected_bytes(400, 8, variant, 50, 50, k=num_hashes, padded_k=width)
+    assert ebc.memory_bytes() == ebc.plan.total_bytes == expected == ebc.plan.params[0].bytes
+    assert ebc.method.state_bytes() == 8 * (num_hashes + 1) + 8 * 37 * (variant[3] is UNRANKED)  # keys, hot map
 
 
 def test_whole_tables_cost_full_bytes_and_hash_all_compresses_them():
@@ -257,8 +290,7 @@ def test_several_tables_match_the_formula(combine, full_options):
     assert [p.compressed for p in ebc.plan.params] == [True, False, True]
     if full_options:
         assert [p.hot_map for p in ebc.plan.params] == [True, False, True]
-        with torch.no_grad():
-            ebc.method.importance.uniform_(-2, 2)
+        randomize_importance(ebc)
     w = 10 if full_options else 8
     assert ebc.output_dims == {"a1": w, "a2": w, "tiny": 8, "b": w}
     ids = {"a1": [0, 1, 2, 399], "a2": [5, 6, 7, 8], "tiny": [0, 1, 2, 2], "b": [9, 10, 299, -4]}
@@ -354,6 +386,10 @@ def test_hashed_tables_take_any_int64_and_whole_tables_check_their_range():
         ({"rows": 10}, "exactly one of budget= or rows="),
         ({"budget": None}, "exactly one of budget= or rows="),
         ({"combine": "concat", "num_hashes": 3}, "combine='concat' splits dim 8 of table 't'"),
+        ({"combine": "concat", "num_hashes": 4, "dim_multiple": 4}, r"multiples of 4 \(option dim_multiple\)"),
+        ({"importance": True, "dim_multiple": 2, "backend": "fbgemm"}, "dim_multiple=2 is not a multiple of 4, the "
+                                                                     "dim multiple of backend 'fbgemm'"),
+        ({"dim_multiple": 0}, "dim_multiple must be an int >= 1"),
         ({"hot_rows": 5}, "hot_rows needs per-feature id counts"),
         ({"hot_rows": 5, "counts": {"u": RANKED}}, "needs counts for feature 't'"),
         ({"hot_rows": 5, "counts": {"t": torch.arange(500)}}, "at most 400 ids"),
@@ -381,3 +417,65 @@ def test_unpooled_empty_input_gives_no_rows(combine):
                               importance=True, append_weights=True)
     out = ebc(KeyedJaggedTensor(["t"], torch.zeros(0, dtype=torch.long), lengths=torch.zeros(3, dtype=torch.long)))
     assert out["t"].values().shape == (0, 10) and out["t"].lengths().tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("combine", ["sum", "mean", "concat"])
+@pytest.mark.parametrize("pooling", ["sum", "none"])
+def test_importance_gradients_match_the_formula(combine, pooling):
+    """Autograd through the formula, with W and P as leaves, gives the store's gradients of both tables (hot and
+    cold ids, per-sample weights, appended p(x))."""
+    ebc = build_one(400, 8, (combine, True, True, RANKED), pooling, rows=30)
+    kjt = random_kjt(ebc.tables, batch_size=6, max_len=4, seed=5, weighted=pooling == "sum", id_range=60)
+    out = ebc(kjt)
+    y = out.values() if pooling == "sum" else out["t"].values()
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    (y * g).sum().backward()
+    W = ebc.store.weights()[0].clone().requires_grad_()
+    P = importance_table(ebc, "t").clone().requires_grad_()
+    e = torch.stack([oracle(ebc, x, W=W, P=P) for x in kjt.values().tolist()])
+    if pooling == "sum":  # sum_j P[h_0(x), j] W[h_j(x)], pooled with the bag's weights
+        w, offsets = kjt.weights(), kjt.offsets().tolist()
+        e = torch.stack([(w[a:b, None] * e[a:b]).sum(0) for a, b in zip(offsets[:-1], offsets[1:])])
+    (e * g).sum().backward()
+    assert ebc.plan.physical_tables[1].name == "t/importance"
+    torch.testing.assert_close(ebc.store.weight[0].grad.to_dense(), W.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ebc.store.weight[1].grad.to_dense(), P.grad, rtol=1e-5, atol=1e-6)
+    assert P.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", ["torch", "fbgemm", "fused", "triton"])
+@pytest.mark.parametrize("pooling", ["sum", "none"])
+def test_a_step_moves_only_the_importance_rows_the_batch_read(backend, pooling):
+    """P starts at ones and the store's sparse optimizer moves only the rows h_0(x) of the batch's ids (a dense
+    optimizer such as Adam would move every row); its padding columns never move."""
+    table = et.TableConfig("t", 10_000, 8, pooling=pooling)
+    ebc = et.build_collection([table], "multihash", rows=500, importance=True, backend=backend, dim_multiple=4,
+                              optimizer=et.SparseOptimizer("rowwise_adagrad", lr=0.1))
+    assert not list(ebc.method.parameters())
+    P = importance_table(ebc, "t")
+    assert torch.equal(P, torch.ones(500, 4))  # the store's init keeps P's ones, padding included
+    ids = torch.tensor([3, 77, 3, 9_999, 123_456, -8])
+    out = ebc(KeyedJaggedTensor(["t"], ids, lengths=torch.tensor([2, 0, 4])))
+    y = out.values() if pooling == "sum" else out["t"].values()
+    (y - 1).pow(2).sum().backward()  # fbgemm, fused and triton update inside backward
+    if ebc.sparse_optimizer() is not None:
+        ebc.sparse_optimizer().step()
+    read = hash_to_range(ids, ebc.method.keys[0, 2], 500).unique()
+    assert torch.equal((P != 1).any(1).nonzero().squeeze(1), read)
+    assert torch.equal(P[:, 2:], torch.ones(500, 2))
+
+
+def test_importance_round_trips_through_a_checkpoint(tmp_path):
+    """P is saved with the tables under its plan name and loads on another store, trained rows included."""
+    tables = [et.TableConfig("t", 5000, 8)]
+    a = et.build_collection(tables, "multihash", rows=100, importance=True, append_weights=True, dim_multiple=4)
+    kjt = random_kjt(tables, batch_size=8, seed=2)
+    a(kjt).values().pow(2).sum().backward()
+    a.sparse_optimizer().step()
+    et.save_collection(a, tmp_path / "mh.pt")
+    assert "t/importance" in et.checkpoint.read_collection_file(tmp_path / "mh.pt")["tables"]
+    for backend in ("fbgemm", "fused"):
+        b = et.load_collection(tmp_path / "mh.pt", backend)
+        torch.testing.assert_close(importance_table(b, "t"), importance_table(a, "t"))
+        with torch.no_grad():
+            torch.testing.assert_close(b(kjt).values(), a(kjt).values())

@@ -14,8 +14,9 @@ where a_j(x) = 1 unless `importance=True`. Who does what:
   P in R^{K x k}, indexed by a further hash h_0(x) into [0, K), weights the components, a_j(x) = P[h_0(x), j];
   their summed form is `"sum"` and their concatenated form is `"concat"`. `append_weights=True` appends the
   importance vector p(x) = P[h_0(x)] to e(x), as the paper optionally does (output D + k). K = ceil(r m),
-  r = `importance_ratio` (default 1), capped at the ids it serves. P starts at ones (a plain multi-hash sum)
-  and is a dense parameter of the method: train it with the model's dense optimizer (`ebc.method.parameters()`).
+  r = `importance_ratio` (default 1), capped at the ids it serves. P starts at ones (a plain multi-hash sum). As
+  the paper learns it per bucket with the embeddings, P is a physical table of the plan, `<table>/importance`
+  (K rows, width k' below), updated by the store's sparse optimizer: a step moves only the rows a batch read.
 - Frequency + double hashing (Zhang et al., "Model Size Reduction Using Frequency Based Double Hashing for
   Recommender Systems", RecSys 2020), `hot_rows=H`: the H most frequent ids of the table (by the per-feature
   `counts`, summed over the table's features) get collision-free rows, e(x) = U[r(x)], U in R^{H x D}; the
@@ -24,22 +25,25 @@ where a_j(x) = 1 unless `importance=True`. Who does what:
 
 Memory of a compressed table, exactly (fp32 weights, int64 keys and maps):
 
-    bytes = 4 (H D + m D')  +  8 (k + [importance])  +  4 K k [importance]  +  8 H [hot map]
+    bytes = 4 (H D + m D')  +  8 (k + [importance])  +  4 K k' [importance]  +  8 H [hot map]
 
-with D' = D (sum, mean) or D / k (concat). The hot map is a sorted array of the H hot ids, stored only when
-the counts are not frequency-ranked; with ranked counts (the data pipeline's: non-increasing, id 0 the most
-frequent) the hot ids are exactly 0..H-1 and need no map. A table is compressed only when that takes fewer
-bytes than storing it whole (4 N D), unless `hash_all`; whole tables are looked up directly (ids in [0, N)),
-compressed ones accept any int64 id. A budget sets one cap M on the pool rows of every table, m_t = min(M,
-cap_t), the largest that fits (cap_t: k (N_t - H_t) for concat, N_t - H_t otherwise).
+with D' = D (sum, mean) or D / k (concat), and k' = q ceil(k / q) the width of P: k rounded up to the dim multiple
+q (`dim_multiple`, by default the store's: 1, or 4 on fbgemm), whose padding columns are allocated, never read.
+The hot map is a sorted array of the H hot ids, stored only when the counts are not frequency-ranked; with ranked
+counts (the data pipeline's: non-increasing, id 0 the most frequent) the hot ids are exactly 0..H-1, no map.
+A table is compressed only when that takes fewer bytes than storing it whole (4 N D), unless `hash_all`; whole
+tables are looked up directly (ids in [0, N)), compressed ones accept any int64 id. A budget sets one cap M on
+the pool rows of every table, m_t = min(M, cap_t), the largest that fits (cap_t: k (N_t - H_t) for concat,
+N_t - H_t otherwise).
 
 Store layout: one physical table per logical table (hot rows first, then the pool). With sum or mean, each id
 becomes 1 (hot) or k physical ids of one pooled lookup, so the store pools all k rows at once (pooling
-commutes with the sum) and importance and 1/k enter as per-sample weights, which both backends differentiate
-(FBGEMM 1.8 on CPU returns gradients w.r.t. per_sample_weights); a mean without importance or hot rows is
-instead scaled by 1/k after pooling, per feature, which needs no weights. With concat each feature gets k
-lookups, one per component, so the store's pooled output already is the concatenation (a hot id's row U[r(x)]
-is stored as k parts of D/k). Unpooled tables use per-id lookups and combine the components per id. The remap
+commutes with the sum) and a mean's 1/k enters as per-sample weights where hot rows (which take none) need them,
+else it scales the pooled output per feature. With concat each feature gets k lookups, one per component, so
+the store's pooled output already is the concatenation (a hot id's row U[r(x)] is stored as k parts of D/k).
+Unpooled tables use per-id lookups and combine the components per id. With importance, P is one more physical
+table per compressed table (after all the pools) and every lookup reads one id per bag: combine weighs the
+components by P's rows, then pools (`embtables.methods._importance` says why). The remap
 works feature by feature on Python constants (keys, rows, offsets of each table): whole tables pass through
 untouched and only compressed features are hashed. Hot rows under sum or mean read the host once per batch beyond
 the batch's read (`embtables.inputs`), a synchronisation on CUDA: how many rows a feature reads depends on the data.
@@ -58,15 +62,16 @@ from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from embtables.bags import Bags
 from embtables.config import FP32_BYTES, ID_BYTES, KEY_BYTES, Lookup, TableConfig, uniform_table
 from embtables.frequency import is_ranked, table_counts, top_ids
 from embtables.hashing import derive_seed, hash_key, hash_to_range
 from embtables.method import Method, Remapped, check_ids_in_range
+from embtables.methods._importance import PerIdLayout, importance_tables, per_id_lookups
 from embtables.options import check_options, option
-from embtables.plan import InfeasibleBudget, Plan, Target, full_bytes, largest_within
+from embtables.plan import InfeasibleBudget, Plan, Target, full_bytes, largest_within, round_up
 from embtables.registry import register_method
 
 HOT_ROWS = "multihash option hot_rows"
@@ -86,6 +91,8 @@ class MultiHashOptions:
         hot_rows: H, collision-free rows for each table's H most frequent ids (needs counts); 0 disables.
         seed: base seed of the hash keys.
         hash_all: compress every table, also those a whole table would store in fewer bytes.
+        dim_multiple: the widths of P and of the concat parts are multiples of this; default the store's own (1,
+            or 4 on fbgemm); must be a multiple of the store's. Set 4 for checkpoints that also load on fbgemm.
     """
 
     rows: int | None = option(None, minimum=1)
@@ -97,6 +104,7 @@ class MultiHashOptions:
     hot_rows: int = option(0, minimum=0)
     seed: int = 0
     hash_all: bool = False
+    dim_multiple: int | None = option(None, minimum=1)
 
     def __post_init__(self) -> None:
         check_options(self, "multihash")
@@ -127,7 +135,6 @@ class _Table:
     rows: int  # pool rows m
     hot: int  # H
     hot_segment: tuple[int, int] | None  # its slice of `hot_keys` when the hot ids need a map
-    imp_offset: int  # its first row of the importance table P
     imp_rows: int  # K, at least 1
     n: int  # logical rows N
 
@@ -136,13 +143,14 @@ class _Table:
 class _Components:
     """The physical rows of a feature's N_f ids, from remap to combine: `rows` (N_f, c), c = k, or 1 for a whole
     table's id under sum or mean; `keep` (N_f, c), which of them are read (None: all; a hot id reads column 0 only
-    under sum or mean); `weights` (N_f, c), a_j(x) (importance, 1/k of a mean; None: ones); `importance` (N_f, k),
-    p(x) = P[h_0(x)] (None when the table has none)."""
+    under sum or mean); `weights` (N_f, c), 1/k of a mean, 1 for hot ids (None: ones; never with importance);
+    `hot` (N_f,), which ids are hot (None: no table's hot rows); `imp` (N_f,) the row h_0(x) of P (None: no P)."""
 
     rows: Tensor
     keep: Tensor | None
     weights: Tensor | None
-    importance: Tensor | None
+    hot: Tensor | None
+    imp: Tensor | None
 
 
 @register_method("multihash")
@@ -162,14 +170,11 @@ class MultiHash(Method):
         # a mean where every id of a compressed table is multi-hashed: 1/k commutes with pooling, apply it after
         self._scale_after = o.combine == "mean" and not o.importance and not any(p.hot for p in params)
 
-        # serving state, counted in memory_bytes: k hash keys (+ the importance key) per compressed table, the
-        # importance table P and the hot ids of tables whose counts are not ranked (sorted, table after table)
+        # serving state, counted in memory_bytes: k hash keys (+ the importance key) per compressed table and the
+        # hot ids of tables whose counts are not ranked (sorted, table after table); P is a table of the store
         hashes = list(range(self.k)) + ([-1] if o.importance else [])
         keys = [[hash_key(derive_seed(o.seed, t, j)) for j in hashes] for t in comp_ids]
         self.register_buffer("keys", torch.tensor(keys, dtype=torch.int64).view(len(comp_ids), len(hashes)))
-        K = [p.importance_rows for p in params]
-        # P starts at ones, so a fresh hash embedding is the plain multi-hash combination
-        self.importance = nn.Parameter(torch.ones(sum(K), self.k)) if o.importance else None
         mapped = [t for t, p in enumerate(params) if p.hot_map]
         hot_ids = [self._hot_ids(t, counts) for t in mapped]
         self.register_buffer("hot_keys", torch.cat(hot_ids) if hot_ids else torch.zeros(0, dtype=torch.int64))
@@ -178,7 +183,7 @@ class MultiHash(Method):
             segment = (seg, seg + p.hot) if p.hot_map else None
             seg += p.hot * p.hot_map
             key_row = comp_ids.index(t) if p.compressed else -1
-            self._tables.append(_Table(p.compressed, key_row, p.rows, p.hot, segment, sum(K[:t]), max(1, K[t]),
+            self._tables.append(_Table(p.compressed, key_row, p.rows, p.hot, segment, max(1, p.importance_rows),
                                        self.tables[t].num_embeddings))
         whole_n = [None if params[t].compressed else self.tables[t].num_embeddings for t in self.feature_table]
         self.id_upper = whole_n if len(comp_ids) < len(params) else None  # whole tables index rows directly
@@ -189,8 +194,14 @@ class MultiHash(Method):
         comp_f = [params[t].compressed for t in self.feature_table]
         scale = [1.0 / self.k if c else 1.0 for c, d in zip(comp_f, self.output_dims()) for _ in range(d)]
         self.register_buffer("_column_scale", torch.tensor(scale), persistent=False)
-        self._core_dims = [self.tables[t].embedding_dim for t in self.feature_table]
-        self._appends = [self.append and c for c in comp_f]
+        # with importance (P a physical table), every lookup reads one id per bag: `_importance`
+        self.per_id = None
+        if o.importance and comp_ids:
+            dims = [plan.physical_tables[t].embedding_dim for t in self.feature_table]
+            width = plan.physical_tables[-1].embedding_dim  # P's, k' (the importance tables come last)
+            features = [(self.k if self.mode == "concat" or c else 1, d, c, self.append and c)
+                        for c, d in zip(comp_f, dims)]
+            self.per_id = PerIdLayout(self.k, self.mode, self.pooled, features, width)
 
     @classmethod
     def from_plan(cls, plan: Plan, counts: Mapping[str, Any] | None) -> "MultiHash":
@@ -212,14 +223,17 @@ class MultiHash(Method):
         o, k = options, options.num_hashes
         if (budget is None) == (o.rows is None):
             raise ValueError("multihash needs exactly one of budget= or rows=")
-        concat = o.combine == "concat"
+        q = o.dim_multiple or target.dim_multiple
+        if q % target.dim_multiple:
+            raise ValueError(f"multihash option dim_multiple={q} is not a multiple of {target.dim_multiple}, the "
+                             f"dim multiple of backend {target.backend!r}")
+        concat, width = o.combine == "concat", round_up(k, q) * o.importance  # k', P's width
         for t in tables:
-            if concat and (t.embedding_dim % k or (t.embedding_dim // k) % target.dim_multiple):
+            if concat and (t.embedding_dim % k or (t.embedding_dim // k) % q):
                 raise ValueError(
                     f"multihash option combine='concat' splits dim {t.embedding_dim} of table {t.name!r} into "
-                    f"num_hashes={k} parts, which must be whole multiples of {target.dim_multiple} on "
-                    f"{target.backend!r}"
-                )
+                    f"num_hashes={k} parts, which must be whole multiples of {q} "
+                    + (f"on {target.backend!r}" if o.dim_multiple is None else "(option dim_multiple)"))
         hot = [min(o.hot_rows, t.num_embeddings) for t in tables]
         mapped = [h > 0 and not is_ranked(table_counts(t, target.counts, HOT_ROWS, h)) for t, h in zip(tables, hot)]
         caps = [max(1, t.num_embeddings - h) * (k if concat else 1) for t, h in zip(tables, hot)]
@@ -231,7 +245,7 @@ class MultiHash(Method):
                 m = M if o.hash_all and budget is None else min(M, cap)
                 K = min(max(1, t.num_embeddings - h), math.ceil(ratio * m)) if o.importance else 0
                 dim = t.embedding_dim // k if concat else t.embedding_dim
-                c = FP32_BYTES * (h * t.embedding_dim + m * dim + K * k) + KEY_BYTES * (k + o.importance) + ID_BYTES * h * mp
+                c = FP32_BYTES * (h * t.embedding_dim + m * dim + K * width) + KEY_BYTES * (k + o.importance) + ID_BYTES * h * mp
                 if o.hash_all or c < t.full_bytes:
                     out.append(MultiHashParams(m, h, K, True, mp, c))
                 else:
@@ -262,7 +276,10 @@ class MultiHash(Method):
             for f in t.feature_names:
                 names = [f"{f}/h{j}" for j in range(k)] if concat else [f]
                 lookups += [Lookup(n, i, t.pooling != "none") for n in names]
-        extra = sum(p.bytes - FP32_BYTES * ph.num_embeddings * ph.embedding_dim for p, ph in zip(params, physical))
+        if o.importance and any(p.compressed for p in params):  # P after the pools; one id per bag (`_importance`)
+            physical += importance_tables(tables, params, width)
+            lookups = per_id_lookups(tables, params, k, concat)
+        extra = sum(p.bytes for p in params) - sum(ph.bytes for ph in physical)
         return Plan("multihash", o, budget, tuple(tables), tuple(physical), tuple(lookups), tuple(params), extra)
 
     @classmethod
@@ -284,16 +301,11 @@ class MultiHash(Method):
         pos = torch.searchsorted(ids, x).clamp_(max=ids.numel() - 1)
         return ids[pos] == x, pos
 
-    def _importance_of(self, s: _Table, x: Tensor) -> Tensor:
-        """(N_f, k) importance vectors p(x) = P[h_0(x)] of a compressed table's ids."""
-        row = s.imp_offset + hash_to_range(x, self.keys[s.key_row, self.k], s.imp_rows)
-        return self.importance[row]  # type: ignore[index]
-
     def _components(self, t: int, x: Tensor) -> _Components:
         """Ids (N_f,) of a feature of table t -> their physical rows, which are read and with what weights."""
         s, k, concat = self._tables[t], self.k, self.mode == "concat"
         if not s.compressed:  # a plain row; under concat, its k parts j N + x
-            return _Components(x[:, None] + s.n * self._j if concat else x[:, None], None, None, None)
+            return _Components(x[:, None] + s.n * self._j if concat else x[:, None], None, None, None, None)
         keys = self.keys[s.key_row]
         rows = hash_to_range(x[:, None], keys[None, :k], s.rows) + (k * s.hot if concat else s.hot)  # (N_f, k)
         hot = None
@@ -303,17 +315,16 @@ class MultiHash(Method):
                 rows = torch.where(hot[:, None], s.hot * self._j + idx[:, None], rows)
             else:
                 rows = torch.cat([torch.where(hot, idx, rows[:, 0])[:, None], rows[:, 1:]], 1)
-        a = p = None
-        if self.importance is not None:
-            a = p = self._importance_of(s, x)
-        if self.mode == "mean" and not self._scale_after:
-            a = torch.full(rows.shape, 1.0 / k, device=x.device) if a is None else a / k
-        if hot is not None and a is not None:
-            a = torch.where(hot[:, None], 1.0, a)  # hot rows are collision-free: no importance, no 1/k
+        imp = a = None
+        if self.per_id is not None:  # importance: combine weighs the components by P's rows
+            imp = hash_to_range(x, keys[k], s.imp_rows)
+        elif self.mode == "mean" and not self._scale_after:  # a mean with hot rows, which take no 1/k
+            a = torch.full(rows.shape, 1.0 / k, device=x.device)
+            a = a if hot is None else torch.where(hot[:, None], 1.0, a)
         keep = None  # under sum or mean a hot id reads its hot row (column 0) only
         if hot is not None and not concat:
             keep = torch.cat([torch.ones_like(hot[:, None]), ~hot[:, None].expand(-1, k - 1)], 1)
-        return _Components(rows, keep, a, p)
+        return _Components(rows, keep, a, hot, imp)
 
     def _all_components(self, bags: Bags) -> list[_Components]:
         check_ids_in_range(bags, self.id_upper, self, "multihash")
@@ -322,6 +333,8 @@ class MultiHash(Method):
     def remap(self, bags: Bags) -> Remapped:
         """Context for combine: each feature's `_Components`."""
         comps, B, k = self._all_components(bags), bags.batch_size, self.k
+        if self.per_id is not None:
+            return self.per_id.remap(bags, comps)
         w = None if bags.per_sample_weights is None else bags.per_sample_weights.split(bags.ids_per_feature)
         weights = None
         if w is not None or any(c.weights is not None for c in comps):
@@ -355,24 +368,14 @@ class MultiHash(Method):
         at = torch.nonzero_static(keep, size=sum(sizes)).squeeze(1)  # sized on the host: no second read
         return Remapped(bags, Bags(values[at], offsets, None if flat is None else flat[at], sizes, B), comps)
 
-    def _importances(self, comps: list[_Components]) -> list[Tensor]:
-        """Per feature, its ids' importance vectors p(x) (N_f, k); zeros where its table has none."""
-        return [c.importance if c.importance is not None else torch.zeros(c.rows.shape[0], self.k,
-                                                                          device=c.rows.device) for c in comps]
-
     def combine(self, pooled: Tensor | None, rows: Tensor | None, batch: Remapped) -> Tensor:
         comps: list[_Components] = batch.context
+        if self.per_id is not None:
+            assert pooled is not None
+            return self.per_id.combine(pooled, batch)
         if self.pooled:
             assert pooled is not None
-            if self._scale_after:
-                return pooled * self._column_scale
-            if not self.append:
-                return pooled
-            core = pooled.split(self._core_dims, 1)  # split + cat: views, and one copy each way
-            # per feature, its bags' pooled (weighted) importance vectors (B, k)
-            appended = batch.logical.sum_rows(torch.cat(self._importances(comps))).split(self.k, 1)
-            pieces = [x for f, c in enumerate(core) for x in ((c, appended[f]) if self._appends[f] else (c,))]
-            return torch.cat(pieces, 1)  # each feature's vector, then its weights when its table has them
+            return pooled * self._column_scale if self._scale_after else pooled
         # unpooled: combine each id's physical rows with its weights a_j(x), feature by feature
         assert rows is not None
         out = []
@@ -392,7 +395,4 @@ class MultiHash(Method):
                 out.append(x.reshape(n, parts * x.shape[2]))
             else:  # a mean scaled after summing, as in the pooled case
                 out.append(x.sum(1) / self.k if self._scale_after and self._tables[t].compressed else x.sum(1))
-        e = torch.cat(out)  # (N, D)
-        if self.append:
-            e = torch.cat([e, torch.cat(self._importances(comps))], 1)  # (N, D + k)
-        return e
+        return torch.cat(out)  # (N, D)
