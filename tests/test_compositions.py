@@ -35,6 +35,8 @@ QR_THREE_DIGITS = (criteo_kaggle_tables(16, scale=0.01), 0.01)
 
 def _library(tables: list[et.TableConfig], method: str, budget: float, **options: object) -> et.Collection:
     torch.manual_seed(0)
+    if method == "mixed_dim":  # the compositions are sized by fbgemm's plans: dims in its multiple, 4
+        options.setdefault("dim_multiple", 4)
     return et.build_collection(tables, method, budget, backend="torch", **options)
 
 

@@ -92,3 +92,11 @@ def test_layouts_by_frequency_rank_refuse_raw_ids():
     with pytest.raises(ValueError, match=r"mixed_dim with raw_ids=True: tables \['C1'\] are laid out by frequency"):
         et.plan(tables, "mixed_dim", 0.1, counts=counts, raw_ids=True, granularity="block")
     assert et.plan(tables, "mixed_dim", 0.1, counts=counts, raw_ids=True).raw_tables == (0, 1)  # one block each
+
+
+def test_hot_rows_refuse_raw_ids():
+    tables = [et.TableConfig("C1", 10_000, 16)]
+    counts = {"C1": torch.arange(10_000, 0, -1)}
+    with pytest.raises(ValueError, match=r"multihash with raw_ids=True: tables \['C1'\] are laid out by frequency"):
+        et.plan(tables, "multihash", 0.1, counts=counts, raw_ids=True, hot_rows=100)
+    assert et.plan(tables, "multihash", 0.1, counts=counts, raw_ids=True).raw_tables == ()  # C1 is hashed

@@ -52,9 +52,19 @@ def test_tiny_sweep_writes_well_formed_results_and_report(data, tmp_path):
     full_auc = df.loc[df["method"] == "full", "test_auc_best"].iloc[0]
     assert df.loc[1, "gap_to_full"] == pytest.approx(df.loc[1, "test_auc_best"] - full_auc)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "results.csv")[["cell"]], df[["cell"]])
+    # the vocabulary ranks need: 16 bytes per id of the full table; hash keeps only its small tables whole
+    vocab = df.set_index("method")["index_bytes"]
+    assert vocab["full"] == 16 * df["full_bytes"].iloc[0] // (4 * 16)
+    assert (df.loc[df["method"] == "hash", "index_bytes"] < vocab["full"]).all()
     report = write_report(tmp_path).read_text()
     assert "## Budget 0.3" in report and "## Recommendation per budget" in report
     assert (tmp_path / "auc_vs_bytes.png").stat().st_size > 10_000
+    assert (tmp_path / "auc_vs_bytes_with_vocabulary.png").stat().st_size > 10_000
+    header = next(line for line in report.splitlines() if line.startswith("| rank"))
+    row = next(line for line in report.splitlines() if line.startswith("| 1 | hash"))
+    assert "+ vocabulary, of full" in header and header.count("|") == row.count("|")
+    r = df[df["method"] == "hash"].iloc[0]
+    assert f"| {(r['memory_bytes'] + r['index_bytes']) / r['full_bytes']:.4g} |" in report.split("## Budget 0.3")[1]
 
 
 def test_infeasible_budgets_are_recorded_not_skipped(data, tmp_path, in_process):
@@ -226,4 +236,4 @@ def test_report_command_says_where_the_report_and_figures_went(data, tmp_path, i
     capsys.readouterr()  # the sweep's own lines
     assert main(["report", str(tmp_path)]) == 0
     assert capsys.readouterr().out == (f"report: {tmp_path / 'report.md'}\nfigures: {tmp_path / 'auc_vs_bytes.png'}, "
-                                       f"{tmp_path / 'throughput_vs_bytes.png'}\n")
+                                       f"{tmp_path / 'throughput_vs_bytes.png'}, {tmp_path / 'auc_vs_bytes_with_vocabulary.png'}\n")

@@ -30,9 +30,12 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (method, options, budget): means and min/max over seeds of the finished runs; `conditions` says
     why its speed does not compare with the full table's ("" when it does)."""
     ok = df[df["status"] == "ok"].assign(conditions=speed_conditions(df))
+    if "index_bytes" not in ok:  # results of sweeps from before index_bytes was recorded
+        ok = ok.assign(index_bytes=math.nan)
     g = ok.groupby(["method", "options", "budget"], dropna=False)
     out = g.agg(
         seeds=("seed", "nunique"), bytes=("memory_bytes", "mean"), full_bytes=("full_bytes", "mean"),
+        vocabulary=("index_bytes", "mean"),
         auc=(AUC, "mean"), auc_min=(AUC, "min"), auc_max=(AUC, "max"), auc_sd=(AUC, "std"),
         logloss=("test_logloss_best", "mean"), speed=("train_samples_per_s", "mean"),
         conditions=("conditions", lambda why: ", ".join(sorted({w for w in why if w}))),
@@ -42,18 +45,19 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     out["speed_vs_full"] = out["speed"] / (full["speed"].mean() if len(full) else math.nan)
     if "bayes_test_auc" in ok:
         out["gap_to_bayes"] = out["auc"] - ok["bayes_test_auc"].mean()
+    out["served"] = out["bytes"] + out["vocabulary"]  # tables + the vocabulary ranks need (NaN: not recorded)
     return out.sort_values(["budget", "auc"], ascending=[False, False]).reset_index(drop=True)
 
 
-def pareto(agg: pd.DataFrame) -> pd.DataFrame:
-    """Runs no other run beats on both bytes (fewer) and AUC (higher)."""
-    rows = agg.sort_values(["bytes", "auc"], ascending=[True, False])
+def pareto(agg: pd.DataFrame, x: str = "bytes") -> pd.DataFrame:
+    """Runs no other run beats on both bytes (column `x`: fewer) and AUC (higher)."""
+    rows = agg.sort_values([x, "auc"], ascending=[True, False])
     best, keep = -math.inf, []
     for i, r in rows.iterrows():
         if r["auc"] > best:
             keep.append(i)
             best = r["auc"]
-    return agg.loc[keep].sort_values("bytes")
+    return agg.loc[keep].sort_values(x)
 
 
 def label(method: str, options: str) -> str:
@@ -74,29 +78,33 @@ def figures(agg: pd.DataFrame, bayes: float | None, out: Path) -> list[str]:
     names = []
     full = agg[agg["method"] == "full"]
     curves = agg[agg["method"] != "full"]
-    for y, ylabel, fname in (("auc", "test AUC (at best validation step)", "auc_vs_bytes.png"),
-                             ("speed", "training samples / s", "throughput_vs_bytes.png")):
+    specs = [("auc", "bytes", "test AUC (at best validation step)", "auc_vs_bytes.png"),
+             ("speed", "bytes", "training samples / s", "throughput_vs_bytes.png")]
+    if agg["served"].notna().all():
+        specs.append(("auc", "served", "test AUC (at best validation step)", "auc_vs_bytes_with_vocabulary.png"))
+    for y, x, ylabel, fname in specs:
         fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
         for i, ((method, options), g) in enumerate(curves.groupby(["method", "options"])):
-            g = g.sort_values("bytes")
+            g = g.sort_values(x)
             # distinct markers and dashes, so curves that coincide stay distinguishable
             style = dict(marker=MARKERS[i % len(MARKERS)], ms=6 - i % 3, ls=DASHES[i % len(DASHES)], alpha=0.9,
                          label=label(method, options))
             if y == "auc":
                 err = [g["auc"] - g["auc_min"], g["auc_max"] - g["auc"]]
-                ax.errorbar(g["bytes"], g["auc"], yerr=err, capsize=3, **style)
+                ax.errorbar(g[x], g["auc"], yerr=err, capsize=3, **style)
             else:
-                ax.plot(g["bytes"], g["speed"], **style)
+                ax.plot(g[x], g["speed"], **style)
         if len(full):
-            ax.axhline(full[y].mean(), color="black", lw=1.2, label=f"full table ({full['bytes'].mean() / 1e6:,.1f} MB)")
+            ax.axhline(full[y].mean(), color="black", lw=1.2, label=f"full table ({full[x].mean() / 1e6:,.1f} MB)")
         if y == "auc":
             if bayes is not None:
                 ax.axhline(bayes, color="gray", ls="--", lw=1, label="Bayes-optimal (planted truth)")
-            front = pareto(agg)
-            ax.plot(front["bytes"], front["auc"], color="black", ls=":", lw=1)
-            ax.scatter(front["bytes"], front["auc"], s=90, facecolors="none", edgecolors="black", label="Pareto front")
+            front = pareto(agg, x)
+            ax.plot(front[x], front["auc"], color="black", ls=":", lw=1)
+            ax.scatter(front[x], front["auc"], s=90, facecolors="none", edgecolors="black", label="Pareto front")
         ax.set_xscale("log")
-        ax.set_xlabel("embedding memory, bytes (log scale)")
+        ax.set_xlabel("embedding memory, bytes (log scale)" if x == "bytes" else
+                      "embedding memory + the vocabulary to serve raw ids, bytes (log scale)")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="best")
@@ -222,13 +230,17 @@ def build_report(folder: str | Path) -> ReportFiles:
     lines += ["## Recommendation per budget", ""] + recommendations(agg) + [""]
     lines += beats_full(agg, Path(df["data"].iloc[0]))
     bayes_col = bayes is not None  # data without a planted truth has no Bayes column
+    vocab_col = bool(agg["served"].notna().all())
+    lines += _vocabulary_note(agg) if vocab_col else []
     for budget, g in agg[agg["method"] != "full"].groupby("budget", sort=False):
-        lines += [f"## Budget {budget:g}", "", "| rank | method | bytes | of full | test AUC | gap to full | "
+        lines += [f"## Budget {budget:g}", "", "| rank | method | bytes | of full | "
+                  + ("+ vocabulary, of full | " if vocab_col else "") + "test AUC | gap to full | "
                   + ("gap to Bayes | " if bayes_col else "") + "train samples/s | vs full speed |",
-                  "|---|---|---|---|---|---|" + ("---|" if bayes_col else "") + "---|---|"]
+                  "|---|---|---|---|---|---|" + ("---|" if vocab_col else "") + ("---|" if bayes_col else "") + "---|---|"]
         for rank, (_, r) in enumerate(g.sort_values("auc", ascending=False).iterrows(), 1):
             lines.append(
                 f"| {rank} | {label(r['method'], r['options'])} | {r['bytes']:,.0f} | {r['bytes'] / r['full_bytes']:.4g} | "
+                + (f"{r['served'] / r['full_bytes']:.4g} | " if vocab_col else "") + 
                 f"{r['auc']:.4f} ({r['auc_min']:.4f}..{r['auc_max']:.4f}) | {r['gap_to_full']:+.4f} | "
                 + (f"{r.get('gap_to_bayes', math.nan):+.4f} | " if bayes_col else "")
                 + f"{r['speed']:,.0f} | {r['speed_vs_full']:.2f}x{' ' + MARK if r['conditions'] else ''} |"
@@ -237,14 +249,26 @@ def build_report(folder: str | Path) -> ReportFiles:
     full = agg[agg["method"] == "full"]
     if len(full):
         r = full.iloc[0]
+        to_bayes = f", {r['gap_to_bayes']:+.4f} from the Bayes-optimal AUC" if bayes_col else ""
         lines += [f"Full table: test AUC {r['auc']:.4f} ({r['auc_min']:.4f}..{r['auc_max']:.4f}) over {r['seeds']} "
-                  f"seed(s), {r['bytes']:,.0f} bytes, {r['speed']:,.0f} samples/s.", ""]
+                  f"seed(s){to_bayes}, {r['bytes']:,.0f} bytes, {r['speed']:,.0f} samples/s.", ""]
     lines += conditions_section(df, speed_conditions(df))
     lines += _other_cells(df)
-    lines += [f"![training throughput against bytes]({n})" for n in names[1:]]
+    lines += [f"![training throughput against bytes]({n})" for n in names[1:2]]
     report = folder / "report.md"
     atomic_write(report, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
     return ReportFiles(report, [folder / n for n in names])
+
+
+def _vocabulary_note(agg: pd.DataFrame) -> list[str]:
+    """What the "+ vocabulary" column and figure count, with the full table's vocabulary as the example."""
+    full = agg[agg["method"] == "full"]
+    size = f" ({full['vocabulary'].iloc[0] / full['full_bytes'].iloc[0]:.2g} of the full table's bytes here)" if len(full) else ""
+    return ["Memory is shown two ways. `bytes` counts what the collection holds (`memory_bytes()`). Tables a method "
+            "indexes by rank (full, qr, mixed_dim, and the tables hash and multihash keep whole) also need the "
+            f"preprocessing vocabulary to turn raw values into ranks, 16 bytes per id{size}; "
+            "\"+ vocabulary\" adds it (`index_bytes`), which hashed tables do not need (and runs with `--raw-ids` "
+            "avoid). ![AUC against bytes + vocabulary](auc_vs_bytes_with_vocabulary.png)", ""]
 
 
 def _versions(df: pd.DataFrame) -> str:

@@ -215,7 +215,6 @@ class MultiHash(Method):
             return torch.zeros(hot, dtype=torch.int64)
         return top_ids(table_counts(self.tables[t], counts, HOT_ROWS, hot), hot)
 
-    # ---- planning -------------------------------------------------------------------------------------
     @classmethod
     def solve(
         cls, tables: Sequence[TableConfig], budget: float | None, options: MultiHashOptions, target: Target
@@ -286,7 +285,9 @@ class MultiHash(Method):
     def reads_by_rank(cls, plan: Plan) -> list[bool]:
         return [not p.compressed for p in plan.params]  # whole tables are indexed directly
 
-    # ---- forward ----------------------------------------------------------------------------------------
+    @classmethod
+    def reads_frequency(cls, plan: Plan) -> list[bool]:
+        return [p.hot > 0 for p in plan.params]  # the hot ids are the most frequent ranks
     def output_dims(self) -> list[int]:
         return [
             self.tables[t].embedding_dim + self.k * (self.append and self.plan.params[t].compressed)
