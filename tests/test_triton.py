@@ -72,7 +72,7 @@ def step_both(ref: et.Collection, tri: et.Collection, tables: list[et.TableConfi
     (outs[1] * target.to(DEVICE)).sum().backward()  # triton updates its tables here
     ref.sparse_optimizer().step()
     ref.sparse_optimizer().zero_grad()
-    for a, b in zip(ref.method.parameters(), tri.method.parameters()):  # projections, importance
+    for a, b in zip(ref.method.parameters(), tri.method.parameters()):  # dense method parameters (projections)
         torch.testing.assert_close(b.grad.cpu(), a.grad, rtol=1e-4, atol=1e-5)
         with torch.no_grad():
             for p in (a, b):
@@ -102,7 +102,8 @@ def test_every_method_trains_as_on_the_torch_backend(tables, method, optimizer):
                                              ("qr", {"operation": "add", "pooling_order": "pool_first"}),
                                              ("mixed_dim", {"alpha": 0.6, "threshold": 50})])
 def test_options_with_weights_and_projections_train_as_on_the_torch_backend(method, options):
-    """Importance weights reach the store as per-sample weights; projections run in the column program."""
+    """Importance weights are a physical table the store updates sparsely (its rows checked with the other tables);
+    projections run in the column program."""
     ref, tri = twins(POOLED, method, "rowwise_adagrad", **options)
     for seed in range(2):
         step_both(ref, tri, POOLED, seed)
