@@ -42,6 +42,9 @@ SPLITS = ("train", "val", "test")
 MISSING_INT = np.iinfo(np.int32).min  # I1..I13 when the field is empty
 MISSING_CAT = -1  # C1..C26 when the field is empty (real values are unsigned 32-bit, so never -1)
 COUNTS_FILE = "counts.npz"
+# a training run's folder keeps the counts.npz it trained with as its vocabulary, with a record of its source
+VOCABULARY_FILE = "vocabulary.npz"
+VOCABULARY_RECORD = "vocabulary.json"
 SUMMARY_FILE = "summary.json"
 TRUTH_FILE = "truth.json"
 

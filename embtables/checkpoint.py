@@ -189,18 +189,34 @@ def load_collection(
     Raises:
         ValueError: naming the file, when it is not a collection file or its parts do not fit its plan.
     """
-    state = read_collection_file(path)
+    return collection_from_state(read_collection_file(path), str(path), backend, device, optimizer)
+
+
+def collection_from_state(
+    state: dict[str, Any],
+    where: str,
+    backend: str = "torch",
+    device: torch.device | str | None = None,
+    optimizer: SparseOptimizer | None = None,
+) -> Collection:
+    """`load_collection` of a `collection_state` already read (e.g. one of a training checkpoint's collections).
+
+    Args:
+        state: from `collection_state` or `read_collection_file`.
+        where: the file or run it came from, for error messages.
+        backend, device, optimizer: as `load_collection`'s.
+    """
     try:
         plan = plan_from_dict(json.loads(state["plan"]))
         saved = SparseOptimizer(**json.loads(state["optimizer"]))
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: its plan or optimizer does not describe a collection ({e})") from None
+        raise ValueError(f"{where}: its plan or optimizer does not describe a collection ({e})") from None
     try:
         collection = assemble(plan, backend, optimizer or saved, None, device)
     except ValueError as e:  # e.g. a plan with dims the backend cannot hold (fbgemm: multiples of 4)
-        raise ValueError(f"{path}: cannot be built on backend {backend!r}: {e}") from None
+        raise ValueError(f"{where}: cannot be built on backend {backend!r}: {e}") from None
     restore = optimizer is None or optimizer.name == saved.name
-    load_collection_state(collection, state if restore else {**state, "optimizer_state": {}}, str(path))
+    load_collection_state(collection, state if restore else {**state, "optimizer_state": {}}, where)
     return collection
 
 

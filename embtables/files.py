@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -81,3 +82,28 @@ def sha256_file(path: str | os.PathLike) -> str:
         while piece := f.read(1 << 20):
             h.update(piece)
     return h.hexdigest()
+
+
+def link_or_copy(source: str | os.PathLike, path: str | os.PathLike) -> str:
+    """Put `source`'s bytes at `path` atomically: a hard link where the file system allows (no copy, no space:
+    the writers here replace files by renaming, so the link keeps the bytes it was made with), else a copy.
+
+    Args:
+        source: an existing file.
+        path: the name to give it (replaced if it exists).
+
+    Returns:
+        `"link"` or `"copy"`: what was done.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.link"
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, path)
+        return "link"
+    except OSError:
+        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda t: shutil.copyfile(source, t))
+    return "copy"

@@ -91,8 +91,8 @@ def test_damaged_checkpoints_are_refused_naming_the_file(data, tmp_path, damage)
 def test_a_checkpoint_of_another_method_plan_or_tables_is_refused(data, tmp_path):
     Trainer(config(data), tmp_path / "run", progress=False).fit(stop_after=2)
     with pytest.raises(ValueError, match="checkpoint.pt was written by a different configuration: budget=0.5 "
-                                         "\\(now 0.25\\), method='hash' \\(now 'qr'\\)"):
-        Trainer(config(data, method="qr", budget=0.25), tmp_path / "run", progress=False).fit(resume=True)
+                                         "\\(now 0.45\\), method='hash' \\(now 'qr'\\)"):
+        Trainer(config(data, method="qr", budget=0.45), tmp_path / "run", progress=False).fit(resume=True)
     saved = collection_state(et.build_collection(TABLES, "hash", 0.5))
     for other, key in ((et.build_collection(TABLES, "qr", 0.5), "method"),
                        (et.build_collection([TABLES[0], et.TableConfig("b", 41, 8)], "hash", 0.5), "tables")):

@@ -1,12 +1,16 @@
-"""The run folder of a `Trainer`: its checkpoint (save, load) and the refusal to overwrite an earlier run.
+"""The run folder of a `Trainer`: its checkpoints (save, load) and the refusal to overwrite an earlier run.
 
 Checkpoints are atomic, hold each collection in the portable format of `et.save_collection`, load without running
 code from the file, and restore everything a resumed run needs to reproduce the uninterrupted one exactly.
+`checkpoint.pt` is the last one (what `--resume` continues); `best.pt` the one of the best validation step so far
+(what `embtables evaluate` scores): after each checkpoint saved at a step whose evaluation is the best, best.pt
+becomes a hard link to it (a copy where links fail), so the best costs no second write.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -14,11 +18,21 @@ from typing import Any
 import torch
 
 import embtables as et
+from embtables.app.runvocab import VOCAB_RECORD
 from embtables.checkpoint import collection_state, load_collection_state, load_tensor_file, save_tensor_file
+from embtables.datasets.layout import VOCABULARY_FILE
+from embtables.files import link_or_copy
 
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
 # what a run leaves in its folder: any of the first two means a run was started there
-RUN_FILES = ("config.json", CHECKPOINT, "metrics.json")
+EVALUATION = "evaluate.json"  # `embtables evaluate`'s default output
+RUN_FILES = ("config.json", CHECKPOINT, "metrics.json", BEST, VOCAB_RECORD, VOCABULARY_FILE, EVALUATION)
+
+
+def best_eval(evals: list[dict[str, Any]]) -> dict[str, Any]:
+    """The evaluation record of the best validation AUC (the first of equals; a NaN AUC counts as -1)."""
+    return max(evals, key=lambda e: (e["val"]["auc"] if not math.isnan(e["val"]["auc"]) else -1.0))
 
 
 def what_runs(config: dict[str, Any]) -> dict[str, Any]:
@@ -33,8 +47,8 @@ def claim_run_folder(out: Path | None, resume: bool, force: bool) -> None:
     Args:
         out: the run folder (None: nothing is kept on disk, nothing to check).
         resume: the run continues the folder's checkpoint: an earlier run is expected.
-        force: replace an earlier run: its config.json, checkpoint.pt and metrics.json are removed now, so that
-            a later `--resume` cannot pick up the old checkpoint.
+        force: replace an earlier run: its config.json, checkpoints, metrics.json and vocabulary are removed
+            now, so that a later `--resume` (or `evaluate`) cannot pick up the old ones.
 
     Raises:
         ValueError: `out` holds a run (config.json or checkpoint.pt) and neither `resume` nor `force` is set,
@@ -84,6 +98,13 @@ class Checkpoints:
             "vocabulary": self.vocabulary,
         }
         save_tensor_file(self.out / CHECKPOINT, blob)
+        self._keep_best()
+
+    def _keep_best(self) -> None:
+        """best.pt := checkpoint.pt when the checkpoint's step is the best evaluated one so far."""
+        evals = self.state["evals"]
+        if self.out is not None and evals and best_eval(evals)["step"] == self.state["step"]:
+            link_or_copy(self.out / CHECKPOINT, self.out / BEST)
 
     def load_checkpoint(self) -> bool:
         """Restore the run from `out/checkpoint.pt`; False when there is none."""
@@ -101,22 +122,37 @@ class Checkpoints:
             raise ValueError(f"{path} was written by a different configuration: {was}; use a new --out or the same "
                              "arguments")
         recorded = blob.get("vocabulary")
-        if recorded != self.vocabulary:
+        if (recorded or {}).get("sha256") != (self.vocabulary or {}).get("sha256"):  # the bytes, wherever they are
             raise ValueError(
                 f"{path}: the run recorded vocabulary {_vocab_text(recorded)}, but the data folder now has "
                 f"{_vocab_text(self.vocabulary)}: the data changed since the run started; use the original data "
                 "or a new --out")
-        missing, unexpected = self.model.load_state_dict(blob["dense"], strict=False)
-        skip = self._collection_prefixes()
-        if unexpected or any(not k.startswith(skip) for k in missing):
-            raise ValueError(f"{path}: the dense model does not fit (missing {[k for k in missing if not k.startswith(skip)]}, "
-                             f"unexpected {unexpected})")
-        for c, state in zip(self.collections, blob["collections"], strict=True):
-            load_collection_state(c, state, str(path))
+        restore_model(self.model, blob, str(path))
         self.dense_optimizer.load_state_dict(blob["dense_optimizer"])
         torch.set_rng_state(blob["rng"])
         self.state = blob["state"]
+        self._keep_best()  # in case the run stopped between its best checkpoint and the link
         return True
+
+
+def restore_model(model: torch.nn.Module, blob: dict[str, Any], where: str, collections: bool = True) -> None:
+    """Copy a training checkpoint's dense weights and collections into `model` (built for the same run).
+
+    Args:
+        model: the run's model; its collections are found among its modules, in order.
+        blob: the checkpoint's dict (`dense`, `collections`).
+        where: the file it came from, for error messages.
+        collections: also copy the collections (False: they were built from the checkpoint already).
+    """
+    prefixes = tuple(f"{name}." for name, m in model.named_modules() if isinstance(m, et.Collection))
+    missing, unexpected = model.load_state_dict(blob["dense"], strict=False)
+    if unexpected or any(not k.startswith(prefixes) for k in missing):
+        raise ValueError(f"{where}: the dense model does not fit (missing {[k for k in missing if not k.startswith(prefixes)]}, "
+                         f"unexpected {unexpected})")
+    if collections:
+        mine = [m for m in model.modules() if isinstance(m, et.Collection)]
+        for c, state in zip(mine, blob["collections"], strict=True):
+            load_collection_state(c, state, where)
 
 
 def _vocab_text(record: dict[str, str] | None) -> str:

@@ -8,13 +8,14 @@ backward on fbgemm and fused (row-wise Adagrad by default), a sparse optimizer o
 collection in the portable format of `et.save_collection`, load without running code from the file, and a
 resumed run reproduces the uninterrupted one exactly (same seed, same data order, RNG state restored); see
 `checkpoints.py`, which also keeps a new run from replacing an earlier one in the same folder without `force`.
+The run folder keeps checkpoint.pt (the last: what --resume continues), best.pt (the best validation step's: what
+`evaluate.py` scores on new data) and the vocabulary the ids were ranked by (`runvocab.py`).
 `device` places the model, the collections and each batch (e.g. "cuda"); it says where a run trains, not what it
 trains, so a run resumes on another device and a sweep finds its cells whatever the device.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,10 +25,11 @@ import torch
 from torch import nn
 
 import embtables as et
-from embtables.app.checkpoints import CHECKPOINT, Checkpoints, claim_run_folder, what_runs
+from embtables.app.checkpoints import BEST, CHECKPOINT, Checkpoints, best_eval, claim_run_folder, what_runs
+from embtables.app.runvocab import VOCAB_RECORD, keep_vocabulary, vocabulary_of
 from embtables.app.runinfo import check_device, machine, peak_rss_bytes, versions
-from embtables.datasets.layout import COUNTS_FILE, TRUTH_FILE
-from embtables.files import read_json, sha256_file, write_json
+from embtables.datasets.layout import TRUTH_FILE
+from embtables.files import read_json, write_json
 from embtables.metrics import auc, logloss
 
 __all__ = ["CHECKPOINT", "TrainConfig", "Trainer", "build_model", "open_data", "train", "what_runs"]
@@ -151,7 +153,7 @@ class Trainer(Checkpoints):
 
     Args:
         config: the run's `TrainConfig`.
-        out: run folder for config.json, metrics.json and the checkpoint (None: keep nothing on disk).
+        out: run folder for config.json, metrics.json, the checkpoints and the vocabulary (None: keep nothing).
         data: an opened data folder (default: `open_data(config.data)`).
         progress: show a progress bar.
 
@@ -179,8 +181,7 @@ class Trainer(Checkpoints):
         self.sparse_optimizers = [o for c in self.collections if (o := c.sparse_optimizer()) is not None]
         self.state: dict[str, Any] = dict(step=0, epoch=0, batch=0, train_seconds=0.0, train_samples=0, evals=[])
         # the ids' vocabulary the run trains on: its embedding rows mean nothing with another one
-        vocab = Path(config.data) / COUNTS_FILE
-        self.vocabulary = {"file": str(vocab), "sha256": sha256_file(vocab)} if vocab.exists() else None
+        self.vocabulary = vocabulary_of(config.data)
 
     # ---- training -----------------------------------------------------------------------------------
     def _on_device(self, batch: Any) -> Any:
@@ -218,6 +219,8 @@ class Trainer(Checkpoints):
             self.load_checkpoint()
         if self.out is not None:
             write_json(self.out / "config.json", asdict(cfg))
+            if self.vocabulary is not None:  # kept in the run folder, to score new data with (`evaluate`)
+                keep_vocabulary(self.out, self.vocabulary, cfg.min_count, cfg.raw_ids, self.data)
         s = self.state
         total = self._total_steps()
         bar = _progress(self.progress, total, s["step"])
@@ -308,7 +311,7 @@ class Trainer(Checkpoints):
         """Everything metrics.json holds: last and best-on-validation metrics, sizes, speeds, versions."""
         cfg, s = self.config, self.state
         evals = s["evals"]
-        best = max(evals, key=lambda e: (e["val"]["auc"] if not math.isnan(e["val"]["auc"]) else -1.0))
+        best = best_eval(evals)
         full = sum(et.full_bytes(c.tables) for c in self.collections)
         memory = sum(c.memory_bytes() for c in self.collections)
         in_store = {id(p) for c in self.collections for p in c.store.parameters()}
@@ -324,7 +327,11 @@ class Trainer(Checkpoints):
             "train_samples_per_s": s["train_samples"] / max(s["train_seconds"], 1e-9),
             "eval_samples_per_s": evals[-1]["val"]["samples_per_s"],
             "peak_rss_bytes": peak_rss_bytes(), "machine": machine(), "versions": versions(), "evals": evals,
-            "vocabulary": self.vocabulary,
+            "vocabulary": None if self.vocabulary is None else {**self.vocabulary, "min_count": cfg.min_count,
+                                                                 "kept": None if self.out is None else VOCAB_RECORD},
+            # best: the best validation step's (what `embtables evaluate` scores); last: what --resume continues
+            "checkpoints": None if self.out is None else {"best": BEST, "best_step": best["step"],
+                                                          "last": CHECKPOINT, "last_step": s["step"]},
         }
         for split in ("val", "test"):
             if split in evals[-1]:

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from embtables.app.sweep import DEFAULT_BUDGETS, QUICK
@@ -98,8 +99,11 @@ def _train(args: argparse.Namespace) -> int:
         metrics = train(config, args.out, resume=args.resume, force=args.force)
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
-    summary = {k: metrics[k] for k in ("method", "budget", "steps", "memory_bytes", "compression", "train_samples_per_s")}
+    summary = {k: metrics[k] for k in ("method", "budget", "steps", "best_step", "memory_bytes", "compression",
+                                       "train_samples_per_s")}
     summary.update({s: metrics[s]["best"] for s in ("val", "test") if s in metrics})
+    # the best validation step's checkpoint (what `embtables evaluate` scores) and the last (what --resume continues)
+    summary["checkpoints"] = {k: str(Path(args.out) / metrics["checkpoints"][k]) for k in ("best", "last")}
     print(json.dumps(summary, indent=2))
     note = few_steps_note(config, metrics)
     if note:
