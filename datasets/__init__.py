@@ -10,7 +10,8 @@ reading them back as batches of dense features and KeyedJaggedTensors.
                               tabular_read.py (streaming records with line numbers), tabular_values.py (labels,
                               numbers, hashed categories, column typing) and tabular_write.py (splits, parts,
                               counts, bad rows)
-    vocab.py                  raw ids -> frequency-ranked embedding indices, with an out-of-vocabulary index
+    vocab.py                  raw ids -> frequency-ranked embedding indices, with an out-of-vocabulary index;
+                              vocab_from.py: a folder that maps ids with a training folder's or run's vocabulary
     loader.py, shuffle.py     batches of a Criteo-kind folder; the seeded shuffle buffer they stream through
     sequences.py              behaviour sequences for DIN: the Amazon interactions file -> samples; with
                               din_samples.py (samples and splits) and sequence_loader.py (their batches)

@@ -5,6 +5,7 @@ arguments or prints usage.
     embtables plan --tables criteo-kaggle --method qr --budget 0.01            (here)
     embtables preprocess criteo | synth criteo|sequences | prepare-sequences  (cli/data.py)
     embtables train | sweep | report                                          (cli/runs.py)
+    embtables evaluate RUN --data DIR_OR_FILE                                 (cli/evaluate.py)
     embtables demo                                                            (here)
 
 May import: everything (it is the top layer).
@@ -55,7 +56,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from embtables.cli import data, runs
+    from embtables.cli import data, evaluate, runs
 
     parser = argparse.ArgumentParser(prog="embtables", description="Compressed embedding tables: plan, "
                                      "prepare data, train, sweep memory budgets and report.")
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_plan(sub)
     data.register(sub)
     runs.register(sub)
+    evaluate.register(sub)
     d = sub.add_parser("demo", help="the README's demo: a quick sweep on synthetic data (`sweep --quick`)")
     d.add_argument("--out", default="demo_out", help="sweep folder (default demo_out/)")
     d.set_defaults(run=_demo)

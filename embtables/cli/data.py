@@ -15,6 +15,7 @@ from embtables.datasets.criteo import (
 )
 from embtables.datasets.sequences import MAX_HISTORY, prepare_amazon
 from embtables.datasets.synthetic import SynthCriteoConfig, synth_criteo
+from embtables.datasets.vocab_from import use_vocabulary, vocabulary_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                             description=criteo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="TSV files, read in order as one stream")
     p.add_argument("--out", required=True, metavar="DIR", help="output data folder (resumed if it exists)")
-    p.add_argument("--split", choices=SPLIT_MODES, default="kaggle-days")
+    p.add_argument("--split", choices=SPLIT_MODES, default=None,
+                   help="default kaggle-days; none with --vocab-from")
     p.add_argument("--seed", type=int, default=None, help="hash seed of --split random (default 0)")
     p.add_argument("--fractions", type=fractions, default=None, metavar="TRAIN,VAL,TEST",
                    help="split shares of --split random or ordered (default 0.8,0.1,0.1)")
@@ -33,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"fail when more than this share of the lines is bad (default {DEFAULT_MAX_BAD_FRACTION:g}: "
                    "the Criteo files have none, so more means the wrong file or format); 1 accepts any")
     p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="input lines per part file")
+    p.add_argument("--vocab-from", default=None, metavar="DIR",
+                   help="map ids with the vocabulary of DIR (the training data folder, or a run folder of `embtables "
+                   "train`) instead of the input's own counts: for scoring a later file with a trained model")
     p.set_defaults(run=_preprocess_criteo)
     tabular.register(datasets)  # `embtables preprocess csv`
 
@@ -63,15 +68,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _preprocess_criteo(args: argparse.Namespace) -> int:
+    split = args.split or ("none" if args.vocab_from else "kaggle-days")
     try:
-        s = preprocess_criteo(args.inputs, args.out, split=args.split, seed=args.seed, fractions=args.fractions,
+        if args.vocab_from:  # refused before the conversion when it holds no vocabulary
+            vocabulary_file(args.vocab_from)
+        s = preprocess_criteo(args.inputs, args.out, split=split, seed=args.seed, fractions=args.fractions,
                               strict=args.strict, chunk_rows=args.chunk_rows, max_bad_fraction=args.max_bad_fraction)
+        if args.vocab_from:
+            s = use_vocabulary(args.out, args.vocab_from)
     except (CriteoFormatError, ValueError, FileNotFoundError) as e:
         print(f"embtables preprocess criteo: error: {e}", file=sys.stderr)
         return 2
     per_split = ", ".join(f"{k} {v['rows']:,} rows ({v['clicks']:,} clicks)" for k, v in s["splits"].items())
     print(f"{args.out}: {s['rows_written']:,} rows written of {s['rows_read']:,} read, {s['bad_rows']:,} bad; "
           f"{per_split}")
+    if args.vocab_from:
+        print(f"ids map with the vocabulary {s['vocabulary_from']['file']}")
     return 0
 
 
