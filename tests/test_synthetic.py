@@ -201,3 +201,14 @@ def test_the_criteo_loader_reads_synthetic_data_unchanged(data):
     t = read_split(out, "val").slice(0, 64)
     raw_c1 = t.column("C1").to_numpy()
     np.testing.assert_array_equal(batch.sparse["C1"].values().numpy(), d.vocabulary("C1").lookup(raw_c1))
+
+
+def test_vocab_scale_from_the_command_line_sets_the_table_rows(tmp_path):
+    from embtables.cli import main
+    from embtables.files import read_json
+
+    assert main(["synth", "criteo", "--rows", "1200", "--vocab-scale", "0.0002", "--out", str(tmp_path / "d")]) == 0
+    sizes = read_json(tmp_path / "d" / layout.TRUTH_FILE)["cardinalities"]
+    expected = SynthCriteoConfig(scale=0.0002).cardinalities()  # C3: round(10,131,227 x 0.0002) = 2026
+    assert [sizes[f] for f in layout.SPARSE] == expected and sizes["C3"] == 2026
+    assert read_json(tmp_path / "d" / layout.TRUTH_FILE)["config"]["scale"] == 0.0002

@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     defaults = SynthCriteoConfig()
     c = kinds.add_parser("criteo", help="Criteo layout (13 dense, 26 categorical) with a planted click model")
     c.add_argument("--rows", type=int, default=defaults.rows, help=f"rows over all splits (default {defaults.rows:,})")
+    c.add_argument("--vocab-scale", type=float, default=defaults.scale,
+                   help="table rows as a fraction of Criteo Kaggle's (33.8M rows in all at 1), each at least "
+                        f"{defaults.min_rows} (default %(default)s: {sum(defaults.cardinalities()):,} rows)")
     c.add_argument("--out", type=Path, required=True)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--force", action="store_true", help="replace an earlier data set in --out")
@@ -88,7 +91,8 @@ def _preprocess_criteo(args: argparse.Namespace) -> int:
 
 
 def _synth_criteo(args: argparse.Namespace) -> int:
-    return _synth(lambda: synth_criteo(args.out, rows=args.rows, seed=args.seed, force=args.force), args.out)
+    return _synth(lambda: synth_criteo(args.out, rows=args.rows, seed=args.seed, force=args.force,
+                                       scale=args.vocab_scale), args.out)
 
 
 def _synth_sequences(args: argparse.Namespace) -> int:
