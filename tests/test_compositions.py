@@ -152,9 +152,12 @@ def test_mod_hashing_formulas(method: str) -> None:
         elif method == "mixed_dim":
             rows = W[t.name][x % p.rows[0] if p.rows[0] < p.block_ids[0] else x]
             want = rows @ c.projections[t.name].weight.detach().t() if t.name in c.projections else rows
-        else:
-            want = W["unified/0"][(x + cumulative) % p.shared_rows]
-            cumulative += t.num_embeddings
+        else:  # the feature's chunks, each salted by its lookup's offset (the tables laid end to end per lookup)
+            parts = []
+            for _ in range(p.chunks[0]):
+                parts.append(W["unified/0"][(x + cumulative) % p.shared_rows])
+                cumulative += t.num_embeddings
+            want = torch.cat(parts, 1)
         torch.testing.assert_close(out[f], want, rtol=1e-5, atol=1e-6)
     assert method != "hash" or any(p.hashed for p in plan.params)
 

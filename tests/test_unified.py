@@ -39,7 +39,7 @@ def test_one_feature_one_chunk_without_collision_is_a_full_table():
     n, d = 60, 8
     for pooling in ("sum", "none"):
         table = et.TableConfig("t", n, d, pooling=pooling)
-        uni = et.build_collection([table], "unified", rows=1 << 20)
+        uni = et.build_collection([table], "unified", rows=1 << 20, probes=1)
         full = et.build_collection([table], "full")
         assert uni.plan.params[0].chunks == (1,) and uni.plan.physical_tables[0].embedding_dim == d
         rows = hash_to_range(torch.arange(n), uni.method.keys[0], 1 << 20)
@@ -57,7 +57,7 @@ def test_one_feature_one_chunk_without_collision_is_a_full_table():
 
 @pytest.mark.parametrize("num_tables", [1, 3])
 def test_chunks_are_hashed_per_feature_and_chunk_and_dealt_round_robin(num_tables):
-    ebc = et.build_collection(TABLES, "unified", rows=997, num_tables=num_tables, chunks={"b": 3}, seed=5)
+    ebc = et.build_collection(TABLES, "unified", rows=997, num_tables=num_tables, chunks={"b": 3}, seed=5, probes=1)
     assert [p.chunks for p in ebc.plan.params] == [(2, 2), (3,), (1,)]  # default D / gcd(16, 8)
     assert ebc.output_dims == {"a1": 16, "a2": 16, "b": 24, "c": 8}
     # pooled: one lookup per shared table, reading the chunks dealt to it stacked one after another
@@ -125,7 +125,8 @@ def test_backends_agree_in_forward_backward_and_training():
 
 @pytest.mark.parametrize(
     "options, T, w, C",
-    [({}, 1, 8, 6), ({"num_tables": 4}, 4, 8, 6), ({"width": 4}, 1, 4, 12), ({"chunks": {"c": 5}, "num_tables": 2}, 2, 8, 10)],
+    [({"probes": 1}, 1, 8, 6), ({}, 1, 4, 12), ({"num_tables": 4, "probes": 1}, 4, 8, 6), ({"width": 4}, 1, 4, 12),
+     ({"chunks": {"c": 5}, "num_tables": 2, "probes": 1}, 2, 8, 10)],
 )
 def test_memory_bytes_match_the_formula(options, T, w, C):
     ebc = et.build_collection(TABLES, "unified", rows=321, **options)
@@ -156,7 +157,8 @@ def test_infeasible_budget_names_the_smallest():
     tables = criteo_tables()
     with pytest.raises(et.InfeasibleBudget) as e:
         et.plan(tables, "unified", budget=1e-9, num_tables=2)
-    assert e.value.smallest_budget == pytest.approx((4 * 2 * 16 + 8 * 26) / et.full_bytes(tables))
+    # the default 2 probes: rows of width 8 in each table, a key per (feature, chunk)
+    assert e.value.smallest_budget == pytest.approx((4 * 2 * 8 + 8 * 2 * 26) / et.full_bytes(tables))
 
 
 @given(
@@ -206,7 +208,7 @@ def _shared() -> et.Collection:
         ({"chunks": [1, 2]}, "chunks must map feature names to counts"),
         ({"chunks": {"zz": 2}}, r"chunks names features \['zz'\]"),
         ({"width": 3}, "width=3 does not divide dim 16 of table 'a'"),
-        ({"num_tables": 99}, "num_tables=99 exceeds the 6 chunks"),
+        ({"num_tables": 99}, "num_tables=99 exceeds the 12 chunks"),
         ({"budget": None}, "exactly one of budget= or rows="),
         ({"rows": 10}, "exactly one of budget= or rows="),
     ],
@@ -223,8 +225,9 @@ def test_backend_and_unpooled_width_constraints():
     assert et.plan(TABLES, "unified", budget=0.1, width=2).physical_tables[0].embedding_dim == 2
     seq = [et.TableConfig("s", 1000, 16, pooling="none"), et.TableConfig("u", 50, 8, pooling="none")]
     with pytest.raises(ValueError, match="unpooled tables return one row width"):
-        et.plan(seq, "unified", budget=0.1)
-    assert et.plan(seq, "unified", budget=0.1, chunks={"u": 2}).params[1].out_dims == (16,)
+        et.plan(seq, "unified", budget=0.1, probes=1)
+    assert et.plan(seq, "unified", budget=0.1, probes=1, chunks={"u": 2}).params[1].out_dims == (16,)
+    assert et.plan(seq, "unified", budget=0.1, width=8, chunks={"u": 2}).params[1].out_dims == (16,)
 
 
 def test_unpooled_empty_input_gives_no_rows():
@@ -272,10 +275,14 @@ def test_probes_plan_chunks_widths_and_exact_bytes(tables, probes, w, chunks):
     assert q.total_bytes == 4 * 2 * M * w + 8 * C <= limit < 4 * 2 * (M + 1) * w + 8 * C
 
 
-def test_default_is_single_probe_and_chunks_override_probes():
-    default, single = et.plan(TABLES, "unified", rows=50), et.plan(TABLES, "unified", rows=50, probes=1)
-    assert default == dataclasses.replace(single, options=default.options)
-    assert [q.chunks for q in default.params] == [(2, 2), (1,), (1,)]  # one full-width lookup per 8 columns
+def test_default_is_two_probes_where_the_store_allows_and_chunks_override_probes():
+    default, two = et.plan(TABLES, "unified", rows=50), et.plan(TABLES, "unified", rows=50, probes=2)
+    assert default == dataclasses.replace(two, options=default.options)
+    assert [q.chunks for q in default.params] == [(4, 4), (2,), (2,)]  # two lookups of width 4 per 8 columns
+    # on fbgemm (dim multiple 4) g = 4 cannot be halved: the default falls back to one probe
+    narrow = [et.TableConfig("n", 100, 4), et.TableConfig("m", 100, 8)]
+    assert et.plan(narrow, "unified", rows=50, backend="fbgemm").physical_tables[0].embedding_dim == 4
+    assert et.plan(narrow, "unified", rows=50, backend="torch").physical_tables[0].embedding_dim == 2
     p = et.plan(UNIFORM, "unified", rows=50, probes="by_vocabulary", chunks={"z": 3, "x2": 1})
     assert [q.chunks for q in p.params] == [(4, 1), (2,), (3,)]
     assert [q.out_dims for q in p.params] == [(16, 4), (8,), (12,)]

@@ -15,7 +15,10 @@ from embtables.config import TableConfig
 from embtables.plan import Target
 
 BY_VOCABULARY = "by_vocabulary"
-DEFAULT_PROBES: int | str = 1  # what `probes=None` means when `width` is not given either (single probe)
+# what `probes=None` means when `width` is not given either: 2 probes, the best of 1, 2, 4 and by_vocabulary at
+# budget 0.1 on the planted data that keeps every output at its table's width (benchmarks/results/unified_ablation.md);
+# 1 where the store's dim multiple does not divide g / 2
+DEFAULT_PROBES = 2
 MAX_PROBES = 4  # by_vocabulary: the chunks of the largest vocabularies
 VOCABULARY_RATIO = 16  # by_vocabulary: each 16x fewer rows than the largest table halves the chunks
 
@@ -33,12 +36,14 @@ def by_vocabulary(rows: Sequence[int], most: int = MAX_PROBES) -> list[int]:
     return out
 
 
-def probes_of(probes: int | str | None, width: int | None) -> int | str | None:
-    """The probes the solve uses: None (the width decides) when only `width` is given, else the default."""
+def probes_of(probes: int | str | None, width: int | None, g: int, multiple: int) -> int | str | None:
+    """The probes the solve uses: None (the width decides) when only `width` is given, else the default, which
+    falls back to 1 where chunks of width g / DEFAULT_PROBES would not suit the store (g the gcd of the dims)."""
     if probes is not None and width is not None:
         raise ValueError(f"unified options probes={probes!r} and width={width} both set the chunk width; give one")
-    if probes is None:
-        return None if width is not None else DEFAULT_PROBES
+    if probes is None and width is None:
+        c = DEFAULT_PROBES
+        return c if g % c == 0 and (g // c) % multiple == 0 else 1
     return probes
 
 
@@ -54,7 +59,7 @@ def chunk_layout(tables: Sequence[TableConfig], probes: int | str | None, width:
     """(w, [c_f feature-major]); raises naming the option and the table when a width does not divide or does
     not suit the backend."""
     g = math.gcd(*[t.embedding_dim for t in tables])
-    probes = probes_of(probes, width)
+    probes = probes_of(probes, width, g, target.dim_multiple)
     most = MAX_PROBES if probes == BY_VOCABULARY else int(probes or 1)
     bad = next((t for t in tables if t.embedding_dim % most), None)
     if bad is not None:

@@ -21,7 +21,10 @@ Chunking is part of the solve (`probes`; g = gcd of the logical dims D_t, N_t a 
     probes="by_vocabulary":  w = g / 4,   c_f = s_t D_t / g,
                              s_t = max(1, 4 / 2^k_t),   k_t = floor(log_16(N_max / N_t))
 
-probes=1 (the default) is single-probe multiplexing: one full-width lookup per feature. by_vocabulary gives the
+The default is 2 probes (1 where the store's dim multiple does not divide g / 2): on the planted synthetic Criteo
+it beat single-probe multiplexing (probes=1, one full-width lookup per feature) by +0.0105 AUC at budget 0.1 and
++0.0158 at 0.01, and 4 probes by +0.012 at 0.1; by_vocabulary was +0.004 better than 2 at 0.01 but 0.002 worse at
+0.1 and changes output widths (benchmarks/results/unified_ablation.md, one seed). by_vocabulary gives the
 largest vocabularies 4 chunks (output width D_t) and halves that per 16x fewer rows, down to 1 chunk (output
 D_t / 4): s_t is 4 (N_t / N_max)^(1/4) rounded up to a power of two, the fourth-root rule of thumb for
 embedding widths. It depends on the tables only, not on M (so the budget fit below stays one division); a
@@ -48,12 +51,12 @@ Unified Embedding is not per table (one space serves all features), so it has no
 Example:
     >>> import embtables as et
     >>> tables = [et.TableConfig("C1", 10_000_000, 16), et.TableConfig("C2", 500, 8)]
-    >>> p = et.plan(tables, "unified", budget=0.01)
-    >>> [(t.num_embeddings, t.embedding_dim) for t in p.physical_tables], p.total_bytes
+    >>> p = et.plan(tables, "unified", budget=0.01)  # 2 probes: w = 8 / 2, C1 16 = 4 x 4, C2 8 = 2 x 4
+    >>> [(t.num_embeddings, t.embedding_dim) for t in p.physical_tables], [q.chunks for q in p.params]
+    ([(400007, 4)], [(4,), (2,)])
+    >>> one = et.plan(tables, "unified", budget=0.01, probes=1)  # single probe: one lookup of width 8 per 8 columns
+    >>> [(t.num_embeddings, t.embedding_dim) for t in one.physical_tables], one.total_bytes
     ([(200004, 8)], 6400152)
-    >>> q = et.plan(tables, "unified", budget=0.01, probes=2)  # w = 8 / 2: C1 16 = 4 x 4, C2 8 = 2 x 4
-    >>> [p.chunks for p in q.params], q.physical_tables[0].embedding_dim
-    ([(4,), (2,)], 4)
 """
 
 from __future__ import annotations
@@ -85,7 +88,8 @@ class UnifiedOptions:
         rows: rows M of each shared table; exclusive with a budget.
         probes: chunks per feature: an int c (c D_t / g chunks of width w = g / c, g the gcd of the tables'
             dims: c chunks of width D / c when all dims are D), or "by_vocabulary" (4, 2 or 1 chunks of width
-            g / 4 per g columns by the table's rows, see the module docstring); default 1 (single probe).
+            g / 4 per g columns by the table's rows, see the module docstring); default 2 (1 where the store's
+            dim multiple does not divide g / 2).
         width: width w of a chunk (the shared tables' dim), then c_f = D_t / w; exclusive with `probes`.
         chunks: feature name -> chunk count c_f (output width c_f * w), overriding `probes` for the named features.
             Stored as sorted (feature, count) pairs.
