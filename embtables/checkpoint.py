@@ -7,7 +7,8 @@ needs to go on:
     plan               JSON: method, options, budget, logical tables, physical tables, lookups, the solved
                        parameters of each table and the extra bytes; loading never solves again (no counts needed)
     tables             physical table name -> its (rows, dim) fp32 weights
-    method             the method's state_dict: hash keys, hot-id maps, projections, importance weights
+    method             the method's state_dict: hash keys, hot-id maps, projections (multihash's importance
+                       weights are a physical table, under tables)
     optimizer          JSON: the `SparseOptimizer` (name, lr, eps) the tables were trained with
     optimizer_state    physical table name -> row-wise Adagrad's (rows,) or Adagrad's (rows, dim) accumulators;
                        empty for SGD or when saved with `optimizer_state=False` (serving needs none of it)
