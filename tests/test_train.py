@@ -226,3 +226,23 @@ def test_din_and_its_head_reject_an_unknown_pooling():
 
     with pytest.raises(ValueError, match="pooling must be 'attention' or 'sum'"):
         DINHead(8, 0, "max", (8,), (16,), "prelu", False)
+
+
+@pytest.mark.parametrize("method, budget", [("full", None), ("qr", 0.3), ("hash", 0.3)])
+def test_raw_ids_train_without_a_vocabulary(tiny_criteo, method, budget):
+    trainer = Trainer(config(tiny_criteo, method=method, budget=budget, raw_ids=True, max_steps=6), progress=False)
+    batch = next(iter(trainer.batches("train", 64)))
+    raw = next(iter(trainer.data.batches("train", 64, ids="raw")))
+    assert torch.equal(batch.sparse.values(), raw.sparse.values())  # the run feeds raw ids, not ranks
+    assert raw.sparse.values().max() > max(t.num_embeddings for t in trainer.data.tables(16, 2))
+    metrics = trainer.fit()
+    assert metrics["index_bytes"] == 0 and metrics["raw_ids"] is True and metrics["steps"] == 6
+    assert all(c.raw_ids is not None for c in trainer.collections)  # rank-read tables hash raw ids first
+    assert 0.0 < metrics["val"]["best"]["auc"] <= 1.0
+    ranked = Trainer(config(tiny_criteo, method=method, budget=budget, max_steps=1), progress=False)
+    assert sum(c.index_bytes for c in ranked.collections) > 0  # ranks need the vocabulary
+
+
+def test_raw_ids_are_refused_for_din():
+    with pytest.raises(ValueError, match="raw_ids: only DLRM"):
+        TrainConfig(model="din", data="x", raw_ids=True)
