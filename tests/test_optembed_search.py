@@ -82,7 +82,7 @@ def test_unreachable_budget_and_bad_options_are_refused():
         evolutionary_search([16, 0], planted((1, 1)), bytes_of, 1e9)
     for name, value in [("mutations", -1), ("generations", 1.5), ("parents", 0), ("mutation_probability", 1.5),
                         ("seed", True)]:
-        with pytest.raises(ValueError, match=f"OptEmbed search option {name} must"):
+        with pytest.raises(ValueError, match=f"optembed search option {name} must"):
             SearchConfig(**{name: value})
-    with pytest.raises(ValueError, match="mutations \\+ crossovers >= 1"):
+    with pytest.raises(ValueError, match="needs mutations \\+ crossovers >= 1"):
         SearchConfig(mutations=0, crossovers=0)

@@ -23,6 +23,8 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from embtables.options import check_options, option
+
 __all__ = ["SearchConfig", "SearchResult", "evolutionary_search"]
 
 _DRAWS = 1000  # redraws of an over-budget or already-seen child before a generation gives up on it
@@ -41,24 +43,19 @@ class SearchConfig:
         seed: seeds the draws.
     """
 
-    mutations: int = 10
-    crossovers: int = 10
-    mutation_probability: float = 0.1
-    generations: int = 30
-    parents: int = 10
-    seed: int = 0
+    mutations: int = option(10, minimum=0)
+    crossovers: int = option(10, minimum=0)
+    mutation_probability: float = option(0.1, minimum=0)
+    generations: int = option(30, minimum=0)
+    parents: int = option(10, minimum=1)
+    seed: int = option(0, minimum=0)
 
     def __post_init__(self) -> None:
-        for name in ("mutations", "crossovers", "generations", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"OptEmbed search option {name} must be an int >= 0, got {v!r}")
-        if isinstance(self.parents, bool) or not isinstance(self.parents, int) or self.parents < 1:
-            raise ValueError(f"OptEmbed search option parents must be an int >= 1, got {self.parents!r}")
-        if not 0 <= self.mutation_probability <= 1:
-            raise ValueError(f"OptEmbed search option mutation_probability must lie in [0, 1], got {self.mutation_probability!r}")
+        check_options(self, "optembed search")
+        if self.mutation_probability > 1:
+            raise ValueError(f"optembed search option mutation_probability must be <= 1, got {self.mutation_probability!r}")
         if self.mutations + self.crossovers < 1:
-            raise ValueError("OptEmbed search needs mutations + crossovers >= 1 (the first population's size)")
+            raise ValueError("optembed search needs mutations + crossovers >= 1 (the first population's size)")
 
 
 @dataclass(frozen=True)
@@ -100,11 +97,11 @@ def evolutionary_search(
     """
     widest = [int(d) for d in max_dims]
     if not widest or min(widest) < 1:
-        raise ValueError(f"OptEmbed search: max_dims must be one dim >= 1 per field, got {list(max_dims)}")
+        raise ValueError(f"optembed search: max_dims must be one dim >= 1 per field, got {list(max_dims)}")
     narrowest = tuple(1 for _ in widest)
     if bytes_of(narrowest) > budget:
         raise ValueError(
-            f"OptEmbed search: no architecture fits {budget:,.0f} bytes; every field at dim 1 takes "
+            f"optembed search: no architecture fits {budget:,.0f} bytes; every field at dim 1 takes "
             f"{bytes_of(narrowest):,} (prune more rows, or give a larger budget)"
         )
     rng = random.Random(config.seed)
