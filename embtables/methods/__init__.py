@@ -7,9 +7,11 @@ here whose name does not start with `_` on first use, so adding a method is addi
     qr.py            `qr`: compositional embeddings from complementary partitions (quotient-remainder)
     mixed_dim.py     `mixed_dim`: mixed-dimension embeddings (power rule, frequency blocks, projections)
     unified.py       `unified`: feature multiplexing / Unified Embedding
+    _importance.py   helper: multihash's importance weights as a physical table (layout, remap, combine)
     _layout.py       helper: wide partitions stored as several physical tables of one width (qr, mixed_dim)
     _partitions.py   helper: mixed-radix complementary partitions (qr)
     _optembed_mask.py  helper: OptEmbed's learned row mask (thresholds, long-tailed step) and dim prefixes
+    _optembed_search.py  helper: OptEmbed's evolutionary search of per-field dims under a byte budget
     _power_rule.py   helper: the mixed-dimension power rule and its budget fit (mixed_dim)
     _unified_chunks.py  helper: chunk width and chunks per feature from probes / width / chunks (unified)
 
