@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from embtables.datasets.criteo import DEFAULT_CHUNK_ROWS, DEFAULT_FRACTIONS, _check_settings
+from embtables.datasets.criteo import DEFAULT_CHUNK_ROWS, DEFAULT_FRACTIONS, DEFAULT_MAX_BAD_FRACTION, _check_settings
 from embtables.datasets.layout import COUNTS_FILE, LABEL, MISSING_CAT, SUMMARY_FILE, save_counts, write_json
 from embtables.datasets.tabular_read import TableFile
 from embtables.datasets.tabular_values import ColumnStats
@@ -44,7 +44,6 @@ from embtables.datasets.tabular_write import Columns, Output, TabularFormatError
 __all__ = ["SPLIT_MODES", "TabularFormatError", "describe_columns", "preprocess_tabular"]
 
 SPLIT_MODES = ("random", "ordered", "none")
-DEFAULT_MAX_BAD_FRACTION = 0.01
 DEFAULT_PART_ROWS = DEFAULT_CHUNK_ROWS
 
 

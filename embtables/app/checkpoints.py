@@ -18,16 +18,15 @@ from typing import Any
 import torch
 
 import embtables as et
-from embtables.app.runvocab import VOCAB_RECORD
 from embtables.checkpoint import collection_state, load_collection_state, load_tensor_file, save_tensor_file
-from embtables.datasets.layout import VOCABULARY_FILE
+from embtables.datasets.layout import VOCABULARY_FILE, VOCABULARY_RECORD
 from embtables.files import link_or_copy
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 # what a run leaves in its folder: any of the first two means a run was started there
 EVALUATION = "evaluate.json"  # `embtables evaluate`'s default output
-RUN_FILES = ("config.json", CHECKPOINT, "metrics.json", BEST, VOCAB_RECORD, VOCABULARY_FILE, EVALUATION)
+RUN_FILES = ("config.json", CHECKPOINT, "metrics.json", BEST, VOCABULARY_RECORD, VOCABULARY_FILE, EVALUATION)
 
 
 def best_eval(evals: list[dict[str, Any]]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from embtables.datasets.layout import COUNTS_FILE, VOCABULARY_FILE, load_counts
-from embtables.datasets.layout import VOCABULARY_RECORD as VOCAB_RECORD
+from embtables.datasets.layout import VOCABULARY_RECORD
 from embtables.datasets.vocab_from import run_vocabulary_file
 from embtables.files import link_or_copy, read_json, sha256_file, write_json
 
@@ -48,13 +48,13 @@ def keep_vocabulary(out: Path, vocabulary: dict[str, str], min_count: int, raw_i
     record = {"source": vocabulary["file"], "sha256": vocabulary["sha256"], "file": VOCABULARY_FILE,
               "stored_as": stored_as, "min_count": min_count, "raw_ids": raw_ids,
               "dense": list(getattr(data, "dense", [])), "categorical": list(getattr(data, "sparse", []))}
-    write_json(out / VOCAB_RECORD, record)
+    write_json(out / VOCABULARY_RECORD, record)
     return record
 
 
 def read_vocabulary_record(run: str | Path) -> dict[str, Any]:
     """The run's vocabulary.json; ValueError naming the run when it has none."""
-    path = Path(run) / VOCAB_RECORD
+    path = Path(run) / VOCABULARY_RECORD
     if not path.exists():
         run_vocabulary_file(run)  # raises the error that says why
     return read_json(path)

@@ -26,9 +26,9 @@ from torch import nn
 
 import embtables as et
 from embtables.app.checkpoints import BEST, CHECKPOINT, Checkpoints, best_eval, claim_run_folder, what_runs
-from embtables.app.runvocab import VOCAB_RECORD, keep_vocabulary, vocabulary_of
 from embtables.app.runinfo import check_device, machine, peak_rss_bytes, versions
-from embtables.datasets.layout import TRUTH_FILE
+from embtables.app.runvocab import keep_vocabulary, vocabulary_of
+from embtables.datasets.layout import TRUTH_FILE, VOCABULARY_RECORD
 from embtables.files import read_json, write_json
 from embtables.metrics import auc, logloss
 
@@ -328,7 +328,7 @@ class Trainer(Checkpoints):
             "eval_samples_per_s": evals[-1]["val"]["samples_per_s"],
             "peak_rss_bytes": peak_rss_bytes(), "machine": machine(), "versions": versions(), "evals": evals,
             "vocabulary": None if self.vocabulary is None else {**self.vocabulary, "min_count": cfg.min_count,
-                                                                 "kept": None if self.out is None else VOCAB_RECORD},
+                                                                 "kept": None if self.out is None else VOCABULARY_RECORD},
             # best: the best validation step's (what `embtables evaluate` scores); last: what --resume continues
             "checkpoints": None if self.out is None else {"best": BEST, "best_step": best["step"],
                                                           "last": CHECKPOINT, "last_step": s["step"]},

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from embtables.cli import tabular
-from embtables.cli.options import fractions
+from embtables.cli.options import add_split_arguments
 from embtables.datasets import criteo
 from embtables.datasets.criteo import (
     DEFAULT_CHUNK_ROWS, DEFAULT_MAX_BAD_FRACTION, SPLIT_MODES, CriteoFormatError, preprocess_criteo,
@@ -27,13 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output data folder (resumed if it exists)")
     p.add_argument("--split", choices=SPLIT_MODES, default=None,
                    help="default kaggle-days; none with --vocab-from")
-    p.add_argument("--seed", type=int, default=None, help="hash seed of --split random (default 0)")
-    p.add_argument("--fractions", type=fractions, default=None, metavar="TRAIN,VAL,TEST",
-                   help="split shares of --split random or ordered (default 0.8,0.1,0.1)")
-    p.add_argument("--strict", action="store_true", help="stop at the first bad line instead of skipping it")
-    p.add_argument("--max-bad-fraction", type=float, default=DEFAULT_MAX_BAD_FRACTION, metavar="FRACTION",
-                   help=f"fail when more than this share of the lines is bad (default {DEFAULT_MAX_BAD_FRACTION:g}: "
-                   "the Criteo files have none, so more means the wrong file or format); 1 accepts any")
+    add_split_arguments(p, f"fail when more than this share of the lines is bad (default {DEFAULT_MAX_BAD_FRACTION:g}: "
+                        "the Criteo files have none, so more means the wrong file or format); 1 accepts any")
     p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="input lines per part file")
     p.add_argument("--vocab-from", default=None, metavar="DIR",
                    help="map ids with the vocabulary of DIR (the training data folder, or a run folder of `embtables "

@@ -6,6 +6,7 @@ import argparse
 import ast
 from typing import Any, Sequence
 
+from embtables.datasets.criteo import DEFAULT_MAX_BAD_FRACTION
 from embtables.stores import BACKENDS
 
 
@@ -30,6 +31,16 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="fbgemm", choices=sorted(BACKENDS))
     p.add_argument("-o", "--option", action="append", default=[], metavar="NAME=VALUE",
                    help="a method option, e.g. -o buckets=1000 -o seed=3 (repeatable)")
+
+
+def add_split_arguments(p: argparse.ArgumentParser, bad_lines_help: str) -> None:
+    """The split and bad-line arguments of every preprocessing command (after its own `--split`)."""
+    p.add_argument("--seed", type=int, default=None, help="hash seed of --split random (default 0)")
+    p.add_argument("--fractions", type=fractions, default=None, metavar="TRAIN,VAL,TEST",
+                   help="split shares of --split random or ordered (default 0.8,0.1,0.1)")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad line instead of skipping it")
+    p.add_argument("--max-bad-fraction", type=float, default=DEFAULT_MAX_BAD_FRACTION, metavar="FRACTION",
+                   help=bad_lines_help)
 
 
 def fractions(text: str) -> tuple[float, float, float]:

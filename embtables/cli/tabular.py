@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from embtables.cli.options import fractions
+from embtables.cli.options import add_split_arguments
 from embtables.datasets import tabular
 from embtables.datasets.tabular import (DEFAULT_MAX_BAD_FRACTION, DEFAULT_PART_ROWS, SPLIT_MODES, TabularFormatError,
                                         describe_columns, preprocess_tabular)
@@ -38,12 +38,7 @@ def register(datasets: argparse._SubParsersAction) -> None:
     p.add_argument("--sequence", metavar="SPEC", default=None, help="not supported: says how to prepare sequences")
     p.add_argument("--split", choices=SPLIT_MODES, default="random",
                    help="random (default), ordered (file order is time order) or none")
-    p.add_argument("--seed", type=int, default=None, help="hash seed of --split random (default 0)")
-    p.add_argument("--fractions", type=fractions, default=None, metavar="TRAIN,VAL,TEST",
-                   help="split shares of --split random or ordered (default 0.8,0.1,0.1)")
-    p.add_argument("--strict", action="store_true", help="stop at the first bad line instead of skipping it")
-    p.add_argument("--max-bad-fraction", type=float, default=DEFAULT_MAX_BAD_FRACTION, metavar="F",
-                   help=f"fail when bad lines exceed this share of the lines (default {DEFAULT_MAX_BAD_FRACTION})")
+    add_split_arguments(p, f"fail when bad lines exceed this share of the lines (default {DEFAULT_MAX_BAD_FRACTION})")
     p.add_argument("--delimiter", default=None, help="CSV field separator (default: tab for .tsv/.tab, else comma)")
     p.add_argument("--part-rows", type=int, default=DEFAULT_PART_ROWS, help="rows per part file")
     p.add_argument("--force", action="store_true", help="replace the data set already in --out")
