@@ -49,6 +49,11 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["budget", "auc"], ascending=[False, False]).reset_index(drop=True)
 
 
+def shows_vocabulary(agg: pd.DataFrame) -> bool:
+    """Whether every run recorded its vocabulary bytes, so the report can show tables + vocabulary."""
+    return bool(agg["served"].notna().all())
+
+
 def pareto(agg: pd.DataFrame, x: str = "bytes") -> pd.DataFrame:
     """Runs no other run beats on both bytes (column `x`: fewer) and AUC (higher)."""
     rows = agg.sort_values([x, "auc"], ascending=[True, False])
@@ -80,7 +85,7 @@ def figures(agg: pd.DataFrame, bayes: float | None, out: Path) -> list[str]:
     curves = agg[agg["method"] != "full"]
     specs = [("auc", "bytes", "test AUC (at best validation step)", "auc_vs_bytes.png"),
              ("speed", "bytes", "training samples / s", "throughput_vs_bytes.png")]
-    if agg["served"].notna().all():
+    if shows_vocabulary(agg):
         specs.append(("auc", "served", "test AUC (at best validation step)", "auc_vs_bytes_with_vocabulary.png"))
     for y, x, ylabel, fname in specs:
         fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
@@ -230,7 +235,7 @@ def build_report(folder: str | Path) -> ReportFiles:
     lines += ["## Recommendation per budget", ""] + recommendations(agg) + [""]
     lines += beats_full(agg, Path(df["data"].iloc[0]))
     bayes_col = bayes is not None  # data without a planted truth has no Bayes column
-    vocab_col = bool(agg["served"].notna().all())
+    vocab_col = shows_vocabulary(agg)
     lines += _vocabulary_note(agg) if vocab_col else []
     for budget, g in agg[agg["method"] != "full"].groupby("budget", sort=False):
         lines += [f"## Budget {budget:g}", "", "| rank | method | bytes | of full | "
