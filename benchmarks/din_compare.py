@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(ROOT))
     from embtables.datasets.layout import atomic_write
     from embtables.app.runinfo import machine
-    from embtables.app.train import TrainConfig, train
+    from embtables.app.trainer import TrainConfig
+    from embtables.app.train import train
 
     work = args.work or Path(tempfile.mkdtemp(prefix="din-compare-"))
     seeds = [int(x) for x in args.seeds.split(",")]

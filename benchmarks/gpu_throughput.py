@@ -60,6 +60,16 @@ def draw_batches(tables: list[et.TableConfig], batch_size: int, count: int, devi
     return out
 
 
+def stand_in(method: str, tables: list[et.TableConfig], budget: float | None) -> dict:
+    """Options of a learned method (optembed) at `budget`: its stand-in plan of the learned shape (half widths, one
+    kept fraction, the first ids), for speed; {} for the others."""
+    if not et.get_method(method).learned or budget is None:
+        return {}
+    from embtables.methods.optembed import stand_in_options
+
+    return stand_in_options(tables, budget * et.full_bytes(tables))
+
+
 def check_outputs(tables: list[et.TableConfig], device: torch.device, batch: KeyedJaggedTensor) -> list[str]:
     """Every method (budget 0.01; `full` whole) on triton and on torch on the device, against the CPU torch
     backend with the same weights: one line each, raising when an output differs."""
@@ -68,14 +78,15 @@ def check_outputs(tables: list[et.TableConfig], device: torch.device, batch: Key
         budget = 0.01 if et.get_method(method).compresses else None
         torch.manual_seed(0)
         try:
-            ref = et.build_collection(tables, method, budget, backend="torch")
+            ref = et.build_collection(tables, method, budget, backend="torch", **stand_in(method, tables, budget))
         except et.InfeasibleBudget as e:
             lines.append(f"| {method} | - | infeasible at {budget} (smallest {e.smallest_budget:.3g}) |")
             continue
         with torch.no_grad():
             want = ref(cpu_batch).values()
         for backend in ("triton", "torch"):
-            c = et.build_collection(tables, method, budget, backend=backend, device=device)
+            c = et.build_collection(tables, method, budget, backend=backend, device=device,
+                                    **stand_in(method, tables, budget))
             with torch.no_grad():
                 for a, b in zip(ref.store.weights(), c.store.weights()):
                     b.copy_(a)
@@ -124,7 +135,7 @@ def concatenated_sgd(tables: list[et.TableConfig], batch_size: int, device: torc
 def ours(method: str, budget: float | None, backend: str) -> Callable[[list[et.TableConfig], int, torch.device], Step]:
     def make(tables: list[et.TableConfig], batch_size: int, device: torch.device) -> Step:
         c = et.build_collection(tables, method, budget, backend=backend, device=device,
-                                optimizer=et.SparseOptimizer("rowwise_adagrad", lr=LR))
+                                optimizer=et.SparseOptimizer("rowwise_adagrad", lr=LR), **stand_in(method, tables, budget))
         sparse = c.sparse_optimizer()
         dense = torch.optim.SGD(c.method.parameters(), lr=LR) if any(True for _ in c.method.parameters()) else None
         target = torch.randn(batch_size, sum(c.output_dims.values()), device=device)

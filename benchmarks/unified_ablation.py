@@ -28,7 +28,7 @@ import embtables as et
 from embtables.app.results import load_results
 from embtables.app.runinfo import machine, versions
 from embtables.app.sweep import SweepConfig, sweep
-from embtables.app.train import TrainConfig, open_data
+from embtables.app.trainer import TrainConfig, open_data
 from embtables.datasets.builtin import synthetic_criteo
 from embtables.datasets.synthetic import SynthCriteoConfig
 

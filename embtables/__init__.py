@@ -15,7 +15,7 @@ Layers, each importing only those above it in this list (the data flow is remap 
     inputs                   a batch (KJT or EmbeddingBag arguments) -> validated Bags, one host read
     methods/                 one file per method: solve, remap, combine    (never imports stores/)
     stores/                  torch, fbgemm, fused: the physical tables      (never imports methods/)
-    collection, checkpoint, single                                          the public entry points
+    collection, checkpoint, single, stages                                  the public entry points
 
 Apart from the library: `embtables.app` (training, sweeps, reports), `embtables.cli` (the command line),
 `embtables.models` (DLRM, DIN) and `embtables.datasets` (data pipelines).
@@ -30,6 +30,7 @@ from embtables.config import Lookup, PhysicalTable, SparseOptimizer, TableConfig
 from embtables.optim import RowWiseAdagrad, SparseAdagrad
 from embtables.plan import InfeasibleBudget, Plan, full_bytes
 from embtables.registry import get_method, list_methods, register_method
+from embtables.stages import next_stage
 from embtables.single import (
     Embedding,
     EmbeddingBag,
@@ -70,6 +71,7 @@ __all__ = [
     "get_method",
     "list_methods",
     "load_collection",
+    "next_stage",
     "plan",
     "register_method",
     "save_collection",

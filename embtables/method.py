@@ -54,6 +54,9 @@ class Method(nn.Module):
     Params: ClassVar[type] = type(None)  # the solved parameters of one logical table, as the plan lists them
     # False only for `full`: every other method must reach budgets below 1 from `budget=` alone
     compresses: ClassVar[bool] = True
+    # True where the plan is learned in training stages (OptEmbed): `budget=` alone is refused, the stages give the
+    # plan (see `carry_over`)
+    learned: ClassVar[bool] = False
     # per logical feature, the exclusive upper bound its ids must respect (None: any id), as the remap checks
     # them with `check_ids_in_range`; None when the method takes any id. The collection answers the check while
     # it reads the batch, in the batch's one copy to the host (`embtables.inputs`).
@@ -124,12 +127,48 @@ class Method(nn.Module):
         """Width of the output vector of each logical feature."""
         return [self.tables[t].embedding_dim for t in self.feature_table]
 
+    # ---- training hooks (default: none) -------------------------------------------------------------------
+    def regularization(self) -> Tensor | None:
+        """A term the trainer adds to the loss (OptEmbed's threshold penalty); None for most methods."""
+        return None
+
+    def own_optimizer(self) -> torch.optim.Optimizer | None:
+        """An optimizer for the method's parameters that must not train with the model's dense optimizer (OptEmbed's
+        thresholds, in their own SGD group); the trainer steps it and leaves these parameters out of its own."""
+        return None
+
+    def carry_over(self, weights: Sequence[Tensor], target: Target, **choices: Any) -> "Carried":
+        """Turn this trained stage into the next one: a solved plan and what to load into it. Only methods that are a
+        training stage of another (OptEmbed's supernet) implement it.
+
+        Args:
+            weights: this collection's physical tables (`Store.weights()`), trained.
+            target: the next collection's store constraints.
+            **choices: what the stage between chose (OptEmbed: the searched dims, the weights to rewind to).
+        """
+        raise NotImplementedError(f"method {self.name!r} is not a training stage of another method")
+
     def state_bytes(self) -> int:
         """Bytes of the method's serving state: its parameters and persistent buffers (keys, maps, projections).
 
         Non-persistent buffers are caches derived from the table shapes and are not counted.
         """
         return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+
+
+@dataclass
+class Carried:
+    """What `Method.carry_over` hands to the next stage.
+
+    Args:
+        plan: the next stage's solved plan.
+        weights: one tensor per physical table of `plan`, its initial weights.
+        state: the next method's buffers by name (e.g. OptEmbed's kept-id map), loaded after it is built.
+    """
+
+    plan: Plan
+    weights: list[Tensor]
+    state: dict[str, Tensor]
 
 
 def check_ids_in_range(bags: Bags, upper: Sequence[int | None] | None, method: Method, where: str) -> None:

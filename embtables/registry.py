@@ -10,19 +10,28 @@ import pkgutil
 from typing import Callable, TypeVar
 
 _METHODS: dict[str, type] = {}
+_UNLISTED: set[str] = set()
 _loaded = False
 
 T = TypeVar("T", bound=type)
 
 
-def register_method(name: str) -> Callable[[T], T]:
-    """Class decorator registering a compression method under `name`."""
+def register_method(name: str, listed: bool = True) -> Callable[[T], T]:
+    """Class decorator registering a compression method under `name`.
+
+    Args:
+        name: the method's name (`build_collection(method=...)`, checkpoints).
+        listed: False for a method that is a training stage of another (OptEmbed's supernet): `get_method` finds it,
+            `list_methods` (sweeps, generated tests) does not.
+    """
 
     def decorate(cls: T) -> T:
         if name in _METHODS and _METHODS[name] is not cls:
             raise ValueError(f"method {name!r} is already registered by {_METHODS[name].__qualname__}")
         cls.name = name  # type: ignore[attr-defined]
         _METHODS[name] = cls
+        if not listed:
+            _UNLISTED.add(name)
         return cls
 
     return decorate
@@ -49,6 +58,6 @@ def get_method(name: str) -> type:
 
 
 def list_methods() -> list[str]:
-    """Names of all registered methods, sorted."""
+    """Names of the registered methods, sorted (not those registered with `listed=False`)."""
     _load_all()
-    return sorted(_METHODS)
+    return sorted(set(_METHODS) - _UNLISTED)

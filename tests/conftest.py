@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, settings
 from torchrec import KeyedJaggedTensor
 
 import embtables as et
+from embtables.config import KEY_BYTES
 
 settings.register_profile(
     "default", deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow], derandomize=True
@@ -55,6 +56,22 @@ def random_kjt(
     v = torch.cat(values)
     w = torch.rand(v.numel(), generator=g) if weighted else None
     return KeyedJaggedTensor(keys=keys, values=v, lengths=torch.cat(lengths), weights=w)
+
+
+def method_options(method: str, tables: Sequence[et.TableConfig], budget: float | None, raw_ids: bool = False) -> dict:
+    """The options a registry-generated test adds to build `method` for `tables` at `budget`: {} for a method that
+    solves its plan from the budget; for a learned one (`optembed`), the stand-in plan that fills the budget
+    (`stand_in_options`: half widths in multiples of 4, so it builds on every store, and one kept fraction), less the
+    hash keys `raw_ids` adds (one per table). Over the budget, building raises InfeasibleBudget as for any method.
+    """
+    if not et.get_method(method).learned:
+        return {}
+    if budget is None:
+        raise ValueError(f"{method} learns its plan: method_options needs the budget the plan must fit")
+    from embtables.methods.optembed import stand_in_options
+
+    keys = KEY_BYTES * len(tables) if raw_ids else 0
+    return stand_in_options(tables, budget * et.full_bytes(tables) - keys)
 
 
 def copy_state(src: et.Collection, dst: et.Collection) -> None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import embtables as et
-from tests.conftest import copy_state, random_kjt
+from tests.conftest import copy_state, method_options, random_kjt
 
 FAST = ["fbgemm", "fused"]  # the backends checked against torch
 TABLES = [
@@ -125,7 +125,8 @@ def test_unpooled_collections_agree_across_backends(method, backend):
     tables = [et.TableConfig("item", 3000, 8, ("hist", "target"), "none")]
     budget = 0.2 if et.get_method(method).compresses else None
     torch.manual_seed(0)
-    kw = {"dim_multiple": 4} if method == "mixed_dim" else {}  # one plan on every store
+    # one plan on every store
+    kw = {"dim_multiple": 4} if method == "mixed_dim" else method_options(method, tables, budget)
     a = et.build_collection(tables, method, budget, backend="torch", **kw)
     b = et.build_collection(tables, method, budget, backend=backend, **kw)
     copy_state(a, b)

@@ -11,7 +11,7 @@ from torchrec import KeyedTensor
 import embtables as et
 from embtables.checkpoint import collection_state, load_collection_state, read_collection_file
 from embtables.stores import BACKENDS as STORES
-from tests.conftest import random_kjt
+from tests.conftest import method_options, random_kjt
 
 BACKENDS = sorted(STORES)  # every registered store
 POOLED = [et.TableConfig("a", 3000, 8, feature_names=("a1", "a2")), et.TableConfig("b", 40, 8),
@@ -45,6 +45,7 @@ def build(method: str, options: dict, tables: list[et.TableConfig], backend: str
         counts = {f: c.flip(0) for f, c in counts_for(tables).items()}  # not ranked: the hot ids need a map
     else:
         counts = counts_for(tables)
+    options = {**method_options(method, tables, budget), **options}
     return et.build_collection(tables, method, budget, backend=backend, counts=counts,
                                optimizer=et.SparseOptimizer("rowwise_adagrad", lr=0.1), **options)
 

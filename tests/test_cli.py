@@ -76,7 +76,7 @@ def test_few_steps_are_said_with_what_to_change(tmp_path, capsys):
 
 
 def test_few_steps_note_follows_the_schedule():
-    from embtables.app.train import TrainConfig
+    from embtables.app.trainer import TrainConfig
     from embtables.cli.runs import few_steps_note
 
     sample = dict(steps=24, steps_per_epoch=8, train_rows=8000)

@@ -12,10 +12,10 @@ from torchrec import KeyedJaggedTensor
 
 import embtables as et
 from embtables import kernels
-from embtables.app.train import TrainConfig, Trainer
+from embtables.app.trainer import TrainConfig, Trainer
 from embtables.cli import main
 from embtables.models import DIN, DLRM
-from tests.conftest import random_kjt
+from tests.conftest import method_options, random_kjt
 
 TABLES = [et.TableConfig("a", 500, 8), et.TableConfig("b", 40, 8, pooling="mean"), et.TableConfig("c", 3000, 8)]
 FBGEMM_CUDA = torch._C._dispatch_has_kernel_for_dispatch_key("fbgemm::asynchronous_complete_cumsum", "CUDA")
@@ -88,8 +88,10 @@ def test_a_cpu_run_records_its_device_and_resumes_from_another(data, tmp_path):
 def models(method: str) -> list[tuple[torch.nn.Module, torch.Tensor, KeyedJaggedTensor]]:
     torch.manual_seed(0)
     budget = 0.5 if et.get_method(method).compresses else None
-    dlrm = DLRM(et.build_collection(TABLES, method, budget), dense_in=5, bottom=(16, 8), top=(16,))
-    items = et.build_collection([et.TableConfig("item", 3000, 8, ("hist", "target"), "none")], method, budget)
+    dlrm = DLRM(et.build_collection(TABLES, method, budget, **method_options(method, TABLES, budget)), dense_in=5,
+                bottom=(16, 8), top=(16,))
+    item_tables = [et.TableConfig("item", 3000, 8, ("hist", "target"), "none")]
+    items = et.build_collection(item_tables, method, budget, **method_options(method, item_tables, budget))
     din = DIN(items, et.build_collection([et.TableConfig("user", 100, 8)], "full"), attention_hidden=(8,), mlp=(16,),
               mba_lambda=0.1, item_counts=torch.ones(3000))
     kjt = KeyedJaggedTensor(["hist", "target", "user"], torch.tensor([1, 2, 3, 9, 7, 8, 5, 6]),

@@ -14,7 +14,7 @@ import torch
 from tests.conftest import shared_file
 from tests.criteo_lines import read_rows
 from embtables.app.evaluate import calibration, evaluate_run, load_run_model, map_ids, read_run_config
-from embtables.app.train import TrainConfig, Trainer
+from embtables.app.trainer import TrainConfig, Trainer
 from embtables.checkpoint import load_tensor_file
 from embtables.cli import main
 from embtables.datasets.criteo import preprocess_criteo

@@ -20,7 +20,7 @@ from torchrec import JaggedTensor, KeyedJaggedTensor
 
 import embtables as et
 from embtables.models import DIN, DLRM
-from tests.conftest import random_kjt
+from tests.conftest import method_options, random_kjt
 from tests.host_reads import accelerator_paths, count_host_reads
 
 POOLED = [et.TableConfig("a", 3000, 8, feature_names=("a1", "a2")), et.TableConfig("b", 40, 8),
@@ -48,7 +48,7 @@ def build(tables: list[et.TableConfig], method: str, options: dict, opt: str = "
         options = {"hash_all": True}  # unpooled tables need one width
     budget = 0.3 if et.get_method(method).compresses else None
     return et.build_collection(tables, method, budget, counts=counts, optimizer=et.SparseOptimizer(opt, lr=0.1),
-                               **options)
+                               **method_options(method, tables, budget), **options)
 
 
 def reads_of_a_step(c: et.Collection, kjt: KeyedJaggedTensor) -> "object":

@@ -13,6 +13,7 @@ from embtables.hashing import derive_seed, hash_key, hash_to_range
 from embtables.plan import VOCAB_BYTES_PER_ID
 from embtables.raw_ids import _SEED
 from embtables.tablesets import criteo_kaggle_tables
+from tests.conftest import method_options
 
 TABLES = [et.TableConfig("a", 1000, 8, feature_names=("a1", "a2")), et.TableConfig("b", 20, 8)]
 METHODS = et.list_methods()
@@ -24,7 +25,8 @@ def budget_of(method: str) -> float | None:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_index_bytes_are_the_vocabulary_of_the_tables_read_by_rank(method):
-    p = et.plan(criteo_kaggle_tables(16), method, None if method == "full" else 0.01)
+    tables, budget = criteo_kaggle_tables(16), None if method == "full" else 0.01
+    p = et.plan(tables, method, budget, **method_options(method, tables, budget))
     ranked = et.get_method(method).reads_by_rank(p)
     assert p.index_bytes == VOCAB_BYTES_PER_ID * sum(t.num_embeddings for t, r in zip(p.tables, ranked) if r)
     want = {"full": 540_201_232, "qr": 540_201_232, "mixed_dim": 540_201_232, "unified": 0}
@@ -35,7 +37,8 @@ def test_index_bytes_are_the_vocabulary_of_the_tables_read_by_rank(method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_raw_ids_take_any_int64_id_within_the_budget(method):
-    c = et.build_collection(TABLES, method, budget_of(method), raw_ids=True)
+    c = et.build_collection(TABLES, method, budget_of(method), raw_ids=True,
+                            **method_options(method, TABLES, budget_of(method), raw_ids=True))
     p = c.plan
     assert p.index_bytes == 0 and c.memory_bytes() == p.total_bytes
     ranked = et.get_method(method).reads_by_rank(p)
@@ -47,8 +50,9 @@ def test_raw_ids_take_any_int64_id_within_the_budget(method):
     with torch.no_grad():
         assert c(kjt).values().isfinite().all()
     if any(ranked):
+        plain = method_options(method, TABLES, budget_of(method))
         with pytest.raises(ValueError, match="is outside"):  # without raw_ids such ids are refused
-            et.build_collection(TABLES, method, budget_of(method))(kjt)
+            et.build_collection(TABLES, method, budget_of(method), **plain)(kjt)
 
 
 def test_raw_ids_hash_into_the_rows_of_each_table_read_by_rank():

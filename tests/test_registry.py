@@ -1,5 +1,6 @@
 """Checks every registered method gets, generated from the registry: a method added later is tested here
-without editing this file. Each method must build from `budget=` alone with its default options."""
+without editing this file. Each method must build from `budget=` alone with its default options, except a learned
+one, which builds from the hand-made plan `method_options` gives for the budget."""
 
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from torchrec import KeyedJaggedTensor
 
 import embtables as et
 from embtables.stores import BACKENDS
-from tests.conftest import copy_state, random_kjt
+from tests.conftest import copy_state, method_options, random_kjt
 
 METHODS = et.list_methods()
 TABLES = [
@@ -30,7 +31,8 @@ def build(method: str, budget: float = 0.1, tables=TABLES, **kw) -> et.Collectio
     torch.manual_seed(0)
     if method == "mixed_dim":  # one plan on every store: dims in FBGEMM's multiple
         kw.setdefault("dim_multiple", 4)
-    return et.build_collection(tables, method, budget=budget_for(method, budget), **kw)
+    b = budget_for(method, budget)
+    return et.build_collection(tables, method, budget=b, **method_options(method, tables, b), **kw)
 
 
 def test_registry_lists_the_foundation_methods():
@@ -143,12 +145,14 @@ def test_unpooled_rows_sum_to_the_pooled_bag(method):
 @pytest.mark.parametrize("method", METHODS)
 def test_bad_options_and_budgets(method):
     with pytest.raises(TypeError, match="unknown option"):
-        et.plan(TABLES, method, budget=budget_for(method, 0.1), no_such_option=1)
+        et.plan(TABLES, method, budget=budget_for(method, 0.1), no_such_option=1,
+                **method_options(method, TABLES, budget_for(method, 0.1)))
+    options = method_options(method, TABLES, 1e-12)
     with pytest.raises(et.InfeasibleBudget) as e:
-        et.plan(TABLES, method, budget=1e-12)
+        et.plan(TABLES, method, budget=1e-12, **options)
     smallest = e.value.smallest_budget
     assert 1e-12 < smallest <= 1.0
-    p = et.plan(TABLES, method, budget=min(1.0, smallest * (1 + 1e-9)))
+    p = et.plan(TABLES, method, budget=min(1.0, smallest * (1 + 1e-9)), **options)
     assert p.total_bytes <= smallest * (1 + 1e-9) * et.full_bytes(TABLES)
 
 
@@ -175,10 +179,11 @@ def test_never_allocates_the_logical_table(method):
     """40M logical rows x 16 (2.56 GB) at budget 0.001: building and one training step stay far below it."""
     code = f"""
 import resource, torch, embtables as et
-from tests.conftest import random_kjt
+from tests.conftest import method_options, random_kjt
 tables = [et.TableConfig(f"t{{i}}", 10_000_000, 16) for i in range(4)]
+options = method_options({method!r}, tables, 0.001)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-ebc = et.build_collection(tables, {method!r}, budget=0.001, backend="fbgemm")
+ebc = et.build_collection(tables, {method!r}, budget=0.001, backend="fbgemm", **options)
 ebc(random_kjt(tables, batch_size=512, seed=0)).values().sum().backward()
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
 """

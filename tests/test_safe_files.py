@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import embtables as et
-from embtables.app.train import TrainConfig, Trainer, open_data
+from embtables.app.trainer import TrainConfig, Trainer, open_data
 from embtables.checkpoint import collection_state, load_collection_state
 from embtables.files import read_json
 

@@ -7,7 +7,7 @@ import pytest
 
 import embtables.app.sweep as sw
 from embtables.app.report import write_report
-from embtables.app.train import TrainConfig
+from embtables.app.trainer import TrainConfig
 
 SMALL = dict(rows=4000, scale=1e-4, min_rows=20, part_rows=2000)
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embtables.app.train import TrainConfig, Trainer, open_data
+from embtables.app.trainer import TrainConfig, Trainer, open_data
 from embtables.cli import tabular as cli
 from embtables.datasets.layout import MISSING_CAT, load_counts
 from embtables.datasets.tabular import preprocess_tabular

@@ -8,7 +8,8 @@ from torchrec import KeyedJaggedTensor
 
 import embtables as et
 from embtables.models import DIN, DLRM
-from embtables.app.train import TrainConfig, Trainer, open_data
+from embtables.app.trainer import TrainConfig, Trainer, open_data
+from tests.conftest import method_options
 
 SMALL = dict(rows=6000, scale=1e-4, min_rows=20, part_rows=2000)
 MODEL = dict(bottom=(32, 16), top=(32,))
@@ -136,7 +137,8 @@ def budget_for(method):
 @pytest.mark.parametrize("method", et.list_methods())
 def test_dlrm_shapes_and_gradients_for_every_method(method, backend):
     torch.manual_seed(0)
-    ebc = et.build_collection(TABLES, method, budget_for(method), backend=backend)
+    ebc = et.build_collection(TABLES, method, budget_for(method), backend=backend,
+                              **method_options(method, TABLES, budget_for(method)))
     model = DLRM(ebc, dense_in=5, bottom=(16, 8), top=(16,))
     kjt = KeyedJaggedTensor(["a", "b", "c"], torch.tensor([1, 2, 3, 4, 5, 6, 7]), lengths=torch.tensor([1, 2, 0, 1, 2, 1]))
     logits = model(torch.randn(2, 5), kjt)
@@ -151,7 +153,9 @@ def test_dlrm_shapes_and_gradients_for_every_method(method, backend):
 @pytest.mark.parametrize("method", et.list_methods())
 def test_din_shapes_and_gradients_for_every_method(method, pooling):
     torch.manual_seed(0)
-    items = et.build_collection([et.TableConfig("item", 3000, 8, ("hist", "target"), "none")], method, budget_for(method))
+    tables = [et.TableConfig("item", 3000, 8, ("hist", "target"), "none")]
+    budget = budget_for(method)
+    items = et.build_collection(tables, method, budget, **method_options(method, tables, budget))
     users = et.build_collection([et.TableConfig("user", 100, 8)], "full")
     model = DIN(items, users, pooling=pooling, attention_hidden=(8,), mlp=(16,))
     kjt = KeyedJaggedTensor(

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torchrec import KeyedTensor
 
 import embtables as et
-from tests.conftest import copy_state, random_kjt
+from tests.conftest import copy_state, method_options, random_kjt
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 OPTIMIZERS = ["rowwise_adagrad", "adagrad", "sgd"]
@@ -55,6 +55,7 @@ def twins(tables: list[et.TableConfig], method: str, optimizer: str, **options) 
     budget = 0.6 if et.get_method(method).compresses else None
     if method == "multihash" and tables is UNPOOLED:
         options = {"hash_all": True, **options}
+    options = {**method_options(method, tables, budget), **options}
     ref = et.build_collection(tables, method, budget, backend="torch", optimizer=o, **options)
     tri = et.build_collection(tables, method, budget, backend="triton", optimizer=o, device=DEVICE, **options)
     copy_state(ref, tri)
@@ -138,7 +139,7 @@ def test_the_cpu_without_the_interpreter_is_refused(monkeypatch):
 @pytest.mark.parametrize("model", ["dlrm", "din"])
 def test_the_trainer_trains_dlrm_and_din_on_the_triton_store(tmp_path, model):
     """The application end to end on the triton store: a few steps, evaluation, a checkpoint the CPU stores load."""
-    from embtables.app.train import TrainConfig, Trainer
+    from embtables.app.trainer import TrainConfig, Trainer
     from embtables.checkpoint import load_collection_state
 
     if model == "dlrm":

@@ -67,13 +67,14 @@ def claim_run_folder(out: Path | None, resume: bool, force: bool) -> None:
 
 
 class Checkpoints:
-    """The checkpoint methods of `Trainer` (which provides out, model, collections, dense_optimizer, state,
-    config and vocabulary)."""
+    """The checkpoint methods of `Trainer` (which provides out, model, collections, dense_optimizer,
+    method_optimizers, state, config and vocabulary)."""
 
     out: Path | None
     model: torch.nn.Module
     collections: list[et.Collection]
     dense_optimizer: torch.optim.Optimizer
+    method_optimizers: list[torch.optim.Optimizer]
     state: dict[str, Any]
     config: Any
     vocabulary: dict[str, str] | None
@@ -91,6 +92,7 @@ class Checkpoints:
             "dense": {k: v for k, v in self.model.state_dict().items() if not k.startswith(skip)},
             "collections": [collection_state(c) for c in self.collections],
             "dense_optimizer": self.dense_optimizer.state_dict(),
+            "method_optimizers": [o.state_dict() for o in self.method_optimizers],
             "rng": torch.get_rng_state(),
             "state": self.state,
             "config": asdict(self.config),
@@ -128,6 +130,8 @@ class Checkpoints:
                 "or a new --out")
         restore_model(self.model, blob, str(path))
         self.dense_optimizer.load_state_dict(blob["dense_optimizer"])
+        for o, state in zip(self.method_optimizers, blob.get("method_optimizers", []), strict=True):
+            o.load_state_dict(state)
         torch.set_rng_state(blob["rng"])
         self.state = blob["state"]
         self._keep_best()  # in case the run stopped between its best checkpoint and the link

@@ -34,7 +34,7 @@ from torchrec import KeyedJaggedTensor
 from embtables.app.checkpoints import BEST, CHECKPOINT, EVALUATION, restore_model, what_runs
 from embtables.app.runinfo import check_device
 from embtables.app.runvocab import load_run_vocabulary, read_vocabulary_record
-from embtables.app.train import TrainConfig
+from embtables.app.trainer import TrainConfig
 from embtables.checkpoint import collection_from_state, load_tensor_file
 from embtables.datasets.criteo import DEFAULT_MAX_BAD_FRACTION, preprocess_criteo
 from embtables.datasets.loader import Batch, CriteoData

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from embtables.app.conditions import MARK, conditions_section, speed_conditions
+from embtables.app.report_stages import optembed_section, stage_aggregations, train_time, with_stage_columns
 from embtables.app.results import RESULTS, load_results
 from embtables.datasets.layout import COUNTS_FILE, SUMMARY_FILE, TRUTH_FILE, load_counts
 from embtables.files import atomic_write, read_json
@@ -29,7 +30,7 @@ AUC = "test_auc_best"
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (method, options, budget): means and min/max over seeds of the finished runs; `conditions` says
     why its speed does not compare with the full table's ("" when it does)."""
-    ok = df[df["status"] == "ok"].assign(conditions=speed_conditions(df))
+    ok = with_stage_columns(df[df["status"] == "ok"].assign(conditions=speed_conditions(df)))
     if "index_bytes" not in ok:  # results of sweeps from before index_bytes was recorded
         ok = ok.assign(index_bytes=math.nan)
     g = ok.groupby(["method", "options", "budget"], dropna=False)
@@ -38,7 +39,7 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
         vocabulary=("index_bytes", "mean"),
         auc=(AUC, "mean"), auc_min=(AUC, "min"), auc_max=(AUC, "max"), auc_sd=(AUC, "std"),
         logloss=("test_logloss_best", "mean"), speed=("train_samples_per_s", "mean"),
-        conditions=("conditions", lambda why: ", ".join(sorted({w for w in why if w}))),
+        conditions=("conditions", lambda why: ", ".join(sorted({w for w in why if w}))), **stage_aggregations(),
     ).reset_index()
     full = out[out["method"] == "full"]
     out["gap_to_full"] = out["auc"] - (full["auc"].mean() if len(full) else math.nan)
@@ -240,15 +241,15 @@ def build_report(folder: str | Path) -> ReportFiles:
     for budget, g in agg[agg["method"] != "full"].groupby("budget", sort=False):
         lines += [f"## Budget {budget:g}", "", "| rank | method | bytes | of full | "
                   + ("+ vocabulary, of full | " if vocab_col else "") + "test AUC | gap to full | "
-                  + ("gap to Bayes | " if bayes_col else "") + "train samples/s | vs full speed |",
-                  "|---|---|---|---|---|---|" + ("---|" if vocab_col else "") + ("---|" if bayes_col else "") + "---|---|"]
+                  + ("gap to Bayes | " if bayes_col else "") + "train samples/s | vs full speed | train seconds |",
+                  "|---|---|---|---|---|---|" + ("---|" if vocab_col else "") + ("---|" if bayes_col else "") + "---|---|---|"]
         for rank, (_, r) in enumerate(g.sort_values("auc", ascending=False).iterrows(), 1):
             lines.append(
                 f"| {rank} | {label(r['method'], r['options'])} | {r['bytes']:,.0f} | {r['bytes'] / r['full_bytes']:.4g} | "
                 + (f"{r['served'] / r['full_bytes']:.4g} | " if vocab_col else "") + 
                 f"{r['auc']:.4f} ({r['auc_min']:.4f}..{r['auc_max']:.4f}) | {r['gap_to_full']:+.4f} | "
                 + (f"{r.get('gap_to_bayes', math.nan):+.4f} | " if bayes_col else "")
-                + f"{r['speed']:,.0f} | {r['speed_vs_full']:.2f}x{' ' + MARK if r['conditions'] else ''} |"
+                + f"{r['speed']:,.0f} | {r['speed_vs_full']:.2f}x{' ' + MARK if r['conditions'] else ''} | {train_time(r)} |"
             )
         lines.append("")
     full = agg[agg["method"] == "full"]
@@ -257,6 +258,7 @@ def build_report(folder: str | Path) -> ReportFiles:
         to_bayes = f", {r['gap_to_bayes']:+.4f} from the Bayes-optimal AUC" if bayes_col else ""
         lines += [f"Full table: test AUC {r['auc']:.4f} ({r['auc_min']:.4f}..{r['auc_max']:.4f}) over {r['seeds']} "
                   f"seed(s){to_bayes}, {r['bytes']:,.0f} bytes, {r['speed']:,.0f} samples/s.", ""]
+    lines += optembed_section(agg)
     lines += conditions_section(df, speed_conditions(df))
     lines += _other_cells(df)
     lines += [f"![training throughput against bytes]({n})" for n in names[1:2]]

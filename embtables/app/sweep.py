@@ -32,7 +32,7 @@ import pandas as pd
 import embtables as et
 from embtables.app.results import append_row, load_results
 from embtables.app.runinfo import check_device, cpu_clock, load_average, machine, other_cores, versions
-from embtables.app.train import TrainConfig, what_runs
+from embtables.app.trainer import TrainConfig, what_runs
 from embtables.files import read_json, write_json
 
 DEFAULT_BUDGETS = (0.5, 0.1, 0.01, 0.001, 0.0001)
@@ -92,13 +92,17 @@ def cell_id(config: TrainConfig) -> str:
 
 def run_cell(config: TrainConfig, folder: Path) -> dict[str, Any]:
     """Train one cell in this process, resuming its checkpoint; returns its metrics or its infeasibility."""
-    from embtables.app.train import Trainer
+    from embtables.app.stages import is_staged, supernet_config, train_stages
+    from embtables.app.trainer import Trainer
 
     try:
-        trainer = Trainer(config, folder, progress=False)
+        if is_staged(config):  # the budgets of a seed share one supernet: it does not depend on the budget
+            shared = folder.parent / f"supernet-{cell_id(supernet_config(config))}"
+            metrics = train_stages(config, folder, resume=True, progress=False, supernet_dir=shared)
+        else:
+            metrics = Trainer(config, folder, progress=False).fit(resume=True)
     except et.InfeasibleBudget as e:
         return {"status": "infeasible", "smallest_budget": e.smallest_budget, "error": str(e)}
-    metrics = trainer.fit(resume=True)
     metrics["status"] = "ok"
     return metrics
 
@@ -147,7 +151,8 @@ def row(config: TrainConfig, outcome: dict[str, Any], wall: float, reference: di
                  index_bytes=outcome["index_bytes"],
                  compression=outcome["compression"], train_samples_per_s=outcome["train_samples_per_s"],
                  eval_samples_per_s=outcome["eval_samples_per_s"], peak_rss_bytes=outcome["peak_rss_bytes"],
-                 steps=outcome["steps"])
+                 steps=outcome["steps"], train_seconds=outcome.get("train_seconds", math.nan))
+        r.update(stage_columns(outcome.get("stages")))
         for split in ("val", "test"):
             for which in ("best", "last"):
                 for metric in ("auc", "logloss"):
@@ -162,6 +167,18 @@ def row(config: TrainConfig, outcome: dict[str, Any], wall: float, reference: di
             elif reference is not None and reference.get("test_auc_best") is not None:
                 r["gap_to_full"] = r["test_auc_best"] - reference["test_auc_best"]
     return r
+
+
+def stage_columns(stages: dict[str, Any] | None) -> dict[str, Any]:
+    """The columns of a run trained in stages (OptEmbed): each stage's seconds, the rows kept overall and per table,
+    the searched dims; none for other runs."""
+    if not stages:
+        return {}
+    s = stages["supernet"]
+    return {"supernet_seconds": s["seconds"], "search_seconds": stages["search"]["seconds"],
+            "retrain_seconds": stages["retrain"]["seconds"], "kept_fraction": sum(s["kept_rows"]) / sum(s["table_rows"]),
+            "kept_fractions": json.dumps(s["kept_fraction"]), "dims": json.dumps(stages["search"]["dims"]),
+            "stage_tables": json.dumps(s["tables"]), "supernet_folder": s["folder"]}
 
 
 def sweep(config: SweepConfig, out: str | Path, command: str = "", progress: bool = True) -> pd.DataFrame:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from embtables.app.sweep import DEFAULT_BUDGETS, QUICK
-from embtables.app.train import TrainConfig
+from embtables.app.trainer import TrainConfig
 from embtables.cli.options import add_method_arguments, parse_options
 from embtables.stores import BACKENDS
 
