@@ -239,3 +239,30 @@ def test_retraining_starts_from_the_supernet_start_or_fresh(data, tmp_path, rewi
     assert torch.equal(got.store.weights()[0][: kept[0].numel()], begin if rewind else fresh[: kept[0].numel()])
     dense = [p for p in final.model.parameters() if p.requires_grad and p is not got.store.weights()[0]]
     assert any(not torch.equal(a, b) for a, b in zip(dense, fresh_dense)) == rewind
+
+
+def test_search_scores_candidates_as_the_supernet_with_those_dims(data):
+    """The search's cached scoring (pooled outputs once, columns past d_t zeroed) equals evaluating the supernet model
+    with `set_dims` on the same validation rows."""
+    from embtables.app.stages import CandidateScorer, _rows, supernet_config
+    from embtables.app.trainer import Trainer
+    from embtables.metrics import auc
+
+    t = Trainer(supernet_config(staged(data, alpha=1.0)), progress=False)
+    t.fit()
+    score = CandidateScorer(t, 500)
+    coll = t.collections[0]
+    batches = list(_rows(t, 500))
+    assert score.rows == sum(b.batch_size for b in batches) >= 500
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        dims = torch.randint(1, 17, (len(coll.tables),), generator=g).tolist()
+        coll.method.set_dims(dims)
+        t.model.eval()
+        with torch.no_grad():
+            z = torch.cat([t.model(b.dense, b.sparse) for b in batches])
+        coll.method.set_dims(None)
+        assert score(dims) == pytest.approx(auc(z, torch.cat([b.labels for b in batches])), abs=1e-12)
+    t.model.train()
+    score(dims)
+    assert t.model.training  # the scorer leaves the model as it found it

@@ -22,7 +22,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -205,9 +205,10 @@ def _start_state(trainer: Trainer) -> dict[str, Any]:
 
 
 def _search(trainer: Trainer, kept: list[torch.Tensor], recipe: OptEmbedRecipe, budget: float) -> dict[str, Any]:
-    """The evolutionary search of the supernet's dims, scored by validation AUC on `search_rows` rows."""
+    """The evolutionary search of the supernet's dims, scored by validation AUC on `search_rows` rows (of DLRM: its
+    `embeddings` and `head`)."""
     coll = trainer.collections[0]
-    method, tables, q = coll.method, coll.tables, coll.method.q
+    tables, q = coll.tables, coll.method.q
     limit = budget * et.full_bytes(tables)
 
     def bytes_of(units: tuple[int, ...]) -> int:
@@ -219,22 +220,42 @@ def _search(trainer: Trainer, kept: list[torch.Tensor], recipe: OptEmbedRecipe, 
         raise et.InfeasibleBudget("optembed", budget, narrowest / et.full_bytes(tables),
                                   f"the supernet kept {sum(int(k.numel()) for k in kept):,} rows; every table at "
                                   f"dim {q} takes {narrowest:,} bytes")
-    batches = list(_rows(trainer, recipe.stages.search_rows))
-
-    @torch.no_grad()
-    def fitness(units: tuple[int, ...]) -> float:
-        method.set_dims([u * q for u in units])
-        trainer.model.eval()
-        z = torch.cat([trainer.model(b.dense, b.sparse) for b in batches]).cpu()
-        return auc(z, torch.cat([b.labels for b in batches]))
-
     t0 = time.perf_counter()
+    score = CandidateScorer(trainer, recipe.stages.search_rows)
+    fitness = lambda units: score([u * q for u in units])  # noqa: E731
     result = evolutionary_search([t.embedding_dim // q for t in tables], fitness, bytes_of, limit, recipe.search)
-    method.set_dims(None)
-    trainer.model.train()
     return {"dims": [u * q for u in result.dims], "fitness": result.fitness, "bytes": result.bytes,
             "history": list(result.history), "evaluated": result.evaluated, "seconds": time.perf_counter() - t0,
-            "rows": sum(int(b.labels.numel()) for b in batches)}
+            "rows": score.rows}
+
+
+class CandidateScorer:
+    """Validation AUC of the supernet DLRM of `trainer` on its first `rows` validation rows (0: all) with each table
+    at a candidate's dims: equal to the model with `set_dims(dims)`, but the supernet's pooled outputs are computed
+    once at full width and a candidate zeroes the columns past d_t of each feature (the width prefix commutes with
+    pooling), so scoring one runs only DLRM's dense part (`head`)."""
+
+    def __init__(self, trainer: Trainer, rows: int) -> None:
+        model, coll = trainer.model, trainer.collections[0]
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            batches = [(b.dense, model.embeddings(b.sparse).values(), b.labels) for b in _rows(trainer, rows)]
+        self.cached = [(x, e) for x, e, _ in batches]
+        self.labels = torch.cat([y for _, _, y in batches]).cpu()
+        model.train(was)
+        self.model, self.rows = model, int(self.labels.numel())
+        self.features = [(coll.tables[t].embedding_dim, t) for t in coll.method.feature_table]
+
+    @torch.no_grad()
+    def __call__(self, dims: Sequence[int]) -> float:
+        keep = torch.cat([torch.arange(d) < dims[t] for d, t in self.features])  # (sum D,)
+        keep = keep.to(self.cached[0][1].device, self.cached[0][1].dtype)
+        was = self.model.training
+        self.model.eval()
+        z = torch.cat([self.model.head(x, e * keep) for x, e in self.cached]).cpu()
+        self.model.train(was)
+        return auc(z, self.labels)
 
 
 def _rows(trainer: Trainer, rows: int) -> Any:
