@@ -2,6 +2,8 @@
 
 import shutil
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -95,8 +97,11 @@ def test_resume_after_a_kill_keeps_finished_rows_and_runs_only_the_rest(data, tm
     assert len(df) == 5 and len(in_process) == 3  # only the unfinished cells ran
     pd.testing.assert_frame_equal(df.iloc[:2].reset_index(drop=True), first, check_dtype=False)
     in_process.clear()
-    sw.sweep(cfg, tmp_path, progress=False)
+    sw.sweep(cfg, tmp_path, command="again", progress=False)
     assert in_process == []
+    sw.sweep(cfg, tmp_path, command="more", progress=False)
+    sw.sweep(cfg, tmp_path, command="again", progress=False)
+    assert json.loads((tmp_path / "sweep.json").read_text())["commands"] == ["again", "more"]  # each once, in order
 
 
 def test_report_from_results_file_alone(data, tmp_path, in_process):

@@ -226,7 +226,8 @@ def build_report(folder: str | Path) -> ReportFiles:
     bayes = float(df["bayes_test_auc"].dropna().mean()) if "bayes_test_auc" in df and df["bayes_test_auc"].notna().any() else None
     names = figures(agg, bayes, folder) if len(agg) else []
     lines = [f"# Memory-budget sweep: {', '.join(sorted(df['model'].unique()))} on {df['data'].iloc[0]}", ""]
-    lines += [f"Command: `{meta.get('command', '(not recorded)')}`", "",
+    commands = meta.get("commands", [meta["command"]] if meta.get("command") else []) or ["(not recorded)"]
+    lines += [("Command: " if len(commands) == 1 else "Commands, in order: ") + "; ".join(f"`{c}`" for c in commands), "",
               f"Report: `embtables report {folder}` at {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
               f"machine: {df['machine'].iloc[0]}; versions: {_versions(df)}", ""]
     lines += _data_summary(Path(df["data"].iloc[0])) + [""]

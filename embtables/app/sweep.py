@@ -189,9 +189,13 @@ def sweep(config: SweepConfig, out: str | Path, command: str = "", progress: boo
     # without the device: a sweep may go on on another device, as its runs may
     recipe = what_runs(asdict(replace(config.train, method="full", budget=None, options={}, seed=0)))
     saved = out / "sweep.json"
-    if saved.exists() and read_json(saved)["recipe"] != json.loads(json.dumps(recipe)):
+    before = read_json(saved) if saved.exists() else {}
+    if before and before["recipe"] != json.loads(json.dumps(recipe)):
         raise ValueError(f"{out} holds a sweep with a different training recipe; use another --out")
-    write_json(saved, {"recipe": recipe, "device": config.train.device, "command": command, "machine": machine(),
+    # every command that added cells to this folder (methods or options added later), in order
+    commands = before.get("commands", [before["command"]] if before.get("command") else [])
+    commands += [command] if command and command not in commands else []
+    write_json(saved, {"recipe": recipe, "device": config.train.device, "commands": commands, "machine": machine(),
                        "versions": versions()})
     from tqdm import tqdm
 
