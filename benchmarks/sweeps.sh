@@ -15,7 +15,14 @@ SCALED=${SCALED:-${TMPDIR:-/tmp}/embtables-synth-criteo-scale0.05}
 
 # 2. the small planted data: 34k table rows in all (Criteo Kaggle's cardinalities x 0.001, at least 50)
 "$EMBTABLES" sweep --model dlrm --data synthetic --backend "$BACKEND" --budgets 0.1,0.01,0.001 --seeds 0,1 \
-    --out benchmarks/results/sweep_synthetic
+    --methods full,hash,multihash,qr,mixed_dim,unified --out benchmarks/results/sweep_synthetic
+# OptEmbed learns its plan; its penalty alpha sets how many rows it keeps, so which budgets it reaches: two recipes
+for ALPHA in 0.03 0.3; do
+    "$EMBTABLES" sweep --model dlrm --data synthetic --backend "$BACKEND" --budgets 0.1,0.01,0.001 --seeds 0,1 \
+        --methods optembed --option optembed:alpha=$ALPHA --option optembed:threshold_lr=0.1 \
+        --out benchmarks/results/sweep_synthetic
+done
+"$PYTHON" benchmarks/optembed_alpha.py --data synthetic --alphas 0,0.01,0.03,0.1,0.3 --out benchmarks/results/optembed_alpha.md
 
 # 3. Criteo-scale planted data: cardinalities x 0.05 (1.7M table rows, the largest 507k), same 3M samples
 if [ ! -f "$SCALED/summary.json" ]; then

@@ -266,3 +266,22 @@ def test_search_scores_candidates_as_the_supernet_with_those_dims(data):
     t.model.train()
     score(dims)
     assert t.model.training  # the scorer leaves the model as it found it
+
+
+def test_sweep_shares_one_supernet_and_reports_stages(data, tmp_path, monkeypatch):
+    """A sweep trains one supernet per seed for all budgets, records the reached bytes (not the asked ones), the stage
+    times and the kept rows and dims, and the report shows them; an unreachable budget is infeasible."""
+    import embtables.app.sweep as sw
+    from embtables.app.report import build_report
+
+    monkeypatch.setattr(sw, "_spawn", lambda cell, folder: sw.run_cell(cell, folder))  # cells in this process
+    recipe = staged(data)
+    cfg = sw.SweepConfig(train=recipe.__class__(**{**recipe.__dict__, "method": "full", "budget": None, "options": {}}),
+                         methods=("optembed",), budgets=(0.3, 0.2, 1e-4), options={"optembed": recipe.options})
+    df = sw.sweep(cfg, tmp_path, command="test", progress=False)
+    assert list(df["status"]) == ["ok", "ok", "ok", "infeasible"]
+    assert len(list((tmp_path / "runs").glob("supernet-*"))) == 1
+    ok = df[(df["method"] == "optembed") & (df["status"] == "ok")]
+    assert (ok["memory_bytes"] <= ok["budget"] * ok["full_bytes"]).all() and ok["supernet_seconds"].nunique() == 1
+    report = build_report(tmp_path).report.read_text()
+    assert "## OptEmbed: rows kept and dims searched" in report and " = " in report.split("## Budget 0.2")[1]

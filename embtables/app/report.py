@@ -27,10 +27,11 @@ from embtables.files import atomic_write, read_json
 AUC = "test_auc_best"
 
 
-def aggregate(df: pd.DataFrame) -> pd.DataFrame:
+def aggregate(df: pd.DataFrame, batch_size: int | None = None) -> pd.DataFrame:
     """One row per (method, options, budget): means and min/max over seeds of the finished runs; `conditions` says
-    why its speed does not compare with the full table's ("" when it does)."""
-    ok = with_stage_columns(df[df["status"] == "ok"].assign(conditions=speed_conditions(df)))
+    why its speed does not compare with the full table's ("" when it does); `batch_size`, the sweep's, derives the
+    training seconds of runs that did not record them."""
+    ok = with_stage_columns(df[df["status"] == "ok"].assign(conditions=speed_conditions(df)), batch_size)
     if "index_bytes" not in ok:  # results of sweeps from before index_bytes was recorded
         ok = ok.assign(index_bytes=math.nan)
     g = ok.groupby(["method", "options", "budget"], dropna=False)
@@ -222,7 +223,7 @@ def build_report(folder: str | Path) -> ReportFiles:
     if not len(df):
         raise ValueError(f"{folder / RESULTS} is missing or empty: run `embtables sweep --out {folder}` first")
     meta = read_json(folder / "sweep.json") if (folder / "sweep.json").exists() else {}
-    agg = aggregate(df)
+    agg = aggregate(df, meta.get("recipe", {}).get("batch_size"))
     bayes = float(df["bayes_test_auc"].dropna().mean()) if "bayes_test_auc" in df and df["bayes_test_auc"].notna().any() else None
     names = figures(agg, bayes, folder) if len(agg) else []
     lines = [f"# Memory-budget sweep: {', '.join(sorted(df['model'].unique()))} on {df['data'].iloc[0]}", ""]
@@ -259,7 +260,7 @@ def build_report(folder: str | Path) -> ReportFiles:
         to_bayes = f", {r['gap_to_bayes']:+.4f} from the Bayes-optimal AUC" if bayes_col else ""
         lines += [f"Full table: test AUC {r['auc']:.4f} ({r['auc_min']:.4f}..{r['auc_max']:.4f}) over {r['seeds']} "
                   f"seed(s){to_bayes}, {r['bytes']:,.0f} bytes, {r['speed']:,.0f} samples/s.", ""]
-    lines += optembed_section(agg)
+    lines += optembed_section(agg, label)
     lines += conditions_section(df, speed_conditions(df))
     lines += _other_cells(df)
     lines += [f"![training throughput against bytes]({n})" for n in names[1:2]]

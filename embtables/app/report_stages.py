@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -13,10 +13,15 @@ TIMES = ("train_seconds", "supernet_seconds", "search_seconds", "retrain_seconds
 LISTS = ("dims", "kept_fractions", "stage_tables")
 
 
-def with_stage_columns(ok: pd.DataFrame) -> pd.DataFrame:
-    """`ok` with every stage column present (NaN / "" where a run has none)."""
+def with_stage_columns(ok: pd.DataFrame, batch_size: int | None = None) -> pd.DataFrame:
+    """`ok` with every stage column present (NaN / "" where a run has none). Rows of sweeps from before
+    `train_seconds` was recorded get it from their steps and speed (steps x `batch_size` samples, every batch full),
+    when the sweep's batch size is known."""
     missing = {c: math.nan for c in TIMES if c not in ok} | {c: "" for c in LISTS if c not in ok}
-    return ok.assign(**missing) if missing else ok
+    ok = ok.assign(**missing) if missing else ok
+    if batch_size and {"steps", "train_samples_per_s"} <= set(ok):
+        ok = ok.assign(train_seconds=ok["train_seconds"].fillna(ok["steps"] * batch_size / ok["train_samples_per_s"]))
+    return ok
 
 
 def stage_aggregations() -> dict[str, tuple[str, Any]]:
@@ -33,14 +38,17 @@ def train_time(r: Any) -> str:
     return "" if pd.isna(r.get("train_seconds")) else f"{r['train_seconds']:,.0f}"
 
 
-def optembed_section(agg: pd.DataFrame) -> list[str]:
-    """Rows kept per table and dims searched at each budget OptEmbed reached; no lines without staged runs."""
+def optembed_section(agg: pd.DataFrame, label: Callable[[str, str], str]) -> list[str]:
+    """Rows kept per table and dims searched at each budget OptEmbed reached (each recipe, `label(method, options)`
+    naming it); no lines without staged runs. Per table: the first seed's run."""
     runs = agg[agg["dims"].map(lambda x: isinstance(x, str) and bool(x))] if "dims" in agg else agg.iloc[:0]
     if not len(runs):
         return []
-    runs = runs.sort_values("budget", ascending=False)
+    runs = runs.sort_values(["options", "budget"], ascending=[True, False])
     names = json.loads(runs["stage_tables"].iloc[0])
-    head = ["table", *[f"kept / dim at {b:g}" for b in runs["budget"]]]
+    recipes = {label(m, o) for m, o in zip(runs["method"], runs["options"])}
+    named = lambda r: (label(r["method"], r["options"]) + ", " if len(recipes) > 1 else "")  # noqa: E731
+    head = ["table", *[f"kept / dim, {named(r)}{r['budget']:g}" for _, r in runs.iterrows()]]
     lines = ["## OptEmbed: rows kept and dims searched", "",
              "OptEmbed learns its plan: a supernet learns which rows to keep (shared by the budgets of a seed: it does "
              "not depend on the budget), an evolutionary search picks each table's dim on validation AUC among the "
@@ -48,7 +56,7 @@ def optembed_section(agg: pd.DataFrame) -> list[str]:
              "each budget asked for. Times: supernet + search + retrain seconds (the supernet's are counted in "
              "every budget's row although it trained once).", ""]
     for _, r in runs.iterrows():
-        lines.append(f"- budget {r['budget']:g}: {r['bytes']:,.0f} bytes = {r['bytes'] / r['full_bytes']:.4g} of full, "
+        lines.append(f"- {named(r)}budget {r['budget']:g}: {r['bytes']:,.0f} bytes = {r['bytes'] / r['full_bytes']:.4g} of full, "
                      f"{r['kept_fraction']:.1%} of all rows kept, test AUC {r['auc']:.4f} ({r['gap_to_full']:+.4f} vs full)")
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     kept = [json.loads(x) for x in runs["kept_fractions"]]

@@ -218,8 +218,10 @@ def _search(trainer: Trainer, kept: list[torch.Tensor], recipe: OptEmbedRecipe, 
     narrowest = bytes_of(tuple(1 for _ in tables))
     if narrowest > limit:
         raise et.InfeasibleBudget("optembed", budget, narrowest / et.full_bytes(tables),
-                                  f"the supernet kept {sum(int(k.numel()) for k in kept):,} rows; every table at "
-                                  f"dim {q} takes {narrowest:,} bytes")
+                                  f"the supernet kept {sum(int(k.numel()) for k in kept):,} of "
+                                  f"{sum(t.num_embeddings for t in tables):,} rows; every table at dim {q} takes "
+                                  f"{narrowest:,} bytes; to prune more, raise -o alpha / -o threshold_lr "
+                                  f"(now {recipe.supernet.alpha:g} / {recipe.supernet.threshold_lr:g})")
     t0 = time.perf_counter()
     score = CandidateScorer(trainer, recipe.stages.search_rows)
     fitness = lambda units: score([u * q for u in units])  # noqa: E731

@@ -73,7 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--option", action="append", default=[], metavar="METHOD:NAME=VALUE",
                    help="a method option, e.g. --option qr:operation=add (repeatable)")
     s.add_argument("--quick", action="store_true",
-                   help=f"the demo preset: budgets {QUICK['budgets']}, one seed, one epoch, {QUICK['rows']:,} synthetic rows")
+                   help=f"the demo preset: budgets {QUICK['budgets']}, one seed, one epoch, {QUICK['rows']:,} synthetic rows, "
+                        f"method options {QUICK['options']} unless given")
     s.add_argument("--out", required=True, help="sweep folder (re-run with the same arguments to resume)")
     s.set_defaults(run=_sweep)
 
@@ -174,9 +175,12 @@ def _sweep(args: argparse.Namespace) -> int:
             max_steps=args.max_steps, embedding_lr=args.embedding_lr, dense_lr=args.dense_lr, eval_every=args.eval_every,
             device=args.device,
         )
+        methods = _split(args.methods, str, et.list_methods())
+        if quick:  # the preset's options of the methods it runs, unless given
+            options = {**{m: dict(o) for m, o in QUICK["options"].items() if m in methods}, **options}
         config = SweepConfig(
             train=train,
-            methods=_split(args.methods, str, et.list_methods()),
+            methods=methods,
             budgets=_split(args.budgets, float, QUICK["budgets"] if quick else DEFAULT_BUDGETS),
             seeds=_split(args.seeds, int, QUICK["seeds"] if quick else (0,)),
             options=options,
