@@ -285,3 +285,49 @@ def test_sweep_shares_one_supernet_and_reports_stages(data, tmp_path, monkeypatc
     assert (ok["memory_bytes"] <= ok["budget"] * ok["full_bytes"]).all() and ok["supernet_seconds"].nunique() == 1
     report = build_report(tmp_path).report.read_text()
     assert "## OptEmbed: rows kept and dims searched" in report and " = " in report.split("## Budget 0.2")[1]
+
+
+@pytest.mark.parametrize("backend", ["fused", "fbgemm", "triton"])
+def test_supernet_agrees_across_stores(backend):
+    """The supernet on any store serves and trains (thresholds included) as on the torch store."""
+    from tests.conftest import copy_state
+
+    a, b = supernet(POOLED), supernet(POOLED, backend=backend)
+    copy_state(a, b)
+    for c in (a, b):
+        c.eval()
+        c.method.set_dims([4, 8, 4])
+    kjt = random_kjt(POOLED, batch_size=6, max_len=3, seed=5)
+    outs, grads = [], []
+    for c in (a, b):
+        y = c(kjt).values()
+        (y * torch.arange(y.numel()).view_as(y)).sum().backward()
+        outs.append(y.detach())
+        grads.append(c.method.mask.thresholds.grad.clone())
+    torch.testing.assert_close(outs[0], outs[1])
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("backend", ["torch", "fused"])
+def test_per_value_thresholds_and_l2_norm_export_as_masked(backend):
+    """One threshold per row (`per_value`) compared with the rows' L2 norms: the export keeps exactly the rows whose
+    norm clears their own threshold, and serves what the masked supernet serves."""
+    torch.manual_seed(0)
+    sup = et.build_collection(POOLED, "optembed_supernet", per_value=True, norm="l2")
+    weights = sup.store.weights()
+    with torch.no_grad():  # each row's threshold: its own L2 norm, +-0.01 at random
+        norms = torch.cat([w.norm(dim=1) for w in weights])
+        sup.method.mask.thresholds.copy_(norms + 0.01 * torch.sign(torch.randn(norms.shape)))
+    assert sup.method.mask.thresholds.numel() == sum(t.num_embeddings for t in POOLED)
+    kept = sup.method.kept(weights)
+    base = 0
+    for w, k in zip(weights, kept):
+        t = sup.method.mask.thresholds[base : base + w.shape[0]]
+        assert torch.equal(k, (w.norm(dim=1) > t).nonzero().squeeze(1))
+        base += w.shape[0]
+    small = et.next_stage(sup, backend=backend, dims=[8, 4, 8])
+    sup.eval()
+    sup.method.set_dims([8, 4, 8])
+    kjt = random_kjt(POOLED, batch_size=8, max_len=4, seed=2)
+    with torch.no_grad():
+        torch.testing.assert_close(outputs(small, kjt), outputs(sup, kjt))

@@ -18,6 +18,7 @@ sweep shares one supernet among its budgets (`supernet_dir`): the supernet does 
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -191,8 +192,6 @@ def train_stages(config: TrainConfig, out: str | Path, resume: bool = False, for
 
 def read_json_roundtrip(value: Any) -> Any:
     """`value` as it reads back from JSON (tuples as lists)."""
-    import json
-
     return json.loads(json.dumps(value))
 
 

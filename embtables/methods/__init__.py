@@ -7,6 +7,9 @@ here whose name does not start with `_` on first use, so adding a method is addi
     qr.py            `qr`: compositional embeddings from complementary partitions (quotient-remainder)
     mixed_dim.py     `mixed_dim`: mixed-dimension embeddings (power rule, frequency blocks, projections)
     unified.py       `unified`: feature multiplexing / Unified Embedding
+    optembed.py      `optembed`: OptEmbed's exported tables (kept rows at searched dims behind an id map)
+    optembed_supernet.py  `optembed_supernet` (unlisted): OptEmbed's first training stage, which `carry_over`s
+                     into `optembed` (the stages run in `embtables.app.stages`)
     _importance.py   helper: multihash's importance weights as a physical table (layout, remap, combine)
     _layout.py       helper: wide partitions stored as several physical tables of one width (qr, mixed_dim)
     _partitions.py   helper: mixed-radix complementary partitions (qr)

@@ -25,7 +25,7 @@ gradient reaches row 0), so pooling, mean pooling and empty bags behave as in th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import math
 
@@ -175,7 +175,7 @@ class OptEmbed(Method):
         return plan
 
     @classmethod
-    def from_plan(cls, plan: Plan, counts: object) -> "OptEmbed":
+    def from_plan(cls, plan: Plan, counts: Mapping[str, Any] | None) -> "OptEmbed":
         m = cls(plan)
         for t, seg in enumerate(m._segments):  # by hand, without a learned map: the first K_t ids
             if seg is not None:
