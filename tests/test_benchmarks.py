@@ -42,3 +42,31 @@ def test_unified_ablation_dry_run_writes_its_table(tmp_path):
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["probes-2", "probes-by_vocabulary"]
     methods = [sorted(set(load_results(out / f)["method"])) for f in ("probes-2", "probes-by_vocabulary")]
     assert methods == [["full", "unified"], ["unified"]]
+
+
+def test_scaling_plans_criteo_1tb_with_torchrecs_planner(tmp_path):
+    """No table allocated; torchrec's planner places each plan's physical tables; the all-to-all volume of `hash` (one
+    lookup of one id per table, dim 128) is 26 x (8 + 128 x 4) bytes per sample."""
+    out = tmp_path / "scaling.md"
+    cmd = [sys.executable, "benchmarks/scaling.py", "--budgets", "0.01", "--worlds", "8", "--methods", "hash,optembed",
+           "--out", str(out)]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in out.read_text().splitlines() if line.startswith("| ")}
+    assert set(rows) >= {"full", "hash", "optembed"}
+    assert "| full | 1 | 26 | 0 B |" in rows["full"] and f"{26 * (8 + 128 * 4):,} B |" in rows["hash"]
+    assert "table_wise" in rows["full"] or "row_wise" in rows["full"]
+
+
+def test_optembed_alpha_table_on_tiny_data(tmp_path):
+    from embtables.datasets.synthetic import synth_criteo
+
+    data = tmp_path / "data"
+    synth_criteo(data, seed=0, rows=3000, scale=1e-4, min_rows=20, part_rows=1000)
+    out = tmp_path / "alpha.md"
+    cmd = [sys.executable, "benchmarks/optembed_alpha.py", "--data", str(data), "--alphas", "0,5", "--backend", "torch",
+           "--max-steps", "3", "--out", str(out)]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| 0 |") or line.startswith("| 5 |")]
+    assert len(rows) == 2 and rows[0].startswith("| 0 | 100.0% |")
