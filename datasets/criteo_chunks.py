@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from embtables.datasets.progress import progress_bar
 from embtables.datasets.criteo_parse import ParsedLines, explain, parse_lines
 from embtables.datasets.frequency import FrequencyCounter
 from embtables.datasets.layout import DENSE, LABEL, SPARSE, SPLITS, read_json, write_json
@@ -123,7 +124,7 @@ class Run:
         self.bad_lines: list[dict[str, Any]] = []
         self.file_lines: list[int] | None = None  # lines per input: counted for kaggle-days only
         self.pool: ThreadPoolExecutor  # parses pieces ahead; set for the duration of the run
-        self.bar = tqdm(desc="criteo", unit="rows", unit_scale=True, disable=not progress, file=sys.stderr)
+        self.bar = progress_bar(None, 0, progress, desc="criteo", unit="rows", unit_scale=True)
 
     def part_path(self, split: str, k: int) -> Path:
         return self.out / split / f"part-{k:05d}.parquet"

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from embtables.datasets.progress import progress_bar
 from embtables.datasets.criteo_chunks import MAX_REPORTED, _random_splits, ordered_ranges
 from embtables.datasets.frequency import FrequencyCounter
 from embtables.datasets.layout import LABEL, MISSING_CAT, SPLITS
@@ -108,7 +109,7 @@ class Output:
         self.writers: dict[str, PartWriter] = {}
         self.rows_read = self.bad_rows = 0
         self.bad_lines: list[dict[str, Any]] = []
-        self.bar = tqdm(desc="csv", unit="rows", unit_scale=True, total=total, disable=not progress, file=sys.stderr)
+        self.bar = progress_bar(total, 0, progress, desc="csv", unit="rows", unit_scale=True)
 
     def add(self, piece: Piece, file: str, first_line: int, offset: int, delimiter: str) -> None:
         """Convert, route and write a piece of `file` whose records start at global record `offset`."""

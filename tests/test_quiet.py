@@ -28,3 +28,25 @@ def test_without_the_app_the_message_is_torchs():
     code = "import torch\nfrom torchrec import KeyedJaggedTensor\nKeyedJaggedTensor(['a'], torch.tensor([1]), lengths=torch.tensor([1]))"
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert "is_fx_tracing will return true" in run.stderr
+
+
+def test_progress_in_a_log_is_lines_and_quiet_is_nothing(tmp_path):
+    """Written to a pipe, training's progress is a plain line every 5% (no carriage returns); --quiet prints none;
+    the closing summary names metrics.json and the checkpoints."""
+    import json
+
+    from embtables.datasets.synthetic import synth_criteo
+
+    data = tmp_path / "data"
+    synth_criteo(data, seed=0, rows=3000, scale=1e-4, min_rows=20, part_rows=1000)
+    base = [sys.executable, "-m", "embtables.cli", "train", "--data", str(data), "--method", "hash", "--budget", "0.3",
+            "--backend", "torch", "--batch-size", "64", "-m", "bottom=(8,)", "-m", "top=(8,)"]
+    loud = subprocess.run(base + ["--out", str(tmp_path / "a")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert loud.returncode == 0, loud.stderr[-2000:]
+    lines = [x for x in loud.stderr.splitlines() if x.startswith("train: ")]
+    assert "\r" not in loud.stderr and 10 <= len(lines) <= 21 and lines[-1].startswith("train: 37/37 step (100%)")
+    summary = json.loads(loud.stdout)
+    assert summary["metrics"] == str(tmp_path / "a" / "metrics.json") and summary["checkpoints"]["best"].endswith("best.pt")
+    quiet = subprocess.run(base + ["--out", str(tmp_path / "b"), "--quiet"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+    assert quiet.returncode == 0 and "train: " not in quiet.stderr

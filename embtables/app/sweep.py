@@ -198,17 +198,18 @@ def sweep(config: SweepConfig, out: str | Path, command: str = "", progress: boo
     commands += [command] if command and command not in commands else []
     write_json(saved, {"recipe": recipe, "device": config.train.device, "commands": commands, "machine": machine(),
                        "versions": versions()})
-    from tqdm import tqdm
+    from embtables.datasets.progress import progress_bar
 
     cells = config.cells()
     run = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S.%f} UTC, pid {os.getpid()}"  # this run of the sweep
     results = load_results(out)
     finished = set(results[results["status"].isin(["ok", "infeasible"])]["cell"]) if len(results) else set()
-    bar = tqdm(cells, disable=not progress, unit="cell", dynamic_ncols=True)
-    for cell in bar:
+    bar = progress_bar(len(cells), 0, progress, desc="sweep", unit="cell")
+    for cell in cells:
         name = cell_id(cell)
         bar.set_description(name)
         if name in finished:
+            bar.update(1)
             continue
         t0, clock, load = time.perf_counter(), cpu_clock(), load_average()
         outcome = _spawn(cell, out / "runs" / name)
@@ -221,6 +222,8 @@ def sweep(config: SweepConfig, out: str | Path, command: str = "", progress: boo
         r = row(cell, outcome, time.perf_counter() - t0, reference, conditions)
         results = append_row(out, r)
         bar.write(_describe(r))
+        bar.update(1)
+    bar.close()
     return results
 
 

@@ -355,6 +355,6 @@ def _scores(e: dict[str, float]) -> dict[str, float]:
 
 
 def _progress(enabled: bool, total: int, initial: int) -> Any:
-    from tqdm import tqdm
+    from embtables.datasets.progress import progress_bar
 
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, leave=False)
+    return progress_bar(total, initial, enabled, desc="train", unit="step", leave=False)

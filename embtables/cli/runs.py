@@ -45,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--model-option", action="append", default=[], metavar="NAME=VALUE",
                    help="a model keyword argument, e.g. -m pooling=sum for DIN (repeatable)")
     p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--quiet", action="store_true", help="no progress (on a terminal a bar, in a log a line every 5%%)")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     again.add_argument("--force", action="store_true", help="replace an earlier run in --out (without it, or "
@@ -76,6 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"the demo preset: budgets {QUICK['budgets']}, one seed, one epoch, {QUICK['rows']:,} synthetic rows, "
                         f"method options {QUICK['options']} unless given")
     s.add_argument("--out", required=True, help="sweep folder (re-run with the same arguments to resume)")
+    s.add_argument("--quiet", action="store_true", help="no progress; each cell's result line still prints")
     s.set_defaults(run=_sweep)
 
     r = sub.add_parser("report", help="regenerate report.md and figures of a sweep folder from results.parquet")
@@ -97,7 +99,7 @@ def _train(args: argparse.Namespace) -> int:
             embedding_lr=args.embedding_lr, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
             seed=args.seed, model_options=parse_options(args.model_option), device=args.device,
         )
-        metrics = train(config, args.out, resume=args.resume, force=args.force)
+        metrics = train(config, args.out, resume=args.resume, force=args.force, progress=not args.quiet)
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
     summary = {k: metrics[k] for k in ("method", "budget", "steps", "best_step", "memory_bytes", "compression",
@@ -105,6 +107,7 @@ def _train(args: argparse.Namespace) -> int:
     summary.update({s: metrics[s]["best"] for s in ("val", "test") if s in metrics})
     # the best validation step's checkpoint (what `embtables evaluate` scores) and the last (what --resume continues)
     summary["checkpoints"] = {k: str(Path(args.out) / metrics["checkpoints"][k]) for k in ("best", "last")}
+    summary["metrics"] = str(Path(args.out) / "metrics.json")
     print(json.dumps(summary, indent=2))
     note = few_steps_note(config, metrics)
     if note:
@@ -185,7 +188,7 @@ def _sweep(args: argparse.Namespace) -> int:
             seeds=_split(args.seeds, int, QUICK["seeds"] if quick else (0,)),
             options=options,
         )
-        sweep(config, args.out, command="embtables " + " ".join(sys.argv[1:]))
+        sweep(config, args.out, command="embtables " + " ".join(sys.argv[1:]), progress=not args.quiet)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     _report(args.out)
