@@ -116,6 +116,8 @@ class Plan:
             f"({self.weight_bytes:,} weights + {self.extra_bytes:,} other) of {self.full_bytes:,} full "
             f"= {self.ratio:.6g} of full, {len(self.physical_tables)} physical tables"
         )
+        lines.append("(a budget is a fraction of the full bytes, N x D x 4 summed over the tables; the table above is "
+                     "how this method spread it)")
         lines.append(
             f"vocabulary to serve raw ids: {self.index_bytes:,} bytes"
             + (f" ({len(self.raw_tables)} tables take raw ids hashed into [0, N) instead)" if self.raw_tables else "")

@@ -50,3 +50,15 @@ def test_progress_in_a_log_is_lines_and_quiet_is_nothing(tmp_path):
     quiet = subprocess.run(base + ["--out", str(tmp_path / "b"), "--quiet"], cwd=ROOT, capture_output=True, text=True,
                            timeout=300)
     assert quiet.returncode == 0 and "train: " not in quiet.stderr
+
+
+def test_help_shows_defaults_model_options_and_what_a_budget_is():
+    from embtables.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    train = sub["train"].format_help()
+    assert "samples per training step (default: 1024)" in train and "(default: 0)" in train
+    assert "dlrm: bottom=(512, 256, 64, 16)" in " ".join(train.split()) and "din: pooling='attention'" in train
+    assert "sum of all tables' full fp32 bytes" in " ".join(train.split())
+    assert "(default: None)" not in train and "(default: False)" not in train

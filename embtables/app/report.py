@@ -233,7 +233,9 @@ def build_report(folder: str | Path) -> ReportFiles:
               f"machine: {df['machine'].iloc[0]}; versions: {_versions(df)}", ""]
     lines += _data_summary(Path(df["data"].iloc[0])) + [""]
     lines += ["AUC is the test AUC at each run's best validation step, mean over seeds (min..max); gap to full is "
-              "against the full table's mean; bytes are `memory_bytes()` of the embeddings.", ""]
+              "against the full table's mean; bytes are `memory_bytes()` of the embeddings. A budget is a fraction of the full "
+              "tables' bytes (N x D x 4 summed over the tables); each method spreads it over the tables its own way, "
+              "and its bytes are what it reached.", ""]
     lines += [f"![AUC against bytes]({n})" for n in names[:1]] + [""]
     lines += ["## Recommendation per budget", ""] + recommendations(agg) + [""]
     lines += beats_full(agg, Path(df["data"].iloc[0]))

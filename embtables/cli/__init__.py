@@ -17,7 +17,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from embtables.cli.options import add_method_arguments, parse_options
+from embtables.cli.options import add_method_arguments, parse_options, with_defaults
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the README's demo: a quick sweep on synthetic data (`sweep --quick`)")
     d.add_argument("--out", default="demo_out", help="sweep folder (default demo_out/)")
     d.set_defaults(run=_demo)
-    return parser
+    return with_defaults(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

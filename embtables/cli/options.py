@@ -24,11 +24,41 @@ def parse_options(items: Sequence[str]) -> dict[str, Any]:
     return options
 
 
+BUDGET_HELP = ("what the collection may use, as a fraction in (0, 1] of the sum of all tables' full fp32 bytes "
+               "(N x D x 4 summed over the tables); each method spreads it over the tables its own way (hash: one row "
+               "cap for all; mixed_dim: dims by table size; unified: one shared table; `embtables plan` shows the "
+               "split per table)")
+
+
+class HelpWithDefaults(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it has none (None, False, []) or its help says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        none = action.default is None or action.default is False or action.default == [] or action.default == argparse.SUPPRESS
+        if not action.option_strings or "default" in text or none:
+            return text
+        return (text + " " if text else "") + "(default: %(default)s)"
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:  # keep the line breaks of an epilog
+        return "\n".join(super(HelpWithDefaults, self)._fill_text(line, width, indent) for line in text.splitlines())
+
+
+def with_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`parser` and all its subcommands' parsers with `HelpWithDefaults`."""
+    parser.formatter_class = HelpWithDefaults
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                with_defaults(sub)
+    return parser
+
+
 def add_method_arguments(p: argparse.ArgumentParser) -> None:
     """The method arguments shared by `plan`, `train` and friends."""
     p.add_argument("--method", default="full", help="a registered method (see `embtables plan --list`)")
-    p.add_argument("--budget", type=float, default=None, help="fraction of the full fp32 bytes, in (0, 1]")
-    p.add_argument("--backend", default="fbgemm", choices=sorted(BACKENDS))
+    p.add_argument("--budget", type=float, default=None, help=BUDGET_HELP)
+    p.add_argument("--backend", default="fbgemm", choices=sorted(BACKENDS), help="the store holding the tables")
     p.add_argument("-o", "--option", action="append", default=[], metavar="NAME=VALUE",
                    help="a method option, e.g. -o buckets=1000 -o seed=3 (repeatable)")
 

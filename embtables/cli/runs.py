@@ -23,46 +23,50 @@ DEVICE_HELP = ("where the model, the tables and the batches live: cpu (default),
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train DLRM or DIN with one compression method and write metrics.json")
-    p.add_argument("--model", default="dlrm", choices=["dlrm", "din"])
+    p.add_argument("--model", default="dlrm", choices=["dlrm", "din"], help="the model (its options: -m, below)")
     p.add_argument("--data", required=True, help="a data folder, or 'synthetic' for the built-in planted data")
     add_method_arguments(p)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--dim", type=int, default=16, help="embedding dim D")
+    p.add_argument("--epochs", type=int, default=1, help="passes over the train split")
+    p.add_argument("--batch-size", type=int, default=1024, help="samples per training step")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: the epochs' end)")
+    p.add_argument("--dim", type=int, default=16, help="embedding dim D of every table")
     p.add_argument("--min-count", type=int, default=TrainConfig.min_count,
                    help="values seen fewer times in training share one trained out-of-vocabulary row (default %(default)s)")
     p.add_argument("--raw-ids", action="store_true",
                    help="feed raw ids hashed into each table instead of vocabulary ranks: no vocabulary to serve")
-    p.add_argument("--dense-optimizer", default="adam", choices=["adam", "adagrad"])
-    p.add_argument("--dense-lr", type=float, default=1e-3)
-    p.add_argument("--embedding-optimizer", default="rowwise_adagrad", choices=["rowwise_adagrad", "adagrad", "sgd"])
-    p.add_argument("--embedding-lr", type=float, default=0.05)
-    p.add_argument("--eval-every", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dense-optimizer", default="adam", choices=["adam", "adagrad"], help="optimizer of the MLPs")
+    p.add_argument("--dense-lr", type=float, default=1e-3, help="its learning rate")
+    p.add_argument("--embedding-optimizer", default="rowwise_adagrad", choices=["rowwise_adagrad", "adagrad", "sgd"],
+                   help="optimizer of the embedding tables (fused into backward on fbgemm, fused, triton)")
+    p.add_argument("--embedding-lr", type=float, default=0.05, help="its learning rate")
+    p.add_argument("--eval-every", type=int, default=0, help="validate every this many steps (0: at each epoch's end)")
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="checkpoint every this many steps (0: at each evaluation and epoch end)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the initialisation and the data order")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("-m", "--model-option", action="append", default=[], metavar="NAME=VALUE",
-                   help="a model keyword argument, e.g. -m pooling=sum for DIN (repeatable)")
+                   help="a model option, e.g. -m pooling=sum for DIN (repeatable; the options are listed below)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--quiet", action="store_true", help="no progress (on a terminal a bar, in a log a line every 5%%)")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     again.add_argument("--force", action="store_true", help="replace an earlier run in --out (without it, or "
                        "--resume, a folder holding a run is refused)")
+    p.epilog = model_options_text()
     p.set_defaults(run=_train)
 
     s = sub.add_parser("sweep", help="train every method at every budget and seed; write results and a report")
-    s.add_argument("--model", default="dlrm", choices=["dlrm", "din"])
+    s.add_argument("--model", default="dlrm", choices=["dlrm", "din"], help="the model every cell trains")
     s.add_argument("--data", default="synthetic", help="a data folder, or 'synthetic' for the built-in planted data")
     s.add_argument("--methods", default=None, help="comma-separated; default: every registered method")
-    s.add_argument("--budgets", default=None, help=f"comma-separated fractions; default {','.join(map(str, DEFAULT_BUDGETS))}")
+    s.add_argument("--budgets", default=None, help=f"comma-separated fractions of all tables' full fp32 bytes (see `train --help`'s --budget); default "
+                   f"{','.join(map(str, DEFAULT_BUDGETS))}")
     s.add_argument("--seeds", default=None, help="comma-separated; default 0")
-    s.add_argument("--epochs", type=int, default=None)
-    s.add_argument("--batch-size", type=int, default=1024)
-    s.add_argument("--max-steps", type=int, default=None)
-    s.add_argument("--backend", default="fbgemm", choices=sorted(BACKENDS))
-    s.add_argument("--dim", type=int, default=16)
+    s.add_argument("--epochs", type=int, default=None, help="passes over the train split (default 1; --quick: 1)")
+    s.add_argument("--batch-size", type=int, default=1024, help="samples per training step")
+    s.add_argument("--max-steps", type=int, default=None, help="stop each cell after this many steps")
+    s.add_argument("--backend", default="fbgemm", choices=sorted(BACKENDS), help="the store every cell trains on")
+    s.add_argument("--dim", type=int, default=16, help="embedding dim D of every table")
     s.add_argument("--min-count", type=int, default=TrainConfig.min_count,
                    help="values seen fewer times in training share one trained out-of-vocabulary row (default %(default)s)")
     s.add_argument("--raw-ids", action="store_true",
@@ -83,6 +87,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("report", help="regenerate report.md and figures of a sweep folder from results.parquet")
     r.add_argument("folder")
     r.set_defaults(run=lambda a: _report(a.folder) or 0)
+
+
+def model_options_text() -> str:
+    """The models' options (`-m NAME=VALUE`) with their defaults, read from the models' signatures."""
+    import inspect
+
+    from embtables.models import DIN, DLRM
+
+    lines = ["model options (-m NAME=VALUE, Python literals):"]
+    skip = {"embeddings", "items", "others", "history", "target", "dense_in", "item_counts"}  # set by the data
+    for name, cls in (("dlrm", DLRM), ("din", DIN)):
+        params = [p for p in inspect.signature(cls.__init__).parameters.values()
+                  if p.name != "self" and p.name not in skip and p.default is not inspect.Parameter.empty]
+        lines.append(f"  {name}: " + ", ".join(f"{p.name}={p.default!r}" for p in params))
+    return "\n".join(lines)
 
 
 def _train(args: argparse.Namespace) -> int:
