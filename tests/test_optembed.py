@@ -136,6 +136,9 @@ def test_built_by_hand_and_refusals():
     with pytest.raises(NotImplementedError, match="'full' is not a training stage"):
         et.next_stage(et.build_collection(POOLED))
     assert "optembed_supernet" not in et.list_methods() and "optembed" in et.list_methods()
+    for options, extra in (({}, 3), ({"per_value": True}, 540), ({"pruned": "oov"}, 3 + 24)):  # thresholds (+ OOV rows)
+        sup = et.build_collection(POOLED, "optembed_supernet", **options)
+        assert sup.memory_bytes() == sup.plan.total_bytes == et.full_bytes(POOLED) + 4 * extra
 
 
 # ---- staged training -----------------------------------------------------------------------------------------
