@@ -90,6 +90,8 @@ class OptEmbedSupernet(Method):
         self._base = [sum(n[:t]) for t in range(len(n))]  # a table's first row among all rows (per-value thresholds)
         self.mask = RowMask(len(self.tables), o.norm, o.per_value, sum(n) if o.per_value else None)
         self.oov = nn.Parameter(torch.zeros(sum(t.embedding_dim for t in self.tables))) if o.pruned == "oov" else None
+        dims = [t.embedding_dim for t in self.tables]
+        self._oov_base = [sum(dims[:t]) for t in range(len(dims))]  # a table's OOV row in the flat `oov`
         self._full = [self.tables[t].embedding_dim for t in self.feature_table]
         self._n = [self.tables[t].num_embeddings for t in self.feature_table]
         self.id_upper = self._n
@@ -161,7 +163,7 @@ class OptEmbedSupernet(Method):
         for t, (w, k, d, p) in enumerate(zip(source, kept, dims, plan.params)):
             rows = w[k.to(w.device), :d]  # (K_t, d_t)
             if self.oov is not None:
-                lo = sum(x.embedding_dim for x in self.tables[:t])
+                lo = self._oov_base[t]
                 rows = torch.cat([rows, oov[lo : lo + d].detach().to(w)[None]])
             elif k.numel() == 0:
                 rows = w.new_zeros(1, d)  # a table that keeps nothing: one row no id reads
@@ -184,7 +186,7 @@ class OptEmbedSupernet(Method):
         m = LongTailedStep.apply(self.mask.row_norm(rows) - thr)[:, None]  # (N_f, 1)
         if self.oov is None:
             return rows * m
-        lo = sum(x.embedding_dim for x in self.tables[:t])
+        lo = self._oov_base[t]
         return rows * m + (1 - m) * self.oov[lo : lo + rows.shape[1]]
 
     def _widths(self, f: int, count: int, device: torch.device) -> Tensor:
