@@ -43,7 +43,7 @@ from torch import Tensor
 
 from embtables.collection import Collection, assemble
 from embtables.config import Lookup, PhysicalTable, SparseOptimizer, TableConfig
-from embtables.files import atomic_write
+from embtables.files import as_json, atomic_write
 from embtables.plan import Plan
 from embtables.registry import get_method
 
@@ -232,7 +232,7 @@ def load_collection_state(collection: Collection, state: dict[str, Any], where: 
     """
     mine, theirs = plan_to_dict(collection.plan), json.loads(state["plan"])
     for key in mine:
-        if key != "lookups" and json.loads(json.dumps(mine[key])) != theirs.get(key):
+        if key != "lookups" and as_json(mine[key]) != theirs.get(key):
             raise ValueError(f"{where}: its plan differs from this collection's in {key!r}: saved "
                              f"{_short(theirs.get(key))}, here {_short(mine[key])}")
     names = [t.name for t in collection.plan.physical_tables]

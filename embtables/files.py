@@ -65,6 +65,11 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write(path, write)
 
 
+def as_json(value: Any) -> Any:
+    """`value` as it reads back from a JSON file (tuples as lists, ...), to compare it with what a file holds."""
+    return json.loads(json.dumps(value))
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """The JSON value in `path`; ValueError naming the file when it is not valid JSON (e.g. truncated)."""
     with open(path, "rb") as f:

@@ -9,7 +9,6 @@ becomes a hard link to it (a copy where links fail), so the best costs no second
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 import embtables as et
 from embtables.checkpoint import collection_state, load_collection_state, load_tensor_file, save_tensor_file
 from embtables.datasets.layout import VOCABULARY_FILE, VOCABULARY_RECORD
-from embtables.files import link_or_copy
+from embtables.files import as_json, link_or_copy
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -116,7 +115,7 @@ class Checkpoints:
         if not isinstance(blob, dict) or not {"config", "dense", "collections", "state"} <= set(blob):
             raise ValueError(f"{path}: not a training checkpoint of embtables (missing its config, model or state)")
         # tuples as lists; a run may resume on another device
-        mine, theirs = (json.loads(json.dumps(what_runs(c))) for c in (asdict(self.config), blob["config"]))
+        mine, theirs = (as_json(what_runs(c)) for c in (asdict(self.config), blob["config"]))
         differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         if differ:
             was = ", ".join(f"{k}={theirs.get(k)!r} (now {mine.get(k)!r})" for k in differ)

@@ -21,7 +21,6 @@ The result (also written atomically as JSON to `out`, by default RUN/evaluate.js
 
 from __future__ import annotations
 
-import json
 import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, replace
@@ -39,7 +38,7 @@ from embtables.checkpoint import collection_from_state, load_tensor_file
 from embtables.datasets.criteo import DEFAULT_MAX_BAD_FRACTION, preprocess_criteo
 from embtables.datasets.loader import Batch, CriteoData
 from embtables.datasets.vocab import Vocabulary
-from embtables.files import read_json, write_json
+from embtables.files import as_json, read_json, write_json
 from embtables.metrics import auc, logloss
 
 __all__ = ["evaluate_run", "load_run_model", "map_ids"]
@@ -79,7 +78,7 @@ def load_run_model(run: str | Path, config: TrainConfig, dense_in: int,
     blob = load_tensor_file(path, "training checkpoint")
     if not isinstance(blob, dict) or not {"config", "dense", "collections", "state"} <= set(blob):
         raise ValueError(f"{path}: not a training checkpoint of embtables (missing its config, model or state)")
-    mine, theirs = (json.loads(json.dumps(what_runs(c))) for c in (asdict(config), blob["config"]))
+    mine, theirs = (as_json(what_runs(c)) for c in (asdict(config), blob["config"]))
     if mine != theirs:
         raise ValueError(f"{path} was written by another configuration than {Path(run) / 'config.json'}")
     if len(blob["collections"]) != 1:

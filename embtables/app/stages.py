@@ -18,7 +18,6 @@ sweep shares one supernet among its budgets (`supernet_dir`): the supernet does 
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -31,7 +30,7 @@ import embtables as et
 from embtables.app.checkpoints import CHECKPOINT, claim_run_folder
 from embtables.app.trainer import TrainConfig, Trainer
 from embtables.checkpoint import collection_state, load_collection_state, load_tensor_file, save_tensor_file
-from embtables.files import read_json, write_json
+from embtables.files import as_json, read_json, write_json
 from embtables.method import Carried
 from embtables.metrics import auc
 from embtables.methods._optembed_search import SearchConfig, evolutionary_search
@@ -139,7 +138,7 @@ def train_stages(config: TrainConfig, out: str | Path, resume: bool = False, for
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     asked = asdict(config)
-    if (out / STAGES).exists() and read_json(out / STAGES)["config"] != read_json_roundtrip(asked):
+    if (out / STAGES).exists() and read_json(out / STAGES)["config"] != as_json(asked):
         raise ValueError(f"{out} holds a staged run of another configuration; use a new --out or the same arguments")
     write_json(out / STAGES, {"config": asked})
     sdir = Path(supernet_dir) if supernet_dir is not None else out / SUPERNET
@@ -188,11 +187,6 @@ def train_stages(config: TrainConfig, out: str | Path, resume: bool = False, for
     }
     write_json(out / "metrics.json", metrics)
     return metrics
-
-
-def read_json_roundtrip(value: Any) -> Any:
-    """`value` as it reads back from JSON (tuples as lists)."""
-    return json.loads(json.dumps(value))
 
 
 def _start_state(trainer: Trainer) -> dict[str, Any]:

@@ -33,7 +33,7 @@ import embtables as et
 from embtables.app.results import append_row, load_results
 from embtables.app.runinfo import check_device, cpu_clock, load_average, machine, other_cores, versions
 from embtables.app.trainer import TrainConfig, what_runs
-from embtables.files import read_json, write_json
+from embtables.files import as_json, read_json, write_json
 
 DEFAULT_BUDGETS = (0.5, 0.1, 0.01, 0.001, 0.0001)
 # the demo's preset (`embtables demo`, `embtables sweep --quick`): a minute or two on 2 CPU cores
@@ -191,7 +191,7 @@ def sweep(config: SweepConfig, out: str | Path, command: str = "", progress: boo
     recipe = what_runs(asdict(replace(config.train, method="full", budget=None, options={}, seed=0)))
     saved = out / "sweep.json"
     before = read_json(saved) if saved.exists() else {}
-    if before and before["recipe"] != json.loads(json.dumps(recipe)):
+    if before and before["recipe"] != as_json(recipe):
         raise ValueError(f"{out} holds a sweep with a different training recipe; use another --out")
     # every command that added cells to this folder (methods or options added later), in order
     commands = before.get("commands", [before["command"]] if before.get("command") else [])
