@@ -51,6 +51,11 @@ def tables(dim: int = DIM) -> list[et.TableConfig]:
     return [et.TableConfig(f"C{i + 1}", n, dim) for i, n in enumerate(CRITEO_1TB)]
 
 
+def torchrec_name(name: str) -> str:
+    """A physical table's or lookup's name as torchrec accepts it (no "/")."""
+    return name.replace("/", "_")
+
+
 def method_plan(logical: list[et.TableConfig], method: str, budget: float | None) -> et.Plan:
     options = stand_in_options(logical, budget * et.full_bytes(logical)) if et.get_method(method).learned else {}
     return et.plan(logical, method, budget, backend="fbgemm", **options)
@@ -78,9 +83,9 @@ def shard(plan: et.Plan, world: int) -> dict[str, object]:
     """torchrec's planner on `plan`'s physical tables: per-rank bytes, sharding types, all-to-all bytes per sample."""
     configs, features = [], {}
     for lk in plan.lookups:
-        features.setdefault(lk.table, []).append(lk.name.replace("/", "_"))
+        features.setdefault(lk.table, []).append(torchrec_name(lk.name))
     for i, t in enumerate(plan.physical_tables):
-        configs.append(EmbeddingBagConfig(name=t.name.replace("/", "_"), embedding_dim=t.embedding_dim,
+        configs.append(EmbeddingBagConfig(name=torchrec_name(t.name), embedding_dim=t.embedding_dim,
                                           num_embeddings=t.num_embeddings, feature_names=features[i]))
     ebc = EmbeddingBagCollection(tables=configs, device=torch.device("meta"))
     topology = Topology(world_size=world, compute_device="cuda", hbm_cap=HBM, local_world_size=min(world, PER_HOST))
@@ -101,8 +106,8 @@ def shard(plan: et.Plan, world: int) -> dict[str, object]:
             rows, cols = s.shard_sizes
             per_rank[s.placement.rank()] += rows * cols * FP32 + rows * FP32  # weights + row-wise Adagrad state
     ids, floats = traffic(plan, list(plan.tables))
-    a2a = sum((i * ID + f * FP32 * shards_of[t.name.replace("/", "_")]) * (shards_of[t.name.replace("/", "_")] > 0)
-              for t, i, f in zip(plan.physical_tables, ids, floats))
+    shards = [shards_of[torchrec_name(t.name)] for t in plan.physical_tables]  # 0: replicated, no all-to-all
+    a2a = sum((i * ID + f * FP32 * k) * (k > 0) for k, i, f in zip(shards, ids, floats))
     return {"max_rank": max(per_rank), "kinds": dict(kinds), "a2a": a2a}
 
 
