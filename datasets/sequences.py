@@ -1,6 +1,7 @@
 """Sequence data for DIN: the Amazon interactions file to DIN samples, the CLI, and the public names.
 
     embtables prepare-sequences amazon INPUT --out DIR [--max-history 50] [--seed 0] [--force]
+    embtables prepare-sequences log FILE --user COL --item COL [--time COL] --out DIR   (datasets/interaction_log.py)
     embtables synth sequences --users 20000 --out DIR [--seed 0]       (registered by datasets/synthetic.py)
 
 INPUT holds one `user<TAB>item` interaction per line (integer ids), grouped by user and in time order within
@@ -9,10 +10,12 @@ preprocessing). The samples, splits and output layout are those of `datasets/din
 position i >= 1 of a user's sequence, the (at most max_history) items before it with target s_i (label 1)
 and with a seeded negative not among s_0..s_i (label 0); each user's last position is `test`, the one before
 `val`, the rest `train`. Users with a single interaction give no sample. Amazon items have no categories.
+`prepare_amazon` is the preset of `prepare_log` (any CSV, TSV or Parquet log, with a time column, string ids and
+an item category) for this header-less file of integer ids in time order: both end in `write_log_sequences`.
 
 Everything a caller needs is importable from here:
 
-    from embtables.datasets.sequences import prepare_amazon, synth_sequences, SequenceData, SequenceBatch
+    from embtables.datasets.sequences import prepare_amazon, prepare_log, synth_sequences, SequenceData, SequenceBatch
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from embtables.datasets.din_samples import DinSamples, din_samples, write_sequences
+from embtables.datasets.din_samples import DinSamples, din_samples
+from embtables.datasets.interaction_log import MAX_HISTORY, prepare_log, write_log_sequences
 from embtables.datasets.sequence_loader import SequenceBatch, SequenceData
 from embtables.datasets.synthetic_sequences import SynthSequencesConfig, synth_sequences
-from embtables.datasets.truth import check_out
 
 __all__ = [
     "DinSamples",
@@ -35,11 +38,10 @@ __all__ = [
     "SynthSequencesConfig",
     "din_samples",
     "prepare_amazon",
+    "prepare_log",
     "read_interactions",
     "synth_sequences",
 ]
-
-MAX_HISTORY = 50
 
 
 def read_interactions(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -85,10 +87,8 @@ def prepare_amazon(input: str | Path, out: str | Path, max_history: int = MAX_HI
         (4, 2, 4)
     """
     users, items = read_interactions(input)
-    out = Path(out)
-    check_out(out, force)
-    rng = np.random.default_rng(np.random.SeedSequence([seed]))
-    samples = din_samples(users, items, max_history, rng, source=str(input))
-    return write_sequences(out, samples, users, items, np.unique(items), None,
-                           {"source": "interactions", "input": str(input), "seed": seed, "rows_read": int(users.size),
-                            "max_history": max_history})
+    # the ids are integers already and the file order is the time order: prepare_log's id and order rules leave
+    # them as they are, so the rows go straight to the shared writer (an interleaved user is refused there)
+    return write_log_sequences(Path(out), users, items, None, max_history, seed, force, str(input),
+                               {"source": "interactions", "input": str(input), "seed": seed,
+                                "rows_read": int(users.size), "max_history": max_history})

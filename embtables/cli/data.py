@@ -1,4 +1,4 @@
-"""Data subcommands: `preprocess criteo`, `synth criteo|sequences`, `prepare-sequences`."""
+"""Data subcommands: `preprocess criteo`, `synth criteo|sequences`, `prepare-sequences amazon|log`."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from typing import Callable
 
 from embtables.cli import tabular
 from embtables.cli.options import add_split_arguments
-from embtables.datasets import criteo
+from embtables.datasets import criteo, interaction_log
 from embtables.datasets.criteo import (
     DEFAULT_CHUNK_ROWS, DEFAULT_MAX_BAD_FRACTION, SPLIT_MODES, CriteoFormatError, preprocess_criteo,
 )
-from embtables.datasets.sequences import MAX_HISTORY, prepare_amazon
+from embtables.datasets.sequences import MAX_HISTORY, prepare_amazon, prepare_log
+from embtables.datasets.tabular_write import TabularFormatError
 from embtables.datasets.synthetic import SynthCriteoConfig, synth_criteo
 from embtables.datasets.vocab_from import use_vocabulary, vocabulary_file
 
@@ -55,14 +56,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--force", action="store_true", help="replace an earlier data set in --out")
     s.set_defaults(run=_synth_sequences)
 
-    q = sub.add_parser("prepare-sequences", help="DIN samples of a user<TAB>item interactions file")
-    q.add_argument("source", choices=["amazon"], help="the input's format (Amazon / SASRec user<TAB>item lines)")
-    q.add_argument("input", type=Path)
-    q.add_argument("--out", type=Path, required=True)
-    q.add_argument("--max-history", type=int, default=MAX_HISTORY)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--force", action="store_true", help="replace an earlier data set in --out")
-    q.set_defaults(run=_prepare_sequences)
+    q = sub.add_parser("prepare-sequences", help="DIN samples of an interactions file (Amazon TSV, or any log)")
+    sources = q.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    a = sources.add_parser("amazon", help="Amazon / SASRec user<TAB>item lines: integer ids, grouped by user, in "
+                           "time order")
+    a.add_argument("input", type=Path)
+    _sequence_arguments(a)
+    a.set_defaults(run=_prepare_sequences)
+    g = sources.add_parser("log", help="a CSV, TSV or Parquet log with user, item (and time, category) columns",
+                           description=interaction_log.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g.add_argument("input", type=Path, metavar="FILE", help=".csv, .tsv/.tab/.txt (header line; plain or .gz) or .parquet")
+    g.add_argument("--user", required=True, metavar="COL", help="the column of user ids (text or integers)")
+    g.add_argument("--item", required=True, metavar="COL", help="the column of item ids (text or integers)")
+    g.add_argument("--time", default=None, metavar="COL", help="the column ordering each user's rows (numbers or "
+                   "ISO 8601 dates; equal times keep file order); without it the file order is the time order")
+    g.add_argument("--features", type=_names, default=[], metavar="COLS",
+                   help="comma-separated item side feature columns, e.g. category; the layout holds one "
+                   "(hist_cat/target_cat, read by DIN), so more are refused")
+    _sequence_arguments(g)
+    g.add_argument("--strict", action="store_true", help="stop at the first bad line instead of skipping it")
+    g.add_argument("--max-bad-fraction", type=float, default=DEFAULT_MAX_BAD_FRACTION, metavar="FRACTION",
+                   help="fail, writing nothing, when more than this share of the rows is bad; 1 accepts any")
+    g.add_argument("--quiet", action="store_true", help="no reading progress on stderr")
+    g.set_defaults(run=_prepare_log)
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _sequence_arguments(p: argparse.ArgumentParser) -> None:
+    """The output options `prepare-sequences amazon` and `log` share."""
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output data folder")
+    p.add_argument("--max-history", type=int, default=MAX_HISTORY, help="most recent items kept in a history")
+    p.add_argument("--seed", type=int, default=0, help="seeds the negative items")
+    p.add_argument("--force", action="store_true", help="replace an earlier data set in --out")
 
 
 def _preprocess_criteo(args: argparse.Namespace) -> int:
@@ -115,4 +143,20 @@ def _prepare_sequences(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {e}") from None
     splits = ", ".join(f"{k} {v['rows']:,} rows" for k, v in s["splits"].items())
     print(f"{s['rows_read']:,} interactions of {s['users']:,} users and {s['items']:,} items -> {splits} in {args.out}")
+    return 0
+
+
+def _prepare_log(args: argparse.Namespace) -> int:
+    try:
+        s = prepare_log(args.input, args.out, args.user, args.item, time=args.time, features=args.features,
+                        max_history=args.max_history, seed=args.seed, force=args.force, strict=args.strict,
+                        max_bad_fraction=args.max_bad_fraction, progress=not args.quiet)
+    except (TabularFormatError, ValueError, FileExistsError, FileNotFoundError) as e:
+        print(f"embtables prepare-sequences log: error: {e}", file=sys.stderr)
+        return 2
+    splits = ", ".join(f"{k} {v['rows']:,} rows" for k, v in s["splits"].items())
+    tied = f", {s['tied_rows']:,} tied (kept in file order)" if args.time else ""
+    conflicts = "".join(f", {n:,} items with differing {name}" for name, n in s["feature_conflicts"].items())
+    print(f"{s['rows_read']:,} rows read ({s['bad_rows']:,} bad{tied}{conflicts}): {s['rows_used']:,} interactions "
+          f"of {s['users']:,} users and {s['items']:,} items -> {splits} in {args.out}")
     return 0
