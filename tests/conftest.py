@@ -90,3 +90,18 @@ def small_tables() -> list[et.TableConfig]:
         et.TableConfig("c", 5000, 8, pooling="mean"),
         et.TableConfig("d", 3, 8),
     ]
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """A sweep's cells run in this process (fast) instead of child processes; yields the cell ids run."""
+    import embtables.app.sweep as sw
+
+    calls = []
+
+    def spawn(cell, folder):
+        calls.append(sw.cell_id(cell))
+        return sw.run_cell(cell, folder)
+
+    monkeypatch.setattr(sw, "_spawn", spawn)
+    return calls

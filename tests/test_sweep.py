@@ -30,19 +30,6 @@ def config(data, **kw):
     return sw.SweepConfig(**base)
 
 
-@pytest.fixture
-def in_process(monkeypatch):
-    """Run cells in this process (fast); one test below keeps the real child processes."""
-    calls = []
-
-    def spawn(cell, folder):
-        calls.append(sw.cell_id(cell))
-        return sw.run_cell(cell, folder)
-
-    monkeypatch.setattr(sw, "_spawn", spawn)
-    return calls
-
-
 def test_tiny_sweep_writes_well_formed_results_and_report(data, tmp_path):
     df = sw.sweep(config(data, methods=("full", "hash"), budgets=(0.3, 0.05)), tmp_path, command="test", progress=False)
     assert list(df["method"]) == ["full", "hash", "hash"]

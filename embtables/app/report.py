@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from embtables.app.conditions import MARK, conditions_section, speed_conditions
+from embtables.app.popularity import BELOW, below, reference_lines
 from embtables.app.report_stages import optembed_section, stage_aggregations, train_time, with_stage_columns
 from embtables.app.results import RESULTS, load_results
 from embtables.datasets.layout import COUNTS_FILE, SUMMARY_FILE, TRUTH_FILE, load_counts
@@ -76,7 +77,7 @@ MARKERS = "osD^vP*X"
 DASHES = ["-", "--", "-.", (0, (5, 1, 1, 1, 1, 1))]
 
 
-def figures(agg: pd.DataFrame, bayes: float | None, out: Path) -> list[str]:
+def figures(agg: pd.DataFrame, bayes: float | None, out: Path, popularity: float | None = None) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,6 +107,8 @@ def figures(agg: pd.DataFrame, bayes: float | None, out: Path) -> list[str]:
         if y == "auc":
             if bayes is not None:
                 ax.axhline(bayes, color="gray", ls="--", lw=1, label="Bayes-optimal (planted truth)")
+            if popularity is not None:  # DIN: the ranking that learns no embeddings (0 bytes)
+                ax.axhline(popularity, color="black", ls="-.", lw=1.2, label="popularity ranking (no embeddings)")
             front = pareto(agg, x)
             ax.plot(front[x], front["auc"], color="black", ls=":", lw=1)
             ax.scatter(front[x], front["auc"], s=90, facecolors="none", edgecolors="black", label="Pareto front")
@@ -122,9 +125,9 @@ def figures(agg: pd.DataFrame, bayes: float | None, out: Path) -> list[str]:
     return names
 
 
-def recommendations(agg: pd.DataFrame) -> list[str]:
+def recommendations(agg: pd.DataFrame, popularity: dict[str, Any] | None = None) -> list[str]:
     """One line per range of consecutive budgets with the same winner, derived from the table, with the
-    winner's numbers at each budget of the range."""
+    winner's numbers at each budget of the range; a winner below the popularity reference (DIN) says so."""
     groups: list[tuple[str, list[tuple[float, str]]]] = []  # (winner, [(budget, its numbers)])
     for budget, g in agg[agg["method"] != "full"].groupby("budget", sort=False):
         g = g.sort_values("auc", ascending=False)
@@ -136,6 +139,8 @@ def recommendations(agg: pd.DataFrame) -> list[str]:
                    f"{top['speed_vs_full']:.2f}x full's training speed")
         if top.get("conditions"):
             numbers += f" (not comparable: {top['conditions']})"
+        if below(top["auc"], popularity):
+            numbers += f", {BELOW} (AUC {top['auc']:.4f} < {popularity['auc']:.4f})"  # type: ignore[index]
         if groups and groups[-1][0] == who:
             groups[-1][1].append((budget, numbers))
         else:
@@ -225,7 +230,8 @@ def build_report(folder: str | Path) -> ReportFiles:
     meta = read_json(folder / "sweep.json") if (folder / "sweep.json").exists() else {}
     agg = aggregate(df, meta.get("recipe", {}).get("batch_size"))
     bayes = float(df["bayes_test_auc"].dropna().mean()) if "bayes_test_auc" in df and df["bayes_test_auc"].notna().any() else None
-    names = figures(agg, bayes, folder) if len(agg) else []
+    popularity = meta.get("popularity")  # DIN sweeps only (sweep.json): the report never needs the data
+    names = figures(agg, bayes, folder, popularity and popularity["auc"]) if len(agg) else []
     lines = [f"# Memory-budget sweep: {', '.join(sorted(df['model'].unique()))} on {df['data'].iloc[0]}", ""]
     commands = meta.get("commands", [meta["command"]] if meta.get("command") else []) or ["(not recorded)"]
     lines += [("Command: " if len(commands) == 1 else "Commands, in order: ") + "; ".join(f"`{c}`" for c in commands), "",
@@ -237,7 +243,7 @@ def build_report(folder: str | Path) -> ReportFiles:
               "tables' bytes (N x D x 4 summed over the tables); each method spreads it over the tables its own way, "
               "and its bytes are what it reached.", ""]
     lines += [f"![AUC against bytes]({n})" for n in names[:1]] + [""]
-    lines += ["## Recommendation per budget", ""] + recommendations(agg) + [""]
+    lines += ["## Recommendation per budget", ""] + recommendations(agg, popularity) + [""]
     lines += beats_full(agg, Path(df["data"].iloc[0]))
     bayes_col = bayes is not None  # data without a planted truth has no Bayes column
     vocab_col = shows_vocabulary(agg)
@@ -251,7 +257,8 @@ def build_report(folder: str | Path) -> ReportFiles:
             lines.append(
                 f"| {rank} | {label(r['method'], r['options'])} | {r['bytes']:,.0f} | {r['bytes'] / r['full_bytes']:.4g} | "
                 + (f"{r['served'] / r['full_bytes']:.4g} | " if vocab_col else "") + 
-                f"{r['auc']:.4f} ({r['auc_min']:.4f}..{r['auc_max']:.4f}) | {r['gap_to_full']:+.4f} | "
+                f"{r['auc']:.4f} ({r['auc_min']:.4f}..{r['auc_max']:.4f}){', ' + BELOW if below(r['auc'], popularity) else ''} | "
+                f"{r['gap_to_full']:+.4f} | "
                 + (f"{r.get('gap_to_bayes', math.nan):+.4f} | " if bayes_col else "")
                 + f"{r['speed']:,.0f} | {r['speed_vs_full']:.2f}x{' ' + MARK if r['conditions'] else ''} | {train_time(r)} |"
             )
@@ -261,7 +268,9 @@ def build_report(folder: str | Path) -> ReportFiles:
         r = full.iloc[0]
         to_bayes = f", {r['gap_to_bayes']:+.4f} from the Bayes-optimal AUC" if bayes_col else ""
         lines += [f"Full table: test AUC {r['auc']:.4f} ({r['auc_min']:.4f}..{r['auc_max']:.4f}) over {r['seeds']} "
-                  f"seed(s){to_bayes}, {r['bytes']:,.0f} bytes, {r['speed']:,.0f} samples/s.", ""]
+                  f"seed(s){to_bayes}{', ' + BELOW if below(r['auc'], popularity) else ''}, {r['bytes']:,.0f} bytes, "
+                  f"{r['speed']:,.0f} samples/s.", ""]
+    lines += reference_lines(popularity)
     lines += optembed_section(agg, label)
     lines += conditions_section(df, speed_conditions(df))
     lines += _other_cells(df)

@@ -11,6 +11,9 @@ Each row also records the conditions its speed was measured under: the run of th
 (`sweep_run`, its start time and process id: a resumed sweep measures its cells in another run than the first),
 the 1-minute load average at the cell's start and end, and `other_cores`, the cores other processes kept busy
 during the cell; the report flags speeds measured under other conditions than the full table's.
+
+A DIN sweep also records, once, in sweep.json (`popularity`), the test AUC of ranking by the target item's training
+count (`embtables.app.popularity`): the reference its report compares every cell with.
 """
 
 from __future__ import annotations
@@ -196,8 +199,14 @@ def sweep(config: SweepConfig, out: str | Path, command: str = "", progress: boo
     # every command that added cells to this folder (methods or options added later), in order
     commands = before.get("commands", [before["command"]] if before.get("command") else [])
     commands += [command] if command and command not in commands else []
+    # DIN's reference that learns no embeddings: computed once, kept on resume (the report reads it without the data)
+    popularity = before.get("popularity")
+    if config.train.model == "din" and popularity is None:
+        from embtables.app.popularity import popularity_auc
+
+        popularity = popularity_auc(config.train.data)
     write_json(saved, {"recipe": recipe, "device": config.train.device, "commands": commands, "machine": machine(),
-                       "versions": versions()})
+                       "versions": versions(), **({"popularity": popularity} if popularity is not None else {})})
     from embtables.datasets.progress import progress_bar
 
     cells = config.cells()
