@@ -14,8 +14,8 @@ Layers, each importing only those above it in this list (the data flow is remap 
     plan, registry, method, program, optim                                  what every method and store shares
     inputs                   a batch (KJT or EmbeddingBag arguments) -> validated Bags, one host read
     methods/                 one file per method: solve, remap, combine    (never imports stores/)
-    stores/                  torch, fbgemm, fused: the physical tables      (never imports methods/)
-    collection, checkpoint, single, stages                                  the public entry points
+    stores/                  torch, fbgemm, fused, triton, torchrec: the physical tables (never imports methods/)
+    collection, checkpoint, single, stages, sharding                        the public entry points
 
 Apart from the library: `embtables.app` (training, sweeps, reports), `embtables.cli` (the command line),
 `embtables.models` (DLRM, DIN) and `embtables.datasets` (data pipelines).
@@ -30,6 +30,7 @@ from embtables.config import Lookup, PhysicalTable, SparseOptimizer, TableConfig
 from embtables.optim import RowWiseAdagrad, SparseAdagrad
 from embtables.plan import InfeasibleBudget, Plan, full_bytes
 from embtables.registry import get_method, list_methods, register_method
+from embtables.sharding import shard, sharding_table
 from embtables.stages import next_stage
 from embtables.single import (
     Embedding,
@@ -75,4 +76,6 @@ __all__ = [
     "plan",
     "register_method",
     "save_collection",
+    "shard",
+    "sharding_table",
 ]

@@ -97,16 +97,21 @@ def collection_state(collection: Collection, optimizer_state: bool = True) -> di
     """The checkpoint of `collection` as a dict of tensors, strings and numbers (what `save_collection` writes).
 
     Args:
-        collection: any collection, on any store.
+        collection: any collection, on any store. Sharded over processes (`torchrec`), every rank calls it and
+            rank 0 gets the state, the other ranks an empty dict.
         optimizer_state: include the tables' optimizer state (to continue training); serving does not need it.
     """
     names = [t.name for t in collection.plan.physical_tables]
-    states = collection.store.optimizer_state() if optimizer_state else []
+    # whole tables even when sharded over processes (a collective there; rank 0 gets them)
+    weights = collection.store.full_weights()
+    states = collection.store.full_optimizer_state() if optimizer_state else []
+    if weights is None or states is None:
+        return {}  # a rank other than 0 of a sharded store: rank 0 writes the checkpoint
     return {
         "format": FORMAT,
         "version": VERSION,
         "plan": json.dumps(plan_to_dict(collection.plan)),
-        "tables": {n: w.detach().cpu() for n, w in zip(names, collection.store.weights())},
+        "tables": {n: w.detach().cpu() for n, w in zip(names, weights)},
         "method": {k: v.detach().cpu() for k, v in collection.method.state_dict().items()},
         "optimizer": json.dumps(dataclasses.asdict(collection.store.optimizer)),
         "optimizer_state": {n: s.detach().cpu() for n, s in zip(names, states) if s is not None},
@@ -114,14 +119,17 @@ def collection_state(collection: Collection, optimizer_state: bool = True) -> di
 
 
 def save_collection(collection: Collection, path: str | os.PathLike, *, optimizer_state: bool = True) -> None:
-    """Write `collection` to `path` (atomically), loadable on any store by `load_collection`.
+    """Write `collection` to `path` (atomically), loadable on any store by `load_collection`. Sharded over
+    processes (`et.shard`), every rank calls it and rank 0 writes the whole tables.
 
     Args:
         collection: the collection to save.
         path: the file to write.
         optimizer_state: also save the tables' optimizer state, to continue training after loading.
     """
-    save_tensor_file(path, collection_state(collection, optimizer_state))
+    state = collection_state(collection, optimizer_state)
+    if state:  # empty on the ranks other than 0 of a sharded store
+        save_tensor_file(path, state)
 
 
 def save_tensor_file(path: str | os.PathLike, obj: Any) -> None:
@@ -239,24 +247,21 @@ def load_collection_state(collection: Collection, state: dict[str, Any], where: 
     tables: dict[str, Tensor] = state["tables"]
     if sorted(tables) != sorted(names):
         raise ValueError(f"{where}: holds tables {sorted(tables)}, the plan has {sorted(names)}")
-    for name, w in zip(names, collection.store.weights()):
-        if tuple(tables[name].shape) != tuple(w.shape):
-            raise ValueError(f"{where}: table {name!r} has shape {tuple(tables[name].shape)}, the plan "
-                             f"{tuple(w.shape)}")
-        w.copy_(tables[name])
+    try:
+        collection.store.load_weights([tables[name] for name in names])
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
     try:
         collection.method.load_state_dict(state["method"])
     except RuntimeError as e:
         raise ValueError(f"{where}: the method state does not fit method {collection.plan.method!r}: {e}") from None
     saved: dict[str, Tensor] = state["optimizer_state"]
-    if saved:
-        views = collection.store.optimizer_state()
-        missing = [n for n, v in zip(names, views) if v is not None and n not in saved]
+    if saved and collection.store.optimizer.name != "sgd":  # SGD keeps no state
+        missing = [n for n in names if n not in saved]
         if missing:
             raise ValueError(f"{where}: no optimizer state for tables {missing}")
         try:
-            collection.store.load_optimizer_state([saved.get(n) if v is not None else None
-                                                   for n, v in zip(names, views)])
+            collection.store.load_optimizer_state([saved[n] for n in names])
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
 

@@ -7,7 +7,8 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torchrec import JaggedTensor, KeyedJaggedTensor, KeyedTensor
+from torchrec import EmbeddingBagConfig, EmbeddingConfig, JaggedTensor, KeyedJaggedTensor, KeyedTensor
+from torchrec.modules.embedding_configs import PoolingType
 
 from embtables.bags import Bags
 from embtables.config import SparseOptimizer, TableConfig
@@ -62,6 +63,47 @@ class Collection(nn.Module):
     def output_dims(self) -> dict[str, int]:
         """Output width per feature, in output order (the contract models rely on)."""
         return dict(zip(self.feature_names, self._dims))
+
+    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
+        """The logical tables as `torchrec.EmbeddingBagConfig`s: what torchrec code (e.g. `torchrec.models.dlrm`)
+        asks an `EmbeddingBagCollection`, so it takes this collection in its place.
+
+        Raises:
+            ValueError: for unpooled tables (see `embedding_configs`), or when a feature's output width is not its
+                table's dim (e.g. multihash's concat): torchrec reads a feature's width from its config.
+        """
+        if not self.pooled:
+            raise ValueError("an unpooled collection (pooling='none') stands for torchrec's EmbeddingCollection: "
+                             "use embedding_configs()")
+        self._check_widths()
+        return [EmbeddingBagConfig(num_embeddings=t.num_embeddings, embedding_dim=t.embedding_dim, name=t.name,
+                                   feature_names=list(t.feature_names), pooling=PoolingType[t.pooling.upper()])
+                for t in self.tables]
+
+    def embedding_configs(self) -> list[EmbeddingConfig]:
+        """The logical tables as `torchrec.EmbeddingConfig`s, what torchrec asks an `EmbeddingCollection`
+        (unpooled collections; pooled ones answer `embedding_bag_configs`)."""
+        if self.pooled:
+            raise ValueError("a pooled collection stands for torchrec's EmbeddingBagCollection: use "
+                             "embedding_bag_configs()")
+        self._check_widths()
+        return [EmbeddingConfig(num_embeddings=t.num_embeddings, embedding_dim=t.embedding_dim, name=t.name,
+                                feature_names=list(t.feature_names)) for t in self.tables]
+
+    def _check_widths(self) -> None:
+        dim = {f: t.embedding_dim for t in self.tables for f in t.feature_names}
+        wrong = {f: (w, dim[f]) for f, w in self.output_dims.items() if w != dim[f]}
+        if wrong:
+            raise ValueError(
+                f"method {self.plan.method!r} gives features of another width than their table's dim "
+                f"({', '.join(f'{f}: {w} not {d}' for f, (w, d) in wrong.items())}); torchrec code reads a feature's "
+                "width from its table's config, so it cannot take this collection (embtables' DLRM and DIN read "
+                "`output_dims` and can)")
+
+    @property
+    def device(self) -> torch.device:
+        """Where the collection's tables and state live."""
+        return self._dims_t.device
 
     def memory_bytes(self) -> int:
         """Every byte the collection holds to serve: physical table weights, the method's state and the raw-id hash
@@ -123,17 +165,22 @@ class Collection(nn.Module):
 
 
 def _refuse_several_processes(c: Collection) -> None:
-    """Training on several processes would be silently wrong: DistributedDataParallel broadcasts the fused store's
-    table (a buffer) from rank 0 at every step, FBGEMM's in-backward updates drift apart between ranks, and the
-    torch store's sparse gradients are not what DDP reduces; DistributedModelParallel wraps the collection
-    data-parallel. Until collections shard with torchrec, refuse."""
+    """Training on several processes is right only with the tables sharded by torchrec (`et.shard`): otherwise
+    DistributedDataParallel broadcasts the fused store's table (a buffer) from rank 0 at every step, FBGEMM's
+    in-backward updates drift apart between ranks, and the torch store's sparse gradients are not what DDP reduces."""
+    if c.store.sharded:
+        problem = c.store.sharding_problem()
+        if problem:
+            raise RuntimeError(f"{type(c).__name__} (method {c.plan.method!r}): {problem}")
+        return
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         raise RuntimeError(
             f"{type(c).__name__} (method {c.plan.method!r}, backend {c.store.name!r}): training on "
-            f"{dist.get_world_size()} processes is not supported yet. DistributedDataParallel and torchrec's "
-            "DistributedModelParallel would replicate the embedding tables and let the copies drift apart "
-            "(each store updates its tables inside backward), and torchrec cannot shard this module. Train on "
-            "one process; evaluation (model.eval() or torch.no_grad()) runs on any number of processes."
+            f"{dist.get_world_size()} processes needs the tables sharded: build the collection with "
+            "backend='torchrec' and wrap the model with et.shard(model), which shards it with torchrec's "
+            "DistributedModelParallel. Wrapped in DistributedDataParallel, or given to DMP on another store, the "
+            "replicated tables would drift apart (each store updates its tables inside backward). Evaluation "
+            "(model.eval() or torch.no_grad()) runs on any number of processes."
         )
 
 

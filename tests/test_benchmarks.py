@@ -56,6 +56,7 @@ def test_scaling_plans_criteo_1tb_with_torchrecs_planner(tmp_path):
     assert set(rows) >= {"full", "hash", "optembed"}
     assert "| full | 1 | 26 | 0 B |" in rows["full"] and f"{26 * (8 + 128 * 4):,} B |" in rows["hash"]
     assert "table_wise" in rows["full"] or "row_wise" in rows["full"]
+    assert "data_parallel" not in out.read_text()  # et.shard's constraints: never replicated
 
 
 def test_optembed_alpha_table_on_tiny_data(tmp_path):

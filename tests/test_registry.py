@@ -96,7 +96,7 @@ def test_sum_pooling_is_the_sum_of_single_id_embeddings(method):
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("backend", ["fbgemm", "fused"])
+@pytest.mark.parametrize("backend", ["fbgemm", "fused", "torchrec"])
 def test_backends_agree_in_forward_and_after_training(method, backend):
     opt = et.SparseOptimizer("rowwise_adagrad", lr=0.05)
     a, b = build(method, backend="torch", optimizer=opt), build(method, backend=backend, optimizer=opt)

@@ -1,16 +1,17 @@
 """A model that outgrows one machine shards with torchrec: our DLRM around a torchrec EmbeddingBagCollection,
 wrapped in `DistributedModelParallel` on two CPU processes (gloo on 127.0.0.1), trains and stays consistent; an embtables
-collection wrapped in DDP or DMP refuses to train (it would train silently wrong) and evaluates."""
+collection wrapped in DDP or plain DMP refuses to train (it would train silently wrong) and evaluates; `et.shard`
+is the way (tests/test_sharded_methods.py)."""
 
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 
+from embtables.app.distributed import free_port
 from embtables.stores import BACKENDS
 
 TABLES = 4
@@ -32,14 +33,17 @@ def _worker(rank: int, port: int, out: str) -> None:
     import os
 
     import torch.distributed as dist
+    from embtables.models import DLRM
     from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
-    from torchrec.distributed.model_parallel import DistributedModelParallel
-    from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.planner import (
+        EmbeddingShardingPlanner,
+        ParameterConstraints,
+        Topology,
+    )
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
     from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
-
-    from embtables.models import DLRM
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -76,18 +80,13 @@ def _worker(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_dlrm_with_torchrec_ebc_trains_under_distributed_model_parallel(tmp_path: Path) -> None:
     # the free port is found before the workers bind it, so another process may take it first (seen once in a
     # full suite run): one more try on a new port; a real failure fails both
     for attempt in range(2):
         try:
-            mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+            mp.start_processes(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
             break
         except (mp.ProcessRaisedException, mp.ProcessExitedException):
             if attempt:
@@ -105,11 +104,11 @@ def _wrapped_worker(rank: int, port: int, out: str) -> None:
     import os
 
     import torch.distributed as dist
+    from embtables.models import DLRM
     from torch.nn.parallel import DistributedDataParallel
     from torchrec.distributed.model_parallel import DistributedModelParallel
 
     import embtables as et
-    from embtables.models import DLRM
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -137,11 +136,12 @@ def _wrapped_worker(rank: int, port: int, out: str) -> None:
 
 def test_collections_refuse_to_train_on_several_processes(tmp_path: Path) -> None:
     """DDP would broadcast the fused store's table from rank 0 and let FBGEMM's in-backward updates drift apart
-    between ranks, DMP wraps the collection data-parallel: until collections shard with torchrec, training on
-    several processes raises a message saying what to do; evaluation runs."""
+    between ranks, DMP wraps a collection on any store but torchrec data-parallel, and plain DMP may replicate
+    the torchrec store's tables (which drops their optimizer): training raises a message saying what to do
+    (`et.shard`, tests/test_sharded_methods.py); evaluation runs."""
     for attempt in range(2):
         try:
-            mp.start_processes(_wrapped_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True,
+            mp.start_processes(_wrapped_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True,
                                start_method="spawn")
             break
         except (mp.ProcessRaisedException, mp.ProcessExitedException):
@@ -152,7 +152,13 @@ def test_collections_refuse_to_train_on_several_processes(tmp_path: Path) -> Non
         for backend in sorted(BACKENDS):
             for wrapper in ("ddp", "dmp"):
                 message = seen[f"{backend}-{wrapper}"]
-                assert message.startswith(f"Collection (method 'hash', backend '{backend}'): training on 2 processes "
-                                          "is not supported yet"), message
-                assert "Train on one process" in message
+                if backend == "torchrec" and wrapper == "dmp":
+                    # plain DMP shards the torchrec store, but its planner replicates tables this small
+                    assert message.startswith("Collection (method 'hash'): torchrec backend: tables sharded as "
+                                              "{'t0_hash': 'data_parallel'"), message
+                    assert "shard the model with et.shard(model)" in message
+                else:
+                    assert message.startswith(f"Collection (method 'hash', backend '{backend}'): training on 2 "
+                                              "processes needs the tables sharded"), message
+                    assert "backend='torchrec' and wrap the model with et.shard(model)" in message
                 assert seen[f"{backend}-{wrapper}-eval"] == [32]  # one logit per sample

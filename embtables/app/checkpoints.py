@@ -75,6 +75,7 @@ class Checkpoints:
     dense_optimizer: torch.optim.Optimizer
     method_optimizers: list[torch.optim.Optimizer]
     state: dict[str, Any]
+    ranks: Any  # `distributed.Ranks`: only rank 0 writes
     config: Any
     vocabulary: dict[str, str] | None
 
@@ -86,10 +87,13 @@ class Checkpoints:
         `et.save_collection` (with its tables' optimizer state), the data position and the RNG state."""
         if self.out is None:
             return
+        collections = [collection_state(c) for c in self.collections]  # a collective when the tables are sharded
+        if not self.ranks.writes:
+            return
         skip = self._collection_prefixes()
         blob = {
             "dense": {k: v for k, v in self.model.state_dict().items() if not k.startswith(skip)},
-            "collections": [collection_state(c) for c in self.collections],
+            "collections": collections,
             "dense_optimizer": self.dense_optimizer.state_dict(),
             "method_optimizers": [o.state_dict() for o in self.method_optimizers],
             "rng": torch.get_rng_state(),

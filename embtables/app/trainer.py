@@ -26,6 +26,7 @@ from torch import nn
 
 import embtables as et
 from embtables.app.checkpoints import BEST, CHECKPOINT, Checkpoints, best_eval, claim_run_folder, what_runs
+from embtables.app.distributed import Ranks, rank_device
 from embtables.app.runinfo import check_device, machine, peak_rss_bytes, versions
 from embtables.app.runvocab import keep_vocabulary, vocabulary_of
 from embtables.datasets.layout import TRUTH_FILE, VOCABULARY_RECORD
@@ -164,8 +165,10 @@ class Trainer(Checkpoints):
     """
 
     def __init__(self, config: TrainConfig, out: str | Path | None = None, data: Any = None, progress: bool = True) -> None:
-        self.config, self.progress = config, progress
-        self.device = check_device(config.device)
+        self.config = config
+        self.ranks = Ranks.current()  # several processes: `embtables train --nproc N` (distributed.py)
+        self.progress = progress and self.ranks.writes
+        self.device = check_device(rank_device(config.device))
         self.out = Path(out) if out is not None else None
         self.data = data if data is not None else open_data(config.data)
         for split in ("train", "val"):
@@ -173,6 +176,8 @@ class Trainer(Checkpoints):
                 raise ValueError(f"{config.data}: training needs a {split!r} split; the folder has {list(self.data.splits)}")
         torch.manual_seed(config.seed)
         self.model = build_model(config, self.data)
+        # what runs a batch: the model, or on several processes its torchrec DMP (tables sharded, the rest DDP)
+        self.net = self.model if self.ranks.world == 1 else _sharded(self.model, config, self.ranks, self.device)
         self.collections = [m for m in self.model.modules() if isinstance(m, et.Collection)]
         in_store = {id(p) for c in self.collections for p in c.store.parameters()}
         # a method's own optimizers (OptEmbed's thresholds) keep their parameters out of the dense optimizer
@@ -193,8 +198,8 @@ class Trainer(Checkpoints):
     def train_step(self, batch: Any) -> torch.Tensor:
         """One step on a batch (moved to the device): forward, backward, every optimizer; returns the loss as a
         0-d tensor on the device, as reading it would make the host wait for the device."""
-        batch = self._on_device(batch)
-        logits = self.model(batch.dense, batch.sparse)
+        batch = self._on_device(self.ranks.share(batch))  # this rank's rows
+        logits = self.net(batch.dense, batch.sparse)
         loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
         if hasattr(self.model, "regularization"):
             loss = loss + self.model.regularization(batch.sparse)
@@ -221,10 +226,12 @@ class Trainer(Checkpoints):
             ValueError: `out` holds an earlier run and neither `resume` nor `force` is set (naming the folder).
         """
         cfg = self.config
-        claim_run_folder(self.out, resume, force)
+        if self.ranks.writes:
+            claim_run_folder(self.out, resume, force)
+        self.ranks.barrier()
         if resume:
             self.load_checkpoint()
-        if self.out is not None:
+        if self.out is not None and self.ranks.writes:
             write_json(self.out / "config.json", asdict(cfg))
             if self.vocabulary is not None:  # kept in the run folder, to score new data with (`evaluate`)
                 keep_vocabulary(self.out, self.vocabulary, cfg.min_count, cfg.raw_ids, self.data)
@@ -270,7 +277,7 @@ class Trainer(Checkpoints):
         self._evaluate_all()
         self.save_checkpoint()
         metrics = self.metrics()
-        if self.out is not None:
+        if self.out is not None and self.ranks.writes:
             write_json(self.out / "metrics.json", metrics)
         return metrics
 
@@ -290,18 +297,19 @@ class Trainer(Checkpoints):
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
         """AUC, logloss and samples/s of the model on `split` (in file order, every row)."""
-        self.model.eval()
+        self.net.eval()
         logits, labels = [], []
         t0 = time.perf_counter()
         for batch in self.batches(split, max(self.config.batch_size, 4096)):
-            on = self._on_device(batch)
-            logits.append(self.model(on.dense, on.sparse))
+            on = self._on_device(self.ranks.share(batch, pad=True))  # every rank runs the same shapes
+            logits.append(self.net(on.dense, on.sparse))
             labels.append(batch.labels)
-        z = torch.cat(logits).cpu() if logits else None  # the metrics run on the host (this waits for the device)
-        seconds = time.perf_counter() - t0
-        self.model.train()
-        if z is None:
+        if not logits:
             raise ValueError(f"{self.config.data}: split {split!r} is empty")
+        # the metrics run on the host (this waits for the device), over every rank's rows
+        z = self.ranks.gather(logits, [y.numel() for y in labels])
+        seconds = time.perf_counter() - t0
+        self.net.train()
         y = torch.cat(labels)
         return {"auc": auc(z, y), "logloss": logloss(z, y), "rows": int(y.numel()), "samples_per_s": y.numel() / seconds}
 
@@ -327,13 +335,16 @@ class Trainer(Checkpoints):
             "backend": cfg.backend, "device": cfg.device, "seed": cfg.seed, "data": cfg.data,
             "memory_bytes": memory, "full_bytes": full, "compression": memory / full,
             "index_bytes": sum(c.index_bytes for c in self.collections), "raw_ids": cfg.raw_ids,
-            "params_embedding": sum(w.numel() for c in self.collections for w in c.store.weights()),
+            "params_embedding": sum(t.num_embeddings * t.embedding_dim for c in self.collections
+                                    for t in c.plan.physical_tables),
             "params_dense": sum(p.numel() for p in self.model.parameters() if id(p) not in in_store),
             "steps": s["step"], "best_step": best["step"], "train_seconds": s["train_seconds"], "train_rows": self.data.rows("train"),
             "steps_per_epoch": self.data.num_batches("train", cfg.batch_size, drop_last=True),
             "train_samples_per_s": s["train_samples"] / max(s["train_seconds"], 1e-9),
             "eval_samples_per_s": evals[-1]["val"]["samples_per_s"],
             "peak_rss_bytes": peak_rss_bytes(), "machine": machine(), "versions": versions(), "evals": evals,
+            "processes": self.ranks.world,
+            "sharding": None if self.net is self.model else [list(row) for row in et.sharding_table(self.net)],
             "vocabulary": None if self.vocabulary is None else {**self.vocabulary, "min_count": cfg.min_count,
                                                                  "kept": None if self.out is None else VOCABULARY_RECORD},
             # best: the best validation step's (what `embtables evaluate` scores); last: what --resume continues
@@ -348,6 +359,22 @@ class Trainer(Checkpoints):
             splits = read_json(truth_file).get("splits", {})
             out["bayes"] = {k: {"auc": v["bayes_auc"], "logloss": v["bayes_logloss"]} for k, v in splits.items()}
         return out
+
+
+def _sharded(model: nn.Module, config: TrainConfig, ranks: Ranks, device: torch.device) -> nn.Module:
+    """`model` sharded over the ranks by torchrec (`et.shard`); only the torchrec store's tables can be."""
+    if config.backend != "torchrec":
+        raise ValueError(f"training on {ranks.world} processes shards the tables with torchrec: use --backend "
+                         f"torchrec (backend {config.backend!r} keeps every table whole on each process)")
+    if config.batch_size % ranks.world:
+        raise ValueError(f"--batch-size {config.batch_size} must be a multiple of --nproc {ranks.world}: each "
+                         "process trains on an equal share of every batch")
+    norms = sorted({type(m).__name__ for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)})
+    if norms:  # on each rank they would see only its share, and keep running statistics of their own
+        raise ValueError(f"training on {ranks.world} processes: the model normalises with batch statistics "
+                         f"({', '.join(norms)}; DIN's Dice activation), which would be each process's share's, "
+                         "not the batch's; use -m activation=prelu")
+    return et.shard(model, device)
 
 
 def _scores(e: dict[str, float]) -> dict[str, float]:

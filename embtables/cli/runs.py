@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -46,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("-m", "--model-option", action="append", default=[], metavar="NAME=VALUE",
                    help="a model option, e.g. -m pooling=sum for DIN (repeatable; the options are listed below)")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="train on this many local processes, the tables sharded by torchrec's planner (needs "
+                        "--backend torchrec; gloo on CPU, nccl on CUDA); under torchrun its WORLD_SIZE decides")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--quiet", action="store_true", help="no progress (on a terminal a bar, in a log a line every 5%%)")
     again = p.add_mutually_exclusive_group()
@@ -105,7 +109,7 @@ def model_options_text() -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from embtables.app.train import train
+    from embtables.app.train import train, train_on_ranks
     from embtables.datasets.builtin import resolve_data
 
     try:
@@ -118,7 +122,13 @@ def _train(args: argparse.Namespace) -> int:
             embedding_lr=args.embedding_lr, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
             seed=args.seed, model_options=parse_options(args.model_option), device=args.device,
         )
-        metrics = train(config, args.out, resume=args.resume, force=args.force, progress=not args.quiet)
+        if args.nproc > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            metrics = train_on_ranks(config, args.out, args.nproc, resume=args.resume, force=args.force,
+                                     progress=not args.quiet)
+            if int(os.environ.get("RANK", "0")) != 0:
+                return 0  # under torchrun: rank 0 prints the summary
+        else:
+            metrics = train(config, args.out, resume=args.resume, force=args.force, progress=not args.quiet)
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
     summary = {k: metrics[k] for k in ("method", "budget", "steps", "best_step", "memory_bytes", "compression",

@@ -6,6 +6,7 @@
     flat.py          `FlatStore`: every table in one flat buffer, updated inside backward (fused and triton)
     fused_store.py   `fused`: embtables' C++ CPU kernels: lookups, the method's column program and the optimizer
     triton_store.py  `triton`: embtables' Triton GPU kernels: lookups and the optimizer, one launch per direction
+    torchrec_store.py `torchrec`: torchrec's EmbeddingBagCollection / EmbeddingCollection, so DMP shards the tables
 
 May import: the core library below it (config, bags, program, optim, kernels) and each other; never
 embtables.methods (a method's combine reaches a store as data, a `ColumnProgram`), nor embtables.app,
@@ -18,10 +19,12 @@ from embtables.stores.base import Store
 from embtables.stores.fbgemm_store import FbgemmStore
 from embtables.stores.fused_store import FusedStore
 from embtables.stores.torch_store import TorchStore
+from embtables.stores.torchrec_store import TorchrecStore
 from embtables.stores.triton_store import TritonStore
 
 BACKENDS: dict[str, type[Store]] = {
     "torch": TorchStore, "fbgemm": FbgemmStore, "fused": FusedStore, "triton": TritonStore,
+    "torchrec": TorchrecStore,
 }
 
 
@@ -31,4 +34,4 @@ def store_class(backend: str) -> type[Store]:
     return BACKENDS[backend]
 
 
-__all__ = ["BACKENDS", "FbgemmStore", "FusedStore", "Store", "TorchStore", "TritonStore", "store_class"]
+__all__ = ["BACKENDS", "FbgemmStore", "FusedStore", "Store", "TorchStore", "TorchrecStore", "TritonStore", "store_class"]

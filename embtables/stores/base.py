@@ -65,6 +65,15 @@ class Store(nn.Module):
         if len(row_dims) > 1:
             raise ValueError(f"per-id lookups need one dim for all their tables, got {sorted(row_dims)}")
 
+    @property
+    def sharded(self) -> bool:
+        """Whether the tables are sharded over processes (only the `torchrec` store can be, by `et.shard`)."""
+        return False
+
+    def sharding_problem(self) -> str | None:
+        """Sharded: why training would differ from one process (None when it would not)."""
+        return None
+
     def forward(self, bags: Bags) -> tuple[Tensor | None, Tensor | None]:
         P = self.num_pooled
         pooled = self.pooled(bags.feature_slice(0, P)) if P else None
@@ -89,6 +98,23 @@ class Store(nn.Module):
     def weight_bytes(self) -> int:
         return sum(w.numel() * w.element_size() for w in self.weights())
 
+    def full_weights(self) -> list[Tensor] | None:
+        """The whole tables, for a checkpoint. A store sharded over processes (`torchrec`) gathers them: a
+        collective every rank calls, which gives rank 0 the tensors and the other ranks None."""
+        return self.weights()
+
+    @torch.no_grad()
+    def load_weights(self, weights: Sequence[Tensor]) -> None:
+        """Copy whole (rows, dim) tables (e.g. from a checkpoint) into the store; a sharded store copies each
+        rank's shards out of them."""
+        views = self.weights()
+        if len(weights) != len(views):
+            raise ValueError(f"{len(weights)} tables for {len(views)} physical tables")
+        for t, view, w in zip(self.tables, views, weights):
+            if tuple(view.shape) != tuple(w.shape):
+                raise ValueError(f"table {t.name!r} has shape {tuple(w.shape)}, the plan {tuple(view.shape)}")
+            view.copy_(w)
+
     def sparse_optimizer(self) -> torch.optim.Optimizer | None:
         """The optimizer to step for the weights (the same object at every call), or None when the backend
         applies it inside backward."""
@@ -98,6 +124,10 @@ class Store(nn.Module):
         """Per physical table, the optimizer's state in the layout every backend shares: (rows,) accumulators of
         row-wise Adagrad, (rows, dim) of Adagrad, None for SGD. Views, so writes change the store."""
         raise NotImplementedError
+
+    def full_optimizer_state(self) -> list[Tensor | None] | None:
+        """`optimizer_state()` whole, for a checkpoint; a collective on a sharded store, as `full_weights`."""
+        return self.optimizer_state()
 
     @torch.no_grad()
     def load_optimizer_state(self, states: Sequence[Tensor | None]) -> None:
