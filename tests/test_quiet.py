@@ -52,6 +52,35 @@ def test_progress_in_a_log_is_lines_and_quiet_is_nothing(tmp_path):
     assert quiet.returncode == 0 and "train: " not in quiet.stderr
 
 
+def test_quiet_reaches_preprocessing_and_evaluation(monkeypatch):
+    """--quiet turns off the progress of `preprocess criteo`, `preprocess csv` and `evaluate` (a raw file's
+    preprocessing); without it they show it."""
+    import embtables.app.evaluate as evaluate
+    import embtables.cli.data as data
+    import embtables.cli.tabular as tabular
+    from embtables.cli import build_parser
+
+    seen = []
+
+    def record(*args, progress, **kwargs):
+        seen.append(progress)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(data, "preprocess_criteo", record)
+    monkeypatch.setattr(tabular, "preprocess_tabular", record)
+    monkeypatch.setattr(evaluate, "evaluate_run", record)
+    commands = [["preprocess", "criteo", "day.tsv", "--out", "x"],
+                ["preprocess", "csv", "t.csv", "--label", "y", "--out", "x"], ["evaluate", "run", "--data", "day.tsv"]]
+    for command in commands:
+        for quiet in (False, True):
+            args = build_parser().parse_args(command + (["--quiet"] if quiet else []))
+            try:
+                args.run(args)
+            except SystemExit:
+                pass
+            assert seen.pop() is not quiet, command
+
+
 def test_help_shows_defaults_model_options_and_what_a_budget_is():
     from embtables.cli import build_parser
 

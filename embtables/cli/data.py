@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from embtables.cli import tabular
-from embtables.cli.options import add_split_arguments
+from embtables.cli.options import add_quiet_argument, add_split_arguments
 from embtables.datasets import criteo, interaction_log
 from embtables.datasets.criteo import (
     DEFAULT_CHUNK_ROWS, DEFAULT_MAX_BAD_FRACTION, SPLIT_MODES, CriteoFormatError, preprocess_criteo,
@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_split_arguments(p, f"fail when more than this share of the lines is bad (default {DEFAULT_MAX_BAD_FRACTION:g}: "
                         "the Criteo files have none, so more means the wrong file or format); 1 accepts any")
     p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="input lines per part file")
+    add_quiet_argument(p, "reading progress")
     p.add_argument("--vocab-from", default=None, metavar="DIR",
                    help="map ids with the vocabulary of DIR (the training data folder, or a run folder of `embtables "
                    "train`) instead of the input's own counts: for scoring a later file with a trained model")
@@ -77,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--strict", action="store_true", help="stop at the first bad line instead of skipping it")
     g.add_argument("--max-bad-fraction", type=float, default=DEFAULT_MAX_BAD_FRACTION, metavar="FRACTION",
                    help="fail, writing nothing, when more than this share of the rows is bad; 1 accepts any")
-    g.add_argument("--quiet", action="store_true", help="no reading progress on stderr")
+    add_quiet_argument(g, "reading progress")
     g.set_defaults(run=_prepare_log)
 
 
@@ -99,7 +100,8 @@ def _preprocess_criteo(args: argparse.Namespace) -> int:
         if args.vocab_from:  # refused before the conversion when it holds no vocabulary
             vocabulary_file(args.vocab_from)
         s = preprocess_criteo(args.inputs, args.out, split=split, seed=args.seed, fractions=args.fractions,
-                              strict=args.strict, chunk_rows=args.chunk_rows, max_bad_fraction=args.max_bad_fraction)
+                              strict=args.strict, chunk_rows=args.chunk_rows, max_bad_fraction=args.max_bad_fraction,
+                              progress=not args.quiet)
         if args.vocab_from:
             s = use_vocabulary(args.out, args.vocab_from)
     except (CriteoFormatError, ValueError, FileNotFoundError) as e:

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from embtables.cli.options import add_quiet_argument
 from embtables.datasets.criteo import DEFAULT_MAX_BAD_FRACTION
 
 DESCRIPTION = """Score a run of `embtables train` on new data: a raw Criteo TSV file (parsed as `preprocess criteo`
@@ -29,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-bad-fraction", type=float, default=DEFAULT_MAX_BAD_FRACTION, metavar="FRACTION",
                    help=f"of a raw file: refuse it when more than this share of its lines is bad (default "
                    f"{DEFAULT_MAX_BAD_FRACTION:g})")
+    add_quiet_argument(p, "preprocessing progress (of a raw file)")
     p.set_defaults(run=_evaluate)
 
 
@@ -37,7 +39,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     try:
         result = evaluate_run(args.folder, args.data, out=args.out, split=args.split, checkpoint=args.checkpoint,
-                              device=args.device, max_bad_fraction=args.max_bad_fraction, progress=True)
+                              device=args.device, max_bad_fraction=args.max_bad_fraction, progress=not args.quiet)
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
     shown = {k: v for k, v in result.items() if k != "warnings"}

@@ -82,3 +82,9 @@ def fractions(text: str) -> tuple[float, float, float]:
     if len(parts) != 3:
         raise argparse.ArgumentTypeError(f"expected 3 comma-separated numbers TRAIN,VAL,TEST, got {text!r}")
     return parts  # type: ignore[return-value]
+
+
+def add_quiet_argument(p: argparse.ArgumentParser, what: str = "progress") -> None:
+    """`--quiet`: no progress on stderr (on a terminal a bar, in a log a line every few percent)."""
+    p.add_argument("--quiet", action="store_true", help=f"no {what} on stderr (on a terminal a bar, in a log a "
+                   "line every few percent); results and errors still print")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from embtables.cli.options import add_split_arguments
+from embtables.cli.options import add_quiet_argument, add_split_arguments
 from embtables.datasets import tabular
 from embtables.datasets.tabular import (DEFAULT_MAX_BAD_FRACTION, DEFAULT_PART_ROWS, SPLIT_MODES, TabularFormatError,
                                         describe_columns, preprocess_tabular)
@@ -42,6 +42,7 @@ def register(datasets: argparse._SubParsersAction) -> None:
     p.add_argument("--delimiter", default=None, help="CSV field separator (default: tab for .tsv/.tab, else comma)")
     p.add_argument("--part-rows", type=int, default=DEFAULT_PART_ROWS, help="rows per part file")
     p.add_argument("--force", action="store_true", help="replace the data set already in --out")
+    add_quiet_argument(p, "reading progress")
     p.set_defaults(run=_preprocess_csv)
 
 
@@ -54,7 +55,7 @@ def _preprocess_csv(args: argparse.Namespace) -> int:
         s = preprocess_tabular(args.inputs, args.out, args.label, categorical=args.categorical, dense=args.dense,
                                ignore=args.ignore, split=args.split, seed=args.seed, fractions=args.fractions,
                                strict=args.strict, max_bad_fraction=args.max_bad_fraction, delimiter=delimiter,
-                               part_rows=args.part_rows, force=args.force)
+                               part_rows=args.part_rows, force=args.force, progress=not args.quiet)
     except (TabularFormatError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"embtables preprocess csv: error: {e}", file=sys.stderr)
         return 2
