@@ -6,7 +6,9 @@ needs to go on:
     format, version    "embtables.collection", 1
     plan               JSON: method, options, budget, logical tables, physical tables, lookups, the solved
                        parameters of each table and the extra bytes; loading never solves again (no counts needed)
-    tables             physical table name -> its (rows, dim) fp32 weights
+    dtype              "fp32", or "fp16" / "int8" / "int4" for a quantized collection (`Collection.quantize`)
+    tables             physical table name -> its (rows, dim) fp32 weights; quantized, its rows as the quantized
+                       store holds them: (rows, row bytes) uint8, values then fp16 scale and bias
     method             the method's state_dict: hash keys, hot-id maps, projections (multihash's importance
                        weights are a physical table, under tables)
     optimizer          JSON: the `SparseOptimizer` (name, lr, eps) the tables were trained with
@@ -41,13 +43,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from embtables.collection import Collection, assemble
+from embtables.collection import Collection, assemble, assemble_quantized
 from embtables.config import Lookup, PhysicalTable, SparseOptimizer, TableConfig
 from embtables.files import as_json, atomic_write
 from embtables.plan import Plan
+from embtables.stores.quantized_store import QuantizedStore
 from embtables.registry import get_method
 
 FORMAT = "embtables.collection"
+FP32 = "fp32"  # the dtype of a collection that is not quantized
 VERSION = 1
 
 
@@ -102,15 +106,19 @@ def collection_state(collection: Collection, optimizer_state: bool = True) -> di
         optimizer_state: include the tables' optimizer state (to continue training); serving does not need it.
     """
     names = [t.name for t in collection.plan.physical_tables]
-    # whole tables even when sharded over processes (a collective there; rank 0 gets them)
-    weights = collection.store.full_weights()
-    states = collection.store.full_optimizer_state() if optimizer_state else []
+    store = collection.store
+    if isinstance(store, QuantizedStore):  # the rows as stored, bit for bit; nothing of an optimizer
+        weights, states, dtype = store.quantized_rows(), [], store.dtype
+    else:  # whole tables even when sharded over processes (a collective there; rank 0 gets them)
+        weights, dtype = store.full_weights(), FP32
+        states = store.full_optimizer_state() if optimizer_state else []
     if weights is None or states is None:
         return {}  # a rank other than 0 of a sharded store: rank 0 writes the checkpoint
     return {
         "format": FORMAT,
         "version": VERSION,
         "plan": json.dumps(plan_to_dict(collection.plan)),
+        "dtype": dtype,
         "tables": {n: w.detach().cpu() for n, w in zip(names, weights)},
         "method": {k: v.detach().cpu() for k, v in collection.method.state_dict().items()},
         "optimizer": json.dumps(dataclasses.asdict(collection.store.optimizer)),
@@ -182,7 +190,7 @@ def read_collection_file(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_collection(
     path: str | os.PathLike,
-    backend: str = "torch",
+    backend: str | None = None,
     device: torch.device | str | None = None,
     optimizer: SparseOptimizer | None = None,
 ) -> Collection:
@@ -190,7 +198,8 @@ def load_collection(
 
     Args:
         path: a file written by `save_collection`.
-        backend: the store to build, whatever store saved it (`"torch"` serves on any device).
+        backend: the store to build, whatever store saved it (default `"torch"`, which serves on any device); a
+            quantized collection always loads on the quantized store, and takes no backend.
         device: where to allocate; default CPU.
         optimizer: the tables' optimizer from now on; default the saved one. Its state is restored when it is
             the saved optimizer (any lr or eps), and starts fresh for another.
@@ -204,7 +213,7 @@ def load_collection(
 def collection_from_state(
     state: dict[str, Any],
     where: str,
-    backend: str = "torch",
+    backend: str | None = None,
     device: torch.device | str | None = None,
     optimizer: SparseOptimizer | None = None,
 ) -> Collection:
@@ -220,6 +229,19 @@ def collection_from_state(
         saved = SparseOptimizer(**json.loads(state["optimizer"]))
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{where}: its plan or optimizer does not describe a collection ({e})") from None
+    dtype = state.get("dtype", FP32)
+    if dtype != FP32:
+        if backend is not None or optimizer is not None:
+            raise ValueError(f"{where}: a {dtype}-quantized collection serves on FBGEMM's inference kernels and "
+                             "trains with nothing: backend= and optimizer= do not apply")
+        collection = assemble_quantized(plan, dtype, device)
+        collection.method.load_state_dict(state["method"])
+        try:
+            collection.store.load_quantized_rows([state["tables"][t.name] for t in collection.plan.physical_tables])
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"{where}: its {dtype} tables do not fit its plan: {e}") from None
+        return collection
+    backend = backend or "torch"
     try:
         collection = assemble(plan, backend, optimizer or saved, None, device)
     except ValueError as e:  # e.g. a plan with dims the backend cannot hold (fbgemm: multiples of 4)
@@ -238,6 +260,9 @@ def load_collection_state(collection: Collection, state: dict[str, Any], where: 
         state: from `collection_state` or `read_collection_file`.
         where: the file or run it came from, for error messages.
     """
+    if state.get("dtype", FP32) != FP32:
+        raise ValueError(f"{where}: holds {state['dtype']}-quantized tables, which load as their own inference-only "
+                         "collection (et.load_collection), not into an fp32 one")
     mine, theirs = plan_to_dict(collection.plan), json.loads(state["plan"])
     for key in mine:
         if key != "lookups" and as_json(mine[key]) != theirs.get(key):

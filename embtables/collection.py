@@ -18,6 +18,7 @@ from embtables.plan import Plan, Target
 from embtables.raw_ids import RawIds, reserve, with_ids
 from embtables.registry import get_method
 from embtables.stores import Store, store_class
+from embtables.stores.quantized_store import QuantizedStore
 
 
 class Collection(nn.Module):
@@ -137,6 +138,38 @@ class Collection(nn.Module):
             f: JaggedTensor(values=v, lengths=lengths[i])
             for i, (f, v) in enumerate(zip(self.feature_names, out.split(bags.ids_per_feature)))
         }
+
+    @torch.no_grad()
+    def quantize(self, dtype: str) -> "Collection":
+        """An inference-only copy with the physical tables in `"fp16"`, `"int8"` or `"int4"` (row-wise fp16 scale
+        and bias, as FBGEMM's IntNBit tables store them; `embtables/stores/quantized_store.py`), served by FBGEMM's
+        inference kernels, the method's remap and combine state kept in fp32. Its `memory_bytes()` counts the
+        quantized rows; each output is within the rows' quantization error of this collection's.
+
+        Args:
+            dtype: `"fp16"`, `"int8"` (even dims) or `"int4"` (dims in multiples of 4).
+
+        Raises:
+            RuntimeError: in training mode (quantize a trained collection: call `.eval()` first), or sharded.
+            ValueError: an unknown dtype, or a table whose dim the dtype's rows cannot hold (naming it).
+
+        Example:
+            >>> import torch, embtables as et
+            >>> ebc = et.build_collection([et.TableConfig("C1", 10_000, 16)], "hash", budget=0.5).eval()
+            >>> q = ebc.quantize("int8")
+            >>> q.memory_bytes() < ebc.memory_bytes() / 3
+            True
+        """
+        if self.training:
+            raise RuntimeError("quantize() makes an inference-only copy of a trained collection: call .eval() first "
+                               "(a quantized collection cannot be trained on)")
+        if self.store.sharded:
+            raise RuntimeError("quantize() needs the whole tables: save the sharded collection (et.save_collection) "
+                               "and quantize it after loading it in one process")
+        quantized = assemble_quantized(self.plan, dtype, self.device)
+        quantized.method.load_state_dict(self.method.state_dict())
+        quantized.store.load_weights(self.store.weights())
+        return quantized
 
     def lookup(self, bags: Bags) -> Tensor:
         """Validated logical bags -> (B, sum D_out) pooled, or (N, D) rows when unpooled."""
@@ -325,3 +358,13 @@ def assemble(
     m = cls.from_plan(plan, counts)  # on the CPU: the store below refuses a device it cannot use first
     store = store_class(backend)(plan.physical_tables, plan.lookups, optimizer, device)
     return Collection(m, store).to(device)
+
+
+def assemble_quantized(plan: Plan, dtype: str, device: torch.device | str | None) -> Collection:
+    """An inference-only collection of a solved plan on the quantized store (FBGEMM's IntNBit TBE), its tables and
+    method state still to be loaded (`Collection.quantize`, `et.load_collection`)."""
+    cls = get_method(plan.method)
+    plan = cls.relayout(plan, Target(backend=QuantizedStore.name, dim_multiple=1))
+    device = torch.device(device or "cpu")
+    collection = Collection(cls.from_plan(plan, None), QuantizedStore(plan.physical_tables, plan.lookups, dtype, device))
+    return collection.to(device).eval()

@@ -7,6 +7,8 @@
     fused_store.py   `fused`: embtables' C++ CPU kernels: lookups, the method's column program and the optimizer
     triton_store.py  `triton`: embtables' Triton GPU kernels: lookups and the optimizer, one launch per direction
     torchrec_store.py `torchrec`: torchrec's EmbeddingBagCollection / EmbeddingCollection, so DMP shards the tables
+    quantized_store.py the tables of `Collection.quantize` in fp16/int8/int4 on FBGEMM's inference kernels (serving
+                     only: not a backend to build or train on)
 
 May import: the core library below it (config, bags, program, optim, kernels) and each other; never
 embtables.methods (a method's combine reaches a store as data, a `ColumnProgram`), nor embtables.app,

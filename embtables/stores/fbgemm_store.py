@@ -63,26 +63,32 @@ class FbgemmStore(Store):
 
     def _make(
         self, tables: Sequence[PhysicalTable], lookups: list[Lookup], mode: PoolingMode, group: str, device: torch.device
-    ) -> SplitTableBatchedEmbeddingBagsCodegen | None:
+    ) -> torch.nn.Module | None:
+        """The TBE of one group of lookups (`pooled` or `rows`), recording where each of its tables lives."""
         if not lookups:
             return None
         used = sorted({lk.table for lk in lookups})
         for i, t in enumerate(used):
             self._where[t] = (group, i)
         local = {t: i for i, t in enumerate(used)}
-        cuda = torch.device(device).type == "cuda"
+        return self._tbe([tables[t] for t in used], [local[lk.table] for lk in lookups], mode, torch.device(device))
+
+    def _tbe(self, tables: list[PhysicalTable], feature_table_map: list[int], mode: PoolingMode,
+             device: torch.device) -> torch.nn.Module:
+        """FBGEMM's training TBE of `tables`, read by lookups `feature_table_map`, the optimizer inside backward."""
+        cuda = device.type == "cuda"
         loc, dev = (EmbeddingLocation.DEVICE, ComputeDevice.CUDA) if cuda else (EmbeddingLocation.HOST, ComputeDevice.CPU)
         o = self.optimizer
         return SplitTableBatchedEmbeddingBagsCodegen(
-            [(tables[t].num_embeddings, tables[t].embedding_dim, loc, dev) for t in used],
-            feature_table_map=[local[lk.table] for lk in lookups],
+            [(t.num_embeddings, t.embedding_dim, loc, dev) for t in tables],
+            feature_table_map=feature_table_map,
             optimizer=_OPTIMIZERS[o.name],
             learning_rate=o.lr,
             eps=o.eps,
             pooling_mode=mode,
             # ids were validated (full) or produced in range (hashed) by the remap
             bounds_check_mode=BoundsCheckMode.NONE,
-            device=torch.device(device),
+            device=device,
         )
 
     def _check_grad_mode(self) -> None:
