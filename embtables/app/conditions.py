@@ -30,6 +30,8 @@ def _number(value: Any) -> float:
 def _reference(df: pd.DataFrame) -> tuple[set[str], float]:
     """The sweep runs and the mean other-cores load of the finished full-table cells."""
     full = df[(df["method"] == "full") & (df["status"] == "ok")]
+    if "dtype" in full:  # the trained fp32 table, not its quantized scores (which time no training)
+        full = full[full["dtype"].fillna("fp32") == "fp32"]
     runs = set(full["sweep_run"].dropna()) if "sweep_run" in full else set()
     load = float(full["other_cores"].mean()) if "other_cores" in full and len(full) else math.nan
     return runs, load

@@ -20,6 +20,7 @@ import pandas as pd
 
 from embtables.app.conditions import MARK, conditions_section, speed_conditions
 from embtables.app.popularity import BELOW, below, reference_lines
+from embtables.app.report_quantized import quantized_section
 from embtables.app.report_stages import optembed_section, stage_aggregations, train_time, with_stage_columns
 from embtables.app.results import RESULTS, load_results
 from embtables.datasets.layout import COUNTS_FILE, SUMMARY_FILE, TRUTH_FILE, load_counts
@@ -33,6 +34,9 @@ def aggregate(df: pd.DataFrame, batch_size: int | None = None) -> pd.DataFrame:
     why its speed does not compare with the full table's ("" when it does); `batch_size`, the sweep's, derives the
     training seconds of runs that did not record them."""
     ok = with_stage_columns(df[df["status"] == "ok"].assign(conditions=speed_conditions(df)), batch_size)
+    if "dtype" in ok:  # a run scored quantized after training is its own line: "qr int8", "full int4"
+        quantized = ok["dtype"].fillna("fp32") != "fp32"
+        ok = ok.assign(method=ok["method"].where(~quantized, ok["method"] + " " + ok["dtype"].fillna("")))
     if "index_bytes" not in ok:  # results of sweeps from before index_bytes was recorded
         ok = ok.assign(index_bytes=math.nan)
     g = ok.groupby(["method", "options", "budget"], dropna=False)
@@ -260,7 +264,8 @@ def build_report(folder: str | Path) -> ReportFiles:
                 f"{r['auc']:.4f} ({r['auc_min']:.4f}..{r['auc_max']:.4f}){', ' + BELOW if below(r['auc'], popularity) else ''} | "
                 f"{r['gap_to_full']:+.4f} | "
                 + (f"{r.get('gap_to_bayes', math.nan):+.4f} | " if bayes_col else "")
-                + f"{r['speed']:,.0f} | {r['speed_vs_full']:.2f}x{' ' + MARK if r['conditions'] else ''} | {train_time(r)} |"
+                + (f"{r['speed']:,.0f} | {r['speed_vs_full']:.2f}x{' ' + MARK if r['conditions'] else ''} | {train_time(r)} |"
+                   if not math.isnan(r["speed"]) else "- | - | quantized after training |")
             )
         lines.append("")
     full = agg[agg["method"] == "full"]
@@ -271,6 +276,7 @@ def build_report(folder: str | Path) -> ReportFiles:
                   f"seed(s){to_bayes}{', ' + BELOW if below(r['auc'], popularity) else ''}, {r['bytes']:,.0f} bytes, "
                   f"{r['speed']:,.0f} samples/s.", ""]
     lines += reference_lines(popularity)
+    lines += quantized_section(agg, pareto(agg), label)
     lines += optembed_section(agg, label)
     lines += conditions_section(df, speed_conditions(df))
     lines += _other_cells(df)

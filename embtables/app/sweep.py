@@ -35,6 +35,7 @@ import pandas as pd
 import embtables as et
 from embtables.app.results import append_row, load_results
 from embtables.app.runinfo import check_device, cpu_clock, load_average, machine, other_cores, versions
+from embtables.app.quantized_eval import FP32, check_dtypes, quantized_outcome
 from embtables.app.trainer import TrainConfig, what_runs
 from embtables.files import as_json, read_json, write_json
 
@@ -54,6 +55,8 @@ class SweepConfig:
         budgets: fractions of the full bytes.
         seeds: one run per seed.
         options: per-method options, e.g. `{"qr": {"operation": "add"}}`.
+        dtypes: `"fp32"` (every cell trains in it) and the dtypes each finished cell's best checkpoint is also
+            scored in after training (`"fp16"`, `"int8"`, `"int4"`; `quantized_eval.py`), one more row each.
     """
 
     train: TrainConfig
@@ -61,8 +64,10 @@ class SweepConfig:
     budgets: tuple[float, ...] = DEFAULT_BUDGETS
     seeds: tuple[int, ...] = (0,)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dtypes: tuple[str, ...] = (FP32,)
 
     def __post_init__(self) -> None:
+        check_dtypes(self.dtypes)
         known = et.list_methods()
         for m in self.methods:
             if m not in known:
@@ -144,7 +149,7 @@ def row(config: TrainConfig, outcome: dict[str, Any], wall: float, reference: di
     """
     r: dict[str, Any] = {
         "cell": cell_id(config), "status": outcome["status"], "model": config.model, "data": config.data,
-        "method": config.method, "options": json.dumps(config.options, sort_keys=True),
+        "method": config.method, "options": json.dumps(config.options, sort_keys=True), "dtype": FP32,
         "budget": config.budget if config.budget is not None else 1.0, "seed": config.seed, "epochs": config.epochs,
         "wall_seconds": wall, "smallest_budget": outcome.get("smallest_budget", math.nan), "error": outcome.get("error", ""),
         "machine": machine(), "cores": os.cpu_count() or 1, "versions": json.dumps(versions(), sort_keys=True),
@@ -231,8 +236,32 @@ def sweep(config: SweepConfig, out: str | Path, command: str = "", progress: boo
         r = row(cell, outcome, time.perf_counter() - t0, reference, conditions)
         results = append_row(out, r)
         bar.write(_describe(r))
+        finished.add(name)
         bar.update(1)
     bar.close()
+    return _quantized_rows(config, out, results, run)
+
+
+def _quantized_rows(config: SweepConfig, out: Path, results: pd.DataFrame, run: str) -> pd.DataFrame:
+    """One row per finished fp32 cell and other dtype of `config.dtypes` not scored yet: its best checkpoint
+    quantized (cell id `<cell>-<dtype>`), its gap to full against the fp32 full table of its seed."""
+    done = set(results["cell"]) if len(results) else set()
+    for cell in config.cells():
+        name = cell_id(cell)
+        fp32 = results[(results["cell"] == name) & (results["status"] == "ok")] if len(results) else results
+        for dtype in config.dtypes:
+            if dtype == FP32 or not len(fp32) or f"{name}-{dtype}" in done:
+                continue
+            t0, load = time.perf_counter(), load_average()
+            outcome = quantized_outcome(cell, out / "runs" / name, dtype)
+            r = row(cell, outcome, time.perf_counter() - t0, None, dict(sweep_run=run, load_start=load,
+                                                                          load_end=load_average()))
+            ref = results[(results["method"] == "full") & (results["seed"] == cell.seed) & (results["status"] == "ok")
+                          & (results["dtype"].fillna(FP32) == FP32 if "dtype" in results else True)]
+            gap = r.get("test_auc_best") - ref.iloc[-1]["test_auc_best"] if len(ref) and r.get("test_auc_best") else None
+            r.update(cell=f"{name}-{dtype}", dtype=dtype, gap_to_full=gap)
+            results = append_row(out, r)
+            print(_describe(r).replace(" budget", f" {dtype} budget", 1), flush=True)
     return results
 
 
@@ -240,8 +269,11 @@ def _describe(r: dict[str, Any]) -> str:
     head = f"{r['method']:>10} budget {r['budget']:<7g} seed {r['seed']}: "
     if r["status"] == "ok":
         gap = f", gap to full {r['gap_to_full']:+.4f}" if r.get("gap_to_full") is not None else ""
+        speed = r["train_samples_per_s"]
         return (head + f"test AUC {r['test_auc_best']:.4f}{gap}, {r['memory_bytes']:,} bytes, "
-                f"{r['train_samples_per_s']:,.0f} samples/s")
+                + ("scored after training" if math.isnan(speed) else f"{speed:,.0f} samples/s"))
     if r["status"] == "infeasible":
+        if math.isnan(r["smallest_budget"]):  # a quantized row: the dtype cannot hold the tables
+            return head + f"not quantized: {r['error']}"
         return head + f"infeasible (smallest feasible budget {r['smallest_budget']:.3g})"
     return head + f"FAILED: {r['error']}"

@@ -81,6 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--device", default="cpu", help=DEVICE_HELP + "; every cell trains there")
     s.add_argument("--option", action="append", default=[], metavar="METHOD:NAME=VALUE",
                    help="a method option, e.g. --option qr:operation=add (repeatable)")
+    s.add_argument("--dtypes", default="fp32",
+                   help="comma-separated: fp32 (every cell trains in it), plus fp16, int8, int4 to score each finished "
+                        "cell's best checkpoint quantized after training, one more results row each (no training)")
     s.add_argument("--quick", action="store_true",
                    help=f"the demo preset: budgets {QUICK['budgets']}, one seed, one epoch, {QUICK['rows']:,} synthetic rows, "
                         f"method options {QUICK['options']} unless given")
@@ -216,6 +219,7 @@ def _sweep(args: argparse.Namespace) -> int:
             budgets=_split(args.budgets, float, QUICK["budgets"] if quick else DEFAULT_BUDGETS),
             seeds=_split(args.seeds, int, QUICK["seeds"] if quick else (0,)),
             options=options,
+            dtypes=_split(args.dtypes, str, ("fp32",)),
         )
         sweep(config, args.out, command="embtables " + " ".join(sys.argv[1:]), progress=not args.quiet)
     except ValueError as e:
