@@ -47,8 +47,10 @@ def quantized_outcome(config: TrainConfig, run: str | Path, dtype: str) -> dict[
     """The metrics of run `run` (trained with `config`) with its best checkpoint's collections quantized to `dtype`,
     in the shape of a cell's outcome (`sweep.row`): bytes, val/test AUC and log loss, evaluation speed; no
     training figures. A dtype the tables' dims cannot take gives the outcome "infeasible" with the reason."""
-    trainer = Trainer(config, None, progress=False)
     path = Path(run) / BEST
+    if not path.exists():  # e.g. a sweep folder whose run folders were removed: nothing to quantize
+        return {"status": "failed", "error": f"{path}: no checkpoint to quantize (the run folder was removed?)"}
+    trainer = Trainer(config, None, progress=False)
     blob = load_tensor_file(path, "training checkpoint")
     restore_model(trainer.model, blob, str(path))
     try:
