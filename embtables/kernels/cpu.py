@@ -33,6 +33,8 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
+from embtables.kernels import fake
+
 # every .cpp is compiled into the one extension (cpu_kernels.cpp registers the ops); the headers beside them are
 # included from this folder. Sorted by name, so that the build key is stable.
 _CSRC = Path(__file__).parent / "csrc"
@@ -76,6 +78,7 @@ def _load() -> Any | None:
             load(name=f"embtables_cpu_{digest}", sources=[str(f) for f in sources], extra_cflags=_FLAGS,
                  extra_ldflags=["-fopenmp"], extra_include_paths=[str(_CSRC)], is_python_module=False, verbose=False)
             _state["ops"] = torch.ops.embtables
+            fake.register()  # their fake kernels, for torch.compile / torch.export (never raises)
         except Exception as e:  # no compiler, no headers, a failed build: the PyTorch references still work
             _state["error"] = f"{type(e).__name__}: {e}"
             warnings.warn(f"embtables: C++ CPU kernels unavailable, using the PyTorch references ({_state['error']})")

@@ -60,6 +60,8 @@ class _Group:
     def program(self, program: ColumnProgram) -> "KernelProgram":
         """`kernel_program` of a method's program, built once per program."""
         key = id(program)
+        if torch.compiler.is_compiling():  # traced tensors must not be kept for the eager calls that follow
+            return self._programs[key][1] if key in self._programs else kernel_program(program, self.dims)
         if key not in self._programs:  # the program is kept with its translation, so its id stays its own
             self._programs[key] = (program, kernel_program(program, self.dims))
         return self._programs[key][1]

@@ -81,6 +81,9 @@ class QuantizedStore(FbgemmStore):
             feature_table_map=feature_table_map, pooling_mode=mode, device=device, output_dtype=SparseType.FP32,
         )
         tbe.initialize_weights()
+        # torch.compile runs FBGEMM's module eagerly: it holds FBGEMM's TensorQueue / AtomicCounter, script objects
+        # without fake classes, which dynamo cannot trace (tests/test_compile.py)
+        tbe.forward = torch.compiler.disable(tbe.forward)
         return tbe
 
     def _check_grad_mode(self) -> None:

@@ -14,20 +14,28 @@
 
 #include "kernels.h"
 
+// Schemas here, kernels below for the CPU dispatch key: a kernel given to m.def is a catch-all, which the
+// dispatcher files as CompositeImplicitAutograd, and PyTorch would then run the C++ on FakeTensors (which have no
+// data) under torch.compile / torch.export instead of the fake kernels of embtables/kernels/fake.py.
 TORCH_LIBRARY(embtables, m) {
   m.def("fused_forward(Tensor weight, Tensor table_offset, Tensor table_dim, Tensor table_rows, Tensor lookup_table, "
-        "Tensor lookup_cols, Tensor values, Tensor offsets, Tensor? psw, int batch_size, int width_in, Tensor spec, "
-        "Tensor? matrices, int width_out) -> (Tensor, Tensor)",
-        &embtables_kernels::fused_forward);
+        "Tensor lookup_cols, Tensor values, Tensor offsets, Tensor? psw, SymInt batch_size, int width_in, Tensor spec, "
+        "Tensor? matrices, int width_out) -> (Tensor, Tensor)");
   m.def("fused_backward(Tensor grad_out, Tensor(a!) weight, Tensor(b!) state, Tensor state_offset, int optimizer, "
         "float lr, float eps, Tensor table_offset, Tensor table_dim, Tensor table_rows, Tensor lookup_table, "
         "Tensor lookup_cols, Tensor table_lookups, Tensor table_lookup_start, Tensor values, Tensor offsets, "
-        "Tensor? psw, int batch_size, int width_in, Tensor spec, Tensor? matrices, Tensor? saved_x, bool exact, "
-        "bool weight_grad, bool psw_grad, Tensor? spare) -> (Tensor, Tensor)",
-        &embtables_kernels::fused_backward);
-  m.def("digits_remap(Tensor values, Tensor offsets, int batch_size, Tensor reads, Tensor place, Tensor radix) -> "
-        "(Tensor, Tensor)",
-        &embtables_kernels::digits_remap);
-  m.def("outside(Tensor values, Tensor starts, Tensor upper) -> bool", &embtables_kernels::outside);
-  m.def("hash_to_range(Tensor x, Tensor key, Tensor n) -> Tensor", &embtables_kernels::hash_to_range);
+        "Tensor? psw, SymInt batch_size, int width_in, Tensor spec, Tensor? matrices, Tensor? saved_x, bool exact, "
+        "bool weight_grad, bool psw_grad, Tensor(c!)? spare) -> (Tensor, Tensor)");
+  m.def("digits_remap(Tensor values, Tensor offsets, SymInt batch_size, Tensor reads, Tensor place, Tensor radix) -> "
+        "(Tensor, Tensor)");
+  m.def("outside(Tensor values, Tensor starts, Tensor upper) -> bool");
+  m.def("hash_to_range(Tensor x, Tensor key, Tensor n) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(embtables, CPU, m) {
+  m.impl("fused_forward", &embtables_kernels::fused_forward);
+  m.impl("fused_backward", &embtables_kernels::fused_backward);
+  m.impl("digits_remap", &embtables_kernels::digits_remap);
+  m.impl("outside", &embtables_kernels::outside);
+  m.impl("hash_to_range", &embtables_kernels::hash_to_range);
 }
