@@ -71,3 +71,21 @@ def test_optembed_alpha_table_on_tiny_data(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     rows = [line for line in out.read_text().splitlines() if line.startswith("| 0 |") or line.startswith("| 5 |")]
     assert len(rows) == 2 and rows[0].startswith("| 0 | 100.0% |")
+
+
+def test_inference_latency_measures_ours_and_torchrecs_with_their_bytes():
+    """One config of each kind, in this process, on tables at 0.1% of Criteo Kaggle's rows: latencies for every batch
+    size, and the bytes each module allocated (ours packs an int8 row of dim 16 in 20 bytes, torchrec aligns it
+    to 32)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("inference_latency", ROOT / "benchmarks" / "inference_latency.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ours = bench.measure("embtables", "full", "int8", 0.001, warmup=1, repeats=3)
+    theirs = bench.measure("torchrec", "full", "int8", 0.001, warmup=1, repeats=3)
+    rows = sum(t.num_embeddings for t in bench.criteo_kaggle_tables(16, 0.001))
+    assert rows * 20 <= ours["bytes"] < rows * 20 + 26 * 128  # + each table's cache-line padding
+    assert theirs["bytes"] >= rows * 32
+    for r in (ours, theirs):
+        assert all(0 < r[str(B)]["p50"] <= r[str(B)]["p99"] for B in bench.BATCHES)
