@@ -47,11 +47,10 @@ from embtables.collection import Collection, assemble, assemble_quantized
 from embtables.config import Lookup, PhysicalTable, SparseOptimizer, TableConfig
 from embtables.files import as_json, atomic_write
 from embtables.plan import Plan
-from embtables.stores.quantized_store import QuantizedStore
+from embtables.stores.quantized_store import FP32, QuantizedStore
 from embtables.registry import get_method
 
 FORMAT = "embtables.collection"
-FP32 = "fp32"  # the dtype of a collection that is not quantized
 VERSION = 1
 
 

@@ -54,3 +54,15 @@ def test_dtypes_are_checked():
         qe.check_dtypes(("int8",))
     with pytest.raises(ValueError, match="unknown quantized dtype 'int2'"):
         qe.check_dtypes(("fp32", "int2"))
+
+
+def test_the_full_reference_is_the_trained_table_not_its_quantized_score():
+    from embtables.app.results import full_reference
+
+    df = pd.DataFrame([
+        dict(cell="f", method="full", seed=0, status="ok", dtype="fp32", test_auc_best=0.80),
+        dict(cell="f-int4", method="full", seed=0, status="ok", dtype="int4", test_auc_best=0.79),
+    ])
+    assert full_reference(df, 0)["cell"] == "f"
+    assert full_reference(df.drop(columns="dtype").iloc[:1], 0)["cell"] == "f"  # tables from before --dtypes
+    assert full_reference(df, 1) is None

@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from embtables.app.results import trained_in_fp32
+
 # other processes' work (in cores, averaged over a cell) may differ from the full table's by this share of the
 # machine's cores: training uses every core, so a quarter of them taken by others costs it about that share
 # of its speed, more than the differences between methods the speed column is there to show
@@ -29,9 +31,8 @@ def _number(value: Any) -> float:
 
 def _reference(df: pd.DataFrame) -> tuple[set[str], float]:
     """The sweep runs and the mean other-cores load of the finished full-table cells."""
-    full = df[(df["method"] == "full") & (df["status"] == "ok")]
-    if "dtype" in full:  # the trained fp32 table, not its quantized scores (which time no training)
-        full = full[full["dtype"].fillna("fp32") == "fp32"]
+    # the trained fp32 table, not its quantized scores (which time no training)
+    full = df[(df["method"] == "full") & (df["status"] == "ok") & trained_in_fp32(df)]
     runs = set(full["sweep_run"].dropna()) if "sweep_run" in full else set()
     load = float(full["other_cores"].mean()) if "other_cores" in full and len(full) else math.nan
     return runs, load

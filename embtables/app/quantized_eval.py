@@ -17,10 +17,7 @@ import embtables as et
 from embtables.app.checkpoints import BEST, restore_model
 from embtables.app.trainer import TrainConfig, Trainer
 from embtables.checkpoint import load_tensor_file
-from embtables.stores.quantized_store import check_dtype
-
-FP32 = "fp32"
-DTYPES = (FP32, "fp16", "int8", "int4")
+from embtables.stores.quantized_store import FP32, check_dtype
 
 
 def check_dtypes(dtypes: tuple[str, ...]) -> None:

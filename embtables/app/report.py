@@ -22,7 +22,7 @@ from embtables.app.conditions import MARK, conditions_section, speed_conditions
 from embtables.app.popularity import BELOW, below, reference_lines
 from embtables.app.report_quantized import quantized_section
 from embtables.app.report_stages import optembed_section, stage_aggregations, train_time, with_stage_columns
-from embtables.app.results import RESULTS, load_results
+from embtables.app.results import RESULTS, load_results, trained_in_fp32
 from embtables.datasets.layout import COUNTS_FILE, SUMMARY_FILE, TRUTH_FILE, load_counts
 from embtables.files import atomic_write, read_json
 
@@ -34,9 +34,9 @@ def aggregate(df: pd.DataFrame, batch_size: int | None = None) -> pd.DataFrame:
     why its speed does not compare with the full table's ("" when it does); `batch_size`, the sweep's, derives the
     training seconds of runs that did not record them."""
     ok = with_stage_columns(df[df["status"] == "ok"].assign(conditions=speed_conditions(df)), batch_size)
-    if "dtype" in ok:  # a run scored quantized after training is its own line: "qr int8", "full int4"
-        quantized = ok["dtype"].fillna("fp32") != "fp32"
-        ok = ok.assign(method=ok["method"].where(~quantized, ok["method"] + " " + ok["dtype"].fillna("")))
+    trained = trained_in_fp32(ok)  # a run scored quantized after training is its own line: "qr int8", "full int4"
+    if not trained.all():
+        ok = ok.assign(method=ok["method"].where(trained, ok["method"] + " " + ok["dtype"].fillna("")))
     if "index_bytes" not in ok:  # results of sweeps from before index_bytes was recorded
         ok = ok.assign(index_bytes=math.nan)
     g = ok.groupby(["method", "options", "budget"], dropna=False)

@@ -8,13 +8,13 @@ from typing import Any, Callable
 
 import pandas as pd
 
-QUANTIZED = ("fp16", "int8", "int4")
+from embtables.stores.quantized_store import DTYPES, FP32
 
 
 def dtype_of(method: str) -> str:
     """The dtype of an aggregated line: its label's suffix ("qr int8" -> "int8"), else fp32."""
     last = method.rsplit(" ", 1)[-1]
-    return last if last in QUANTIZED else "fp32"
+    return last if last in DTYPES else FP32
 
 
 def quantized_section(agg: pd.DataFrame, front: pd.DataFrame, label: Callable[[str, str], str]) -> list[str]:
@@ -25,7 +25,7 @@ def quantized_section(agg: pd.DataFrame, front: pd.DataFrame, label: Callable[[s
         front: the Pareto front of `agg` on bytes (`report.pareto`).
         label: the report's label of (method, options).
     """
-    if not any(dtype_of(m) != "fp32" for m in agg["method"]):
+    if not any(dtype_of(m) != FP32 for m in agg["method"]):
         return []
     lines = ["## Compression against quantization", "",
              "Every run by bytes: fp32 runs as trained, and each run's best checkpoint scored with its tables quantized "
@@ -42,7 +42,7 @@ def quantized_section(agg: pd.DataFrame, front: pd.DataFrame, label: Callable[[s
 
 def _row(i: Any, r: Any, on_front: set, label: Callable[[str, str], str]) -> str:
     dtype = dtype_of(r["method"])
-    method = r["method"] if dtype == "fp32" else r["method"].rsplit(" ", 1)[0]
+    method = r["method"] if dtype == FP32 else r["method"].rsplit(" ", 1)[0]
     return (f"| {r['bytes']:,.0f} | {r['bytes'] / r['full_bytes']:.4g} | {label(method, r['options'])} | "
             f"{r['budget']:g} | {dtype} | {r['auc']:.4f} ({r['auc_min']:.4f}..{r['auc_max']:.4f}) | "
             f"{r['gap_to_full']:+.4f} | {'front' if i in on_front else ''} |")

@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from embtables.files import atomic_write
+from embtables.stores.quantized_store import FP32
 
 RESULTS = "results.parquet"
 REQUIRED = ("cell", "status", "method", "budget", "seed")  # the columns a sweep resumes from
@@ -37,6 +38,22 @@ def load_results(out: Path) -> pd.DataFrame:
         raise ValueError(f"{path} lacks column(s) {', '.join(missing)}: it is not a sweep's results table "
                          f"(which holds {', '.join(REQUIRED)}, ...)")
     return df
+
+
+def trained_in_fp32(df: pd.DataFrame) -> pd.Series:
+    """Per row, whether it is a trained cell rather than one scored quantized after training (`sweep --dtypes`);
+    tables written before the dtype was recorded hold trained cells only."""
+    if "dtype" not in df:
+        return pd.Series(True, index=df.index)
+    return df["dtype"].fillna(FP32) == FP32
+
+
+def full_reference(df: pd.DataFrame, seed: int) -> dict[str, Any] | None:
+    """The row of seed `seed`'s trained full table (the last one, if retried), or None before it finished."""
+    if not len(df):
+        return None
+    ref = df[(df["method"] == "full") & (df["seed"] == seed) & (df["status"] == "ok") & trained_in_fp32(df)]
+    return ref.iloc[-1].to_dict() if len(ref) else None
 
 
 def append_row(out: Path, new: dict[str, Any]) -> pd.DataFrame:

@@ -33,7 +33,7 @@ from typing import Any
 import pandas as pd
 
 import embtables as et
-from embtables.app.results import append_row, load_results
+from embtables.app.results import append_row, full_reference, load_results
 from embtables.app.runinfo import check_device, cpu_clock, load_average, machine, other_cores, versions
 from embtables.app.quantized_eval import FP32, check_dtypes, quantized_outcome
 from embtables.app.trainer import TrainConfig, what_runs
@@ -229,10 +229,7 @@ def sweep(config: SweepConfig, out: str | Path, command: str = "", progress: boo
         outcome = _spawn(cell, out / "runs" / name)
         conditions = dict(sweep_run=run, load_start=load, load_end=load_average(),
                           other_cores=other_cores(clock, cpu_clock()))
-        reference = None
-        if cell.method != "full" and len(results):
-            ref = results[(results["method"] == "full") & (results["seed"] == cell.seed) & (results["status"] == "ok")]
-            reference = ref.iloc[-1].to_dict() if len(ref) else None
+        reference = full_reference(results, cell.seed) if cell.method != "full" else None
         r = row(cell, outcome, time.perf_counter() - t0, reference, conditions)
         results = append_row(out, r)
         bar.write(_describe(r))
@@ -256,9 +253,8 @@ def _quantized_rows(config: SweepConfig, out: Path, results: pd.DataFrame, run: 
             outcome = quantized_outcome(cell, out / "runs" / name, dtype)
             r = row(cell, outcome, time.perf_counter() - t0, None, dict(sweep_run=run, load_start=load,
                                                                           load_end=load_average()))
-            ref = results[(results["method"] == "full") & (results["seed"] == cell.seed) & (results["status"] == "ok")
-                          & (results["dtype"].fillna(FP32) == FP32 if "dtype" in results else True)]
-            gap = r.get("test_auc_best") - ref.iloc[-1]["test_auc_best"] if len(ref) and r.get("test_auc_best") else None
+            ref = full_reference(results, cell.seed)
+            gap = r["test_auc_best"] - ref["test_auc_best"] if ref and r.get("test_auc_best") is not None else None
             r.update(cell=f"{name}-{dtype}", dtype=dtype, gap_to_full=gap)
             results = append_row(out, r)
             print(_describe(r).replace(" budget", f" {dtype} budget", 1), flush=True)

@@ -29,6 +29,7 @@ from torch import Tensor
 from embtables.config import Lookup, PhysicalTable, SparseOptimizer
 from embtables.stores.fbgemm_store import FbgemmStore
 
+FP32 = "fp32"  # the dtype of a collection that is not quantized
 # name -> (FBGEMM's type, bits per value, the dim multiple its rows need)
 DTYPES: dict[str, tuple[SparseType, int, int]] = {
     "fp16": (SparseType.FP16, 16, 1), "int8": (SparseType.INT8, 8, 2), "int4": (SparseType.INT4, 4, 4),
