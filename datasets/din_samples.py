@@ -37,6 +37,7 @@ from embtables.datasets import layout
 
 KIND = "sequences"
 PART_ROWS = 500_000
+ROW_GROUP_ROWS = 1 << 16  # units of reading on several processes (`shares.py`): a few per part
 
 
 @dataclass
@@ -213,7 +214,8 @@ def write_sequences(
         rows = np.flatnonzero(samples.split == code)
         for k, start in enumerate(range(0, rows.size, part_rows)):
             table = _table(samples, rows[start : start + part_rows], categories)
-            layout.atomic_write(out / split / f"part-{k}.parquet", lambda tmp, t=table: pq.write_table(t, tmp))
+            layout.atomic_write(out / split / f"part-{k}.parquet",
+                                lambda tmp, t=table: pq.write_table(t, tmp, row_group_size=ROW_GROUP_ROWS))
         splits[split] = {"rows": int(rows.size), "clicks": int(samples.label[rows].sum()),
                          "users": int(np.unique(samples.user[rows]).size), "parts": -(-rows.size // part_rows)}
     visible = training_mask(users)

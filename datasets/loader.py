@@ -27,65 +27,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from torchrec import KeyedJaggedTensor
 
 from embtables.config import TableConfig
+from embtables.datasets.batch import Batch, make_batch
 from embtables.datasets.layout import (COUNTS_FILE, DENSE, LABEL, SPARSE, SPLITS, SUMMARY_FILE, load_counts, open_part,
                                        read_json)
 from embtables.datasets.shuffle import DEFAULT_BUFFER_ROWS, Rows, ShuffleBuffer, batches_of, concat
+from embtables.datasets.shares import Part, part_batches
 from embtables.datasets.vocab import Vocabulary
+
+__all__ = ["Batch", "CriteoData", "make_batch", "open_data"]
 
 IdKind = Literal["index", "raw"]
 _WRITERS = "`embtables preprocess criteo` or `embtables synth criteo`"
 _NEEDS = f"a Criteo data folder's parts hold label, I1..I13 and C1..C26, as written by {_WRITERS}"
 _OWN_WRITER = "`embtables preprocess csv`"  # of folders that list their own columns
 _OWN_NEEDS = f"this folder's parts hold label and the columns its summary.json lists, as written by {_OWN_WRITER}"
-
-
-@dataclass
-class Batch:
-    """One batch of Criteo rows (sequence data sets use the same class, with dense (B, 0) and their own keys).
-
-    Args:
-        dense: (B, 13) float32, log(1 + max(x, 0)) of I1..I13 (missing values give 0); (B, len(dense)) for a
-            folder that lists its own columns.
-        sparse: KeyedJaggedTensor keyed C1..C26 (or the folder's categorical columns), one int64 id per feature
-            per row (feature-major values).
-        labels: (B,) float32 clicks (0 or 1).
-    """
-
-    dense: torch.Tensor
-    sparse: KeyedJaggedTensor
-    labels: torch.Tensor
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.labels.numel())
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        return Batch(self.dense.to(device, non_blocking=non_blocking),
-                     self.sparse.to(torch.device(device), non_blocking=non_blocking),
-                     self.labels.to(device, non_blocking=non_blocking))
-
-
-def make_batch(rows: Rows | tuple[torch.Tensor, ...], keys: list[str] = SPARSE) -> Batch:
-    """A `Batch` from rows (labels (B,), dense (B, 13), ids (B, 26)) given as numpy arrays or tensors; `keys`
-    names the id columns."""
-    labels, dense, ids = (torch.as_tensor(a) for a in rows)
-    B, F = ids.shape
-    values = ids.t().contiguous().view(-1)  # (F * B,) feature-major, as KeyedJaggedTensor lays out ids
-    # numpy builds these ~50x faster than torch.ones/arange when torch's intra-op threads are contended
-    lengths = torch.from_numpy(np.ones(F * B, dtype=np.int32))
-    offsets = torch.from_numpy(np.arange(F * B + 1, dtype=np.int32))
-    kjt = KeyedJaggedTensor(keys=keys, values=values, lengths=lengths, offsets=offsets, stride=B)
-    return Batch(dense, kjt, labels)
 
 
 class _FileError(ValueError):
@@ -105,8 +69,10 @@ class _RowGroups(IterableDataset):
 
     def __init__(self, units: list[tuple[str, int]], batch_size: int, shuffle: bool, seed: int, buffer_rows: int,
                  vocabs: list[Vocabulary] | None, counted: tuple[str, str] | None = None,
-                 features: tuple[list[str], list[str]] = (DENSE, SPARSE), writers: str = _WRITERS) -> None:
+                 features: tuple[list[str], list[str]] = (DENSE, SPARSE), writers: str = _WRITERS,
+                 rank: tuple[int, int] = (0, 1)) -> None:
         self.units, self.batch_size, self.shuffle, self.seed = units, batch_size, shuffle, seed
+        self.rank, self.world = rank  # this stream reads units rank, rank + world, ... of the unit order
         self.dense, self.sparse, self.writers = *features, writers
         self.buffer_rows, self.vocabs = buffer_rows, vocabs
         self.counted = counted  # (counts file, split): the units are of the split it counted, so every id is in it
@@ -143,10 +109,10 @@ class _RowGroups(IterableDataset):
         return idx
 
     def _rows(self, worker: int, workers: int) -> Iterator[Rows]:
-        order = np.arange(len(self.units))
-        if self.shuffle:
-            order = np.random.default_rng(self.seed).permutation(len(self.units))
-        buffer = ShuffleBuffer(self.buffer_rows, np.random.default_rng([self.seed, worker])) if self.shuffle else None
+        order = unit_order(len(self.units), self.shuffle, self.seed)[self.rank::self.world]
+        # one generator per (rank, worker) stream; [seed, worker] with one rank
+        rng = np.random.default_rng([self.seed, worker * self.world + self.rank])
+        buffer = ShuffleBuffer(self.buffer_rows, rng) if self.shuffle else None
         for u in order[worker::workers]:
             rows = self._read(*self.units[u])
             if buffer is None:
@@ -249,7 +215,7 @@ class CriteoData:
 
     def batches(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                 ids: IdKind = "index", min_count: int = 1, workers: int = 0,
-                buffer_rows: int = DEFAULT_BUFFER_ROWS) -> Iterator[Batch]:
+                buffer_rows: int = DEFAULT_BUFFER_ROWS, part: Part | None = None, pad: bool = False) -> Iterator[Batch]:
         """Iterate `split` as `Batch`es.
 
         Args:
@@ -262,28 +228,48 @@ class CriteoData:
             min_count: vocabulary cut-off for ids="index" (see `Vocabulary`).
             workers: loader worker processes (0: read in this process).
             buffer_rows: shuffle buffer capacity in rows (~260 bytes each).
+            part: read as one of several processes: only this rank's row groups, yielding its B / N rows of each
+                global batch (`shares.py`; the order is fixed by (seed, N)). None: every row, in B-row batches.
+            pad: with `part`, pad a short last share (see `shares.share_of`).
 
         Raises:
             ValueError: at the call, a bad option, or a part of `split` that is not Parquet or lacks a column;
                 while iterating, a row group that is not readable, or (ids="index") an id of the counted split
                 that counts.npz lacks; each naming the file (from a worker too: the same plain message).
         """
-        for name, value, low in (("batch_size", batch_size, 1), ("workers", workers, 0), ("buffer_rows", buffer_rows, 1)):
+        options = dict(ids=ids, min_count=min_count, workers=workers, buffer_rows=buffer_rows)
+        if part is not None and part.world > 1:
+            return part_batches(self, split, batch_size, part, shuffle, seed, drop_last, pad, **options)
+        (stream,), _ = self.rank_streams(split, batch_size, 1, [0], shuffle, seed, **options)
+        return (b for b in stream if b.batch_size == batch_size or not drop_last)  # errors above raise at the call
+
+    def rank_streams(self, split: str, share_rows: int, world: int, ranks: Sequence[int], shuffle: bool, seed: int,
+                     ids: IdKind = "index", min_count: int = 1, workers: int = 0,
+                     buffer_rows: int = DEFAULT_BUFFER_ROWS) -> tuple[list[Iterator[Batch]], list[int]]:
+        """Per rank of `ranks` (of `world`), the batches of `share_rows` rows its row groups give (the last may be
+        short), and the rows each of the `world` ranks reads (see `shares.py`; the arguments as `batches`)."""
+        for name, value, low in (("batch_size", share_rows, 1), ("workers", workers, 0), ("buffer_rows", buffer_rows, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         if ids not in ("index", "raw"):
             raise ValueError(f"ids must be 'index' or 'raw', got {ids!r}")
         vocabs = [self.vocabulary(f, min_count) for f in self.sparse] if ids == "index" else None
         columns = [LABEL, *self.dense, *self.sparse]
-        units = [(str(p), g) for p in self.parts(split) for g in range(open_part(p, columns, self._needs).num_row_groups)]
+        files = [(str(p), open_part(p, columns, self._needs).metadata) for p in self.parts(split)]
+        units = [(p, g) for p, meta in files for g in range(meta.num_row_groups)]
+        unit_rows = np.array([meta.row_group(g).num_rows for _, meta in files for g in range(meta.num_row_groups)])
         counted = None  # the split counts.npz counted holds no id it lacks: check those ids as they are read
         if vocabs is not None and split == self.summary.get("counts_split"):
             counted = (str(self.path / COUNTS_FILE), split)
-        source = _RowGroups(units, batch_size, shuffle, seed, buffer_rows, vocabs, counted, (self.dense, self.sparse),
-                            self._writers)
-        return self._iterate(source, workers, batch_size, drop_last)  # errors above raise at the call
+        order = unit_order(len(units), shuffle, seed)
+        rows = [int(unit_rows[order[r::world]].sum()) for r in range(world)]
+        streams = [self._iterate(_RowGroups(units, share_rows, shuffle, seed, buffer_rows, vocabs, counted,
+                                            (self.dense, self.sparse), self._writers, (r, world)), workers, share_rows)
+                   for r in ranks]
+        return streams, rows
 
-    def _iterate(self, source: _RowGroups, workers: int, batch_size: int, drop_last: bool) -> Iterator[Batch]:
+    def _iterate(self, source: _RowGroups, workers: int, batch_size: int) -> Iterator[Batch]:
+        """The source's batches; every one full but the last."""
         stream = iter(source) if workers == 0 else iter(DataLoader(source, batch_size=None, num_workers=workers))
         tails: list[Rows] = []
         for item in stream:
@@ -295,9 +281,13 @@ class CriteoData:
             else:
                 yield make_batch(tuple(rows), self.sparse)
         merged = [concat([tuple(a.numpy() for a in t) for t in tails])] if tails else []
-        for rows, full in batches_of(iter(merged), batch_size):
-            if full or not drop_last:
-                yield make_batch(rows, self.sparse)
+        for rows, _ in batches_of(iter(merged), batch_size):
+            yield make_batch(rows, self.sparse)
+
+
+def unit_order(units: int, shuffle: bool, seed: int) -> np.ndarray:
+    """The order the units (row groups) of a split are read in: seeded random, or file order."""
+    return np.random.default_rng(seed).permutation(units) if shuffle else np.arange(units)
 
 
 def _names(path: Path, summary: dict, key: str, default: list[str]) -> list[str]:

@@ -18,7 +18,9 @@ in training (items only in val/test targets or negatives, with min_count 1) shar
 out-of-vocabulary index. `hist` and `target` share the unpooled item table (DIN looks both up in the same
 table, one vector per history item); `hist_cat` (summed) and `target_cat` share a pooled category table, so a
 trainer can put every pooled table in one collection. A split is held in memory as flat numpy arrays (the
-history as values + offsets), and a batch is gathered from them with vectorised index arithmetic.
+history as values + offsets), and a batch is gathered from them with vectorised index arithmetic. On several
+processes (`part`, `shares.py`) each holds only its own row groups: units r, r + N, ... in file order, its rows
+shuffled with its own seed [seed, r].
 
 counts.npz lists every id a split can hold (the whole catalogue, zero counts included), so a part that is not
 readable Parquet, lacks a column, or holds an id counts.npz does not list raises a ValueError naming the file
@@ -28,17 +30,19 @@ when its split is first loaded.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from torchrec import KeyedJaggedTensor
 
 from embtables.config import TableConfig
 from embtables.datasets import layout
 from embtables.datasets.din_samples import KIND, _ranges
-from embtables.datasets.loader import Batch
+from embtables.datasets.batch import Batch
+from embtables.datasets.shares import Part, part_batches
 from embtables.datasets.vocab import Vocabulary
 
 ITEM, CAT, USER = "item", "cat", "user"
@@ -94,9 +98,10 @@ class SequenceData:
         self.max_history = int(self.summary["max_history"])
         self.splits = tuple(s for s in layout.SPLITS if any((self.path / s).glob("part-*.parquet")))
         self._vocabs: dict[tuple[str, int], Vocabulary] = {}
-        self._raw: dict[str, dict[str, np.ndarray]] = {}
-        self._indexed: dict[tuple[str, int], dict[str, np.ndarray]] = {}
-        self._part_ends: dict[str, tuple[list[Path], np.ndarray]] = {}  # split -> its parts, their end rows
+        # keyed by (split, rank, world): a process holds its own row groups only
+        self._raw: dict[tuple[str, int, int], dict[str, np.ndarray]] = {}
+        self._indexed: dict[tuple[str, int, int, int], dict[str, np.ndarray]] = {}
+        self._part_ends: dict[tuple[str, int, int], tuple[list[Path], np.ndarray]] = {}  # their parts, end rows
 
     def vocabulary(self, name: str, min_count: int = 1) -> Vocabulary:
         """The frequency-ranked vocabulary of `item`, `user` or `cat`, cached per (name, min_count)."""
@@ -147,29 +152,44 @@ class SequenceData:
     def rows(self, split: str) -> int:
         return sum(layout.open_part(p).metadata.num_rows for p in self.parts(split))
 
-    def _read(self, split: str) -> pa.Table:
-        """The split's parts as one table, after checking each part's footer for the columns loading needs."""
-        columns = [layout.LABEL, "user", "target", "hist", *(["target_cat", "hist_cat"] if self.has_categories else [])]
+    def _units(self, split: str) -> list[tuple[Path, int, int]]:
+        """(part, row group, rows) of each unit of the split, in file order, after checking each part's footer for
+        the columns loading needs."""
         needs = (f"a sequence data folder{' with categories' if self.has_categories else ''} has parts with "
-                 f"columns {', '.join(columns)}, as written by {_WRITERS}")
-        parts = self.parts(split)
-        files = [layout.open_part(p, columns, needs) for p in parts]
+                 f"columns {', '.join(self._columns)}, as written by {_WRITERS}")
+        units = []
+        for p in self.parts(split):
+            meta = layout.open_part(p, self._columns, needs).metadata
+            units += [(p, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+        return units
+
+    @property
+    def _columns(self) -> list[str]:
+        return [layout.LABEL, "user", "target", "hist", *(["target_cat", "hist_cat"] if self.has_categories else [])]
+
+    def _read(self, key: tuple[str, int, int]) -> pa.Table:
+        """Rank `rank` of `world`'s row groups of the split (`key`) as one table."""
+        split, rank, world = key
+        units = self._units(split)[rank::world]
         tables = []
-        for p, f in zip(parts, files):
+        for p, g, _ in units:
             try:
-                tables.append(f.read(columns=columns))
+                tables.append(pq.ParquetFile(p).read_row_group(g, columns=self._columns))
             except (pa.ArrowException, OSError) as e:
                 raise ValueError(f"{p} is not a readable Parquet file ({type(e).__name__}: {e})") from e
-        self._part_ends[split] = (parts, np.cumsum([t.num_rows for t in tables]))
+        self._part_ends[key] = ([p for p, _, _ in units], np.cumsum([t.num_rows for t in tables]))
+        if not tables:  # more processes than row groups
+            return pq.read_schema(self.parts(split)[0]).empty_table().select(self._columns)
         return pa.concat_tables(tables)
 
-    def _load(self, split: str, min_count: int) -> dict[str, np.ndarray]:
-        """The split as arrays: float labels, vocabulary indices of user, target, hist (values + offsets), cats."""
-        key = (split, min_count)
-        if key in self._indexed:
-            return self._indexed[key]
-        if split not in self._raw:
-            table = self._read(split)
+    def _load(self, split: str, min_count: int, rank: int = 0, world: int = 1) -> dict[str, np.ndarray]:
+        """The split's rows (rank `rank` of `world`'s) as arrays: float labels, vocabulary indices of user, target,
+        hist (values + offsets), cats."""
+        key = (split, rank, world)
+        if (*key, min_count) in self._indexed:
+            return self._indexed[(*key, min_count)]
+        if key not in self._raw:
+            table = self._read(key)
             hist = table.column("hist").combine_chunks()
             raw = {
                 "label": table.column(layout.LABEL).to_numpy().astype(np.float32),
@@ -181,13 +201,13 @@ class SequenceData:
             if self.has_categories:
                 raw["target_cat"] = table.column("target_cat").to_numpy()
                 raw["hist_cat"] = table.column("hist_cat").combine_chunks().flatten().to_numpy()
-            self._raw[split] = raw
-        raw = self._raw[split]
-        out = {k: self._lookup(split, k, v, min_count) if k in _VOCAB else v for k, v in raw.items()}
-        self._indexed[key] = out
+            self._raw[key] = raw
+        raw = self._raw[key]
+        out = {k: self._lookup(key, k, v, min_count) if k in _VOCAB else v for k, v in raw.items()}
+        self._indexed[(*key, min_count)] = out
         return out
 
-    def _lookup(self, split: str, column: str, ids: np.ndarray, min_count: int) -> np.ndarray:
+    def _lookup(self, key: tuple[str, int, int], column: str, ids: np.ndarray, min_count: int) -> np.ndarray:
         """Vocabulary indices of a raw column; ValueError naming the part and id if counts.npz lacks one."""
         vocab = self.vocabulary(_VOCAB[column], min_count)
         idx = vocab.lookup(ids)
@@ -196,13 +216,13 @@ class SequenceData:
             at = np.flatnonzero(oov)[bad]  # positions in the column (history: in the flat values)
             row = at[0]
             if column in ("hist", "hist_cat"):
-                row = np.searchsorted(self._raw[split]["offsets"], row, side="right") - 1
-            parts, ends = self._part_ends[split]
+                row = np.searchsorted(self._raw[key]["offsets"], row, side="right") - 1
+            parts, ends = self._part_ends[key]
             part = parts[int(np.searchsorted(ends, row, side="right"))]
             counts = self.path / layout.COUNTS_FILE
             what = {CAT: "category"}.get(_VOCAB[column], _VOCAB[column])
             raise ValueError(f"{part}: column {column} holds {what} id {int(ids[at[0]])}, which {counts} does not "
-                             f"list ({np.unique(ids[at]).size} such id(s) in split {split!r}), though it lists every "
+                             f"list ({np.unique(ids[at]).size} such id(s) in split {key[0]!r}), though it lists every "
                              f"{what} a split can hold: the counts do not belong to these Parquet files (rewrite "
                              f"the folder with {_WRITERS})")
         return idx
@@ -212,7 +232,8 @@ class SequenceData:
         return n // batch_size if drop_last else -(-n // batch_size)
 
     def batches(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0,
-                drop_last: bool = False, min_count: int = 1) -> Iterator[SequenceBatch]:
+                drop_last: bool = False, min_count: int = 1, part: Part | None = None,
+                pad: bool = False) -> Iterator[SequenceBatch]:
         """Iterate `split` as `SequenceBatch`es.
 
         Args:
@@ -222,18 +243,33 @@ class SequenceData:
             seed: the shuffle seed (use the epoch number for a new order per epoch).
             drop_last: drop the final batch when it has fewer than B rows.
             min_count: vocabulary cut-off (see `Vocabulary`).
+            part: read as one of several processes: only this rank's row groups, yielding its B / N rows of each
+                global batch (`shares.py`; the order is fixed by (seed, N)). None: every row, in B-row batches.
+            pad: with `part`, pad a short last share (see `shares.share_of`).
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        data = self._load(split, min_count)
-        n = data["label"].size
-        order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-        return self._iterate(data, order, batch_size, drop_last)
+        if part is not None and part.world > 1:
+            return part_batches(self, split, batch_size, part, shuffle, seed, drop_last, pad, min_count=min_count)
+        (stream,), _ = self.rank_streams(split, batch_size, 1, [0], shuffle, seed, min_count)
+        return (b for b in stream if b.batch_size == batch_size or not drop_last)
 
-    def _iterate(self, data: dict[str, np.ndarray], order: np.ndarray, batch_size: int,
-                 drop_last: bool) -> Iterator[SequenceBatch]:
-        stop = order.size - order.size % batch_size if drop_last else order.size
-        for start in range(0, stop, batch_size):
+    def rank_streams(self, split: str, share_rows: int, world: int, ranks: Sequence[int], shuffle: bool, seed: int,
+                     min_count: int = 1) -> tuple[list[Iterator[SequenceBatch]], list[int]]:
+        """Per rank of `ranks` (of `world`), the batches of `share_rows` rows of its row groups (the last may be
+        short), and the rows each of the `world` ranks holds (see `shares.py`; the arguments as `batches`)."""
+        if isinstance(share_rows, bool) or not isinstance(share_rows, int) or share_rows < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {share_rows!r}")
+        units = self._units(split)
+        rows = [sum(n for _, _, n in units[r::world]) for r in range(world)]
+        streams = []
+        for r in ranks:
+            data = self._load(split, min_count, r, world)
+            n = data["label"].size
+            rng = np.random.default_rng(seed if world == 1 else [seed, r])
+            streams.append(self._iterate(data, rng.permutation(n) if shuffle else np.arange(n), share_rows))
+        return streams, rows
+
+    def _iterate(self, data: dict[str, np.ndarray], order: np.ndarray, batch_size: int) -> Iterator[SequenceBatch]:
+        for start in range(0, order.size, batch_size):
             yield self._batch(data, order[start : start + batch_size])
 
     def _batch(self, data: dict[str, np.ndarray], rows: np.ndarray) -> SequenceBatch:

@@ -1,17 +1,18 @@
 """Training on several processes: `embtables train --nproc N` (or the same command under `torchrun`).
 
 Every rank builds the same model (same seed), `et.shard` places the physical tables with torchrec's planner,
-and each global batch of B rows is cut into N shares of B / N rows, one per rank, so that the run equals one
-process with batch B (the loss of each rank is the mean over its share; torchrec divides the tables' gradients by
-N and DDP averages the dense ones). Evaluation cuts every batch the same way (the last share padded with copies
-of the batch's first row, whose outputs are dropped) and gathers the logits on every rank, so all ranks compute
-the same metrics and choose the same best step. Rank 0 alone writes config, metrics and checkpoints; a
-checkpoint's tables are gathered whole, so it loads in one process on any store.
+and each rank reads only its own row groups of the data, in shares of B / N rows: global batch k is the ranks'
+k-th shares side by side (`datasets/shares.py`). The run equals one process fed those global batches with batch
+B (the loss of each rank is the mean over its share; torchrec divides the tables' gradients by N and DDP averages
+the dense ones); which rows make up a global batch depends on (seed, N), and `shares.global_batches` rebuilds
+them in one process. Evaluation reads the same way (a short last share padded with rows labelled `PAD_LABEL`,
+dropped) and gathers logits and labels on every rank, so all ranks compute the same metrics and choose the same
+best step. Rank 0 alone writes config, metrics and checkpoints; a checkpoint's tables are gathered whole, so it
+loads in one process on any store.
 
-Every rank reads every batch and keeps its share: the input pipeline is replicated, not split.
-
-Processes: `--nproc N` spawns N local processes (gloo on 127.0.0.1 for CPU, nccl for CUDA, one device per rank);
-under torchrun, RANK/WORLD_SIZE/MASTER_ADDR come from its environment.
+Processes: `--nproc N` spawns N local processes (gloo on 127.0.0.1); under torchrun, RANK/WORLD_SIZE/MASTER_ADDR
+come from its environment. CUDA is refused (`check_device_of_ranks`): nccl with one GPU per rank is wired but has
+not run on a machine with several GPUs.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torchrec import KeyedJaggedTensor
+from torch import nn
 
-from embtables.datasets.loader import Batch
+import embtables as et
+
+from embtables.datasets.shares import PAD_LABEL, Part
 
 
 @dataclass(frozen=True)
@@ -52,50 +55,62 @@ class Ranks:
         """Whether this process writes the run's files (rank 0)."""
         return self.rank == 0
 
-    def share(self, batch: Batch, pad: bool = False) -> Batch:
-        """This rank's rows of a global batch: rows [r s, (r + 1) s) with s = ceil(B / N); with `pad`, a short
-        share is filled up to s rows with copies of row 0 (every rank must run the same shapes)."""
-        if self.world == 1:
-            return batch
-        n = batch.batch_size
-        size = -(-n // self.world)
-        rows = torch.arange(self.rank * size, min((self.rank + 1) * size, n))
-        if pad and rows.numel() < size:
-            rows = torch.cat([rows, rows.new_zeros(size - rows.numel())])
-        return Batch(batch.dense[rows], select_rows(batch.sparse, rows), batch.labels[rows])
+    def part(self) -> Part:
+        """What this rank reads of a split (`data.batches(..., part=...)`): its own row groups, its share of every
+        global batch."""
+        return Part(self.rank, self.world, exchange=self.exchange)
 
-    def gather(self, logits: list[torch.Tensor], sizes: list[int]) -> torch.Tensor:
-        """Every rank's padded shares of the batches of `sizes` rows -> (sum sizes,) logits in batch order, on the
-        host and on every rank."""
+    def exchange(self, mine: Any) -> list[Any]:
+        """Every rank's object, in rank order (an all-gather of pickled objects)."""
         if self.world == 1:
-            return torch.cat(logits).cpu()
-        mine = torch.cat(logits)  # (sum of padded shares,)
+            return [mine]
+        everyone: list[Any] = [None] * self.world
+        dist.all_gather_object(everyone, mine)
+        return everyone
+
+    def gather(self, logits: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rank's logits and labels of the same steps' shares -> (n,) logits and labels of every real row
+        in global batch order (padding rows, labelled `PAD_LABEL`, dropped), on the host and on every rank."""
+        if self.world == 1:
+            return torch.cat(logits).cpu(), torch.cat(labels).cpu()
+        sizes = [z.numel() for z in logits]  # each step's share size, the same on every rank
+        mine = torch.stack([torch.cat(logits).float(), torch.cat(labels).to(logits[0].device, torch.float32)])
         everyone = [torch.empty_like(mine) for _ in range(self.world)]
         dist.all_gather(everyone, mine)
-        out, at = [], 0
-        for n in sizes:
-            size = -(-n // self.world)
-            out.append(torch.cat([e[at : at + size] for e in everyone])[:n])
-            at += size
-        return torch.cat(out).cpu()
+        per_rank = [e.cpu().split(sizes, dim=1) for e in everyone]
+        z, y = torch.cat([chunk for step in zip(*per_rank) for chunk in step], dim=1)  # step by step, rank by rank
+        real = y != PAD_LABEL
+        return z[real], y[real]
 
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
 
 
-def select_rows(kjt: KeyedJaggedTensor, rows: torch.Tensor) -> KeyedJaggedTensor:
-    """The bags of rows `rows` (in that order, repeats allowed) of every feature of `kjt`."""
-    F, B = len(kjt.keys()), kjt.stride()
-    starts = kjt.offsets()[:-1].view(F, B)[:, rows].reshape(-1)  # (F * b,)
-    lengths = kjt.lengths().view(F, B)[:, rows].reshape(-1)
-    total = int(lengths.sum())
-    # position i of the output reads values[starts[bag] + i - (first output position of bag)]
-    first = torch.cumsum(lengths, 0) - lengths
-    gather = torch.arange(total) + torch.repeat_interleave(starts - first, lengths, output_size=total)
-    weights = kjt.weights_or_none()
-    return KeyedJaggedTensor(kjt.keys(), kjt.values()[gather], weights=None if weights is None else weights[gather],
-                             lengths=lengths, stride=rows.numel())
+def check_device_of_ranks(device: torch.device | str, world: int) -> None:
+    """Refuse several processes on anything but CPUs: nccl needs one GPU per process, and no machine this was
+    tested on has two, so CUDA is refused rather than run untested."""
+    if world > 1 and torch.device(device).type != "cpu":
+        raise ValueError(f"training on {world} processes runs on CPUs (gloo) only: on {device} it has not been "
+                         "tested (it needs a machine with one GPU per process); train on one process there, or "
+                         "on CPUs")
+
+
+def sharded_for_training(model: nn.Module, backend: str, batch_size: int, ranks: Ranks, device: torch.device) -> nn.Module:
+    """`model` sharded over the ranks by torchrec (`et.shard`); only the torchrec store's tables can be."""
+    if backend != "torchrec":
+        raise ValueError(f"training on {ranks.world} processes shards the tables with torchrec: use --backend "
+                         f"torchrec (backend {backend!r} keeps every table whole on each process)")
+    if batch_size % ranks.world:
+        raise ValueError(f"--batch-size {batch_size} must be a multiple of --nproc {ranks.world}: each "
+                         "process trains on an equal share of every batch")
+    check_device_of_ranks(device, ranks.world)
+    norms = sorted({type(m).__name__ for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)})
+    if norms:  # on each rank they would see only its share, and keep running statistics of their own
+        raise ValueError(f"training on {ranks.world} processes: the model normalises with batch statistics "
+                         f"({', '.join(norms)}; DIN's Dice activation), which would be each process's share's, "
+                         "not the batch's; use -m activation=prelu")
+    return et.shard(model, device)
 
 
 def launch(nproc: int, device: str, run: Any, *args: Any) -> None:

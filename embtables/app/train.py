@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from embtables.app.checkpoints import claim_run_folder
-from embtables.app.distributed import Ranks, launch
+from embtables.app.distributed import Ranks, check_device_of_ranks, launch
 from embtables.files import read_json
 from embtables.app.stages import is_staged, train_stages
 from embtables.app.trainer import TrainConfig, Trainer
@@ -48,6 +48,7 @@ def train_on_ranks(config: TrainConfig, out: str | Path, nproc: int, resume: boo
     the other ranks)."""
     if nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    check_device_of_ranks(config.device, nproc)
     launch(nproc, config.device, train, config, out, resume, progress, force)
     if int(os.environ.get("RANK", "0")) != 0:
         return {}  # under torchrun: rank 0 has the metrics

@@ -26,7 +26,7 @@ from torch import nn
 
 import embtables as et
 from embtables.app.checkpoints import BEST, CHECKPOINT, Checkpoints, best_eval, claim_run_folder, what_runs
-from embtables.app.distributed import Ranks, rank_device
+from embtables.app.distributed import Ranks, rank_device, sharded_for_training
 from embtables.app.runinfo import check_device, machine, peak_rss_bytes, versions
 from embtables.app.runvocab import keep_vocabulary, vocabulary_of
 from embtables.datasets.layout import TRUTH_FILE, VOCABULARY_RECORD
@@ -177,7 +177,8 @@ class Trainer(Checkpoints):
         torch.manual_seed(config.seed)
         self.model = build_model(config, self.data)
         # what runs a batch: the model, or on several processes its torchrec DMP (tables sharded, the rest DDP)
-        self.net = self.model if self.ranks.world == 1 else _sharded(self.model, config, self.ranks, self.device)
+        self.net = self.model if self.ranks.world == 1 else sharded_for_training(self.model, config.backend,
+                                                                                  config.batch_size, self.ranks, self.device)
         self.collections = [m for m in self.model.modules() if isinstance(m, et.Collection)]
         in_store = {id(p) for c in self.collections for p in c.store.parameters()}
         # a method's own optimizers (OptEmbed's thresholds) keep their parameters out of the dense optimizer
@@ -187,7 +188,8 @@ class Trainer(Checkpoints):
         opt_cls = torch.optim.Adam if config.dense_optimizer == "adam" else torch.optim.Adagrad
         self.dense_optimizer = opt_cls(dense, lr=config.dense_lr)
         self.sparse_optimizers = [o for c in self.collections if (o := c.sparse_optimizer()) is not None]
-        self.state: dict[str, Any] = dict(step=0, epoch=0, batch=0, train_seconds=0.0, train_samples=0, evals=[])
+        self.state: dict[str, Any] = dict(step=0, epoch=0, batch=0, train_seconds=0.0, train_samples=0, evals=[],
+                                          processes=self.ranks.world)
         # the ids' vocabulary the run trains on: its embedding rows mean nothing with another one
         self.vocabulary = vocabulary_of(config.data)
 
@@ -198,7 +200,7 @@ class Trainer(Checkpoints):
     def train_step(self, batch: Any) -> torch.Tensor:
         """One step on a batch (moved to the device): forward, backward, every optimizer; returns the loss as a
         0-d tensor on the device, as reading it would make the host wait for the device."""
-        batch = self._on_device(self.ranks.share(batch))  # this rank's rows
+        batch = self._on_device(batch)  # on several processes, this rank's share of the global batch
         logits = self.net(batch.dense, batch.sparse)
         loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
         if hasattr(self.model, "regularization"):
@@ -229,8 +231,8 @@ class Trainer(Checkpoints):
         if self.ranks.writes:
             claim_run_folder(self.out, resume, force)
         self.ranks.barrier()
-        if resume:
-            self.load_checkpoint()
+        if resume and self.load_checkpoint():
+            self._check_processes()
         if self.out is not None and self.ranks.writes:
             write_json(self.out / "config.json", asdict(cfg))
             if self.vocabulary is not None:  # kept in the run folder, to score new data with (`evaluate`)
@@ -247,7 +249,7 @@ class Trainer(Checkpoints):
                 t0 = time.perf_counter()
                 loss = self.train_step(batch)
                 s["train_seconds"] += time.perf_counter() - t0
-                s["train_samples"] += batch.batch_size
+                s["train_samples"] += batch.batch_size * self.ranks.world
                 s["step"] += 1
                 s["batch"] = i + 1
                 bar.update(1)
@@ -281,6 +283,16 @@ class Trainer(Checkpoints):
             write_json(self.out / "metrics.json", metrics)
         return metrics
 
+    def _check_processes(self) -> None:
+        """A run stopped within an epoch resumes on as many processes as it ran on: the rows of the epoch's
+        batches depend on that number (`datasets/shares.py`), so another would skip rows and repeat others."""
+        s, was = self.state, self.state.get("processes", 1)
+        if was != self.ranks.world and s["batch"]:
+            raise ValueError(f"{self.out}: the run stopped within epoch {s['epoch']} (after its batch {s['batch']}) "
+                             f"on {was} process(es); resume it on {was} (--nproc {was}): on {self.ranks.world} the "
+                             "epoch's batches hold other rows")
+        s["processes"] = self.ranks.world
+
     def _total_steps(self) -> int:
         per_epoch = self.data.num_batches("train", self.config.batch_size, drop_last=True)
         if per_epoch == 0:
@@ -290,8 +302,11 @@ class Trainer(Checkpoints):
 
     # ---- evaluation ---------------------------------------------------------------------------------
     def batches(self, split: str, batch_size: int, **loader: Any) -> Any:
-        """`data.batches` with the ids this run trains on: raw ids, or ranks of the vocabulary cut at min_count."""
+        """`data.batches` with the ids this run trains on (raw ids, or ranks of the vocabulary cut at min_count); on
+        several processes this rank's shares of the global batches."""
         ids = {"ids": "raw"} if self.config.raw_ids else {"min_count": self.config.min_count}
+        if self.ranks.world > 1:
+            loader["part"] = self.ranks.part()
         return self.data.batches(split, batch_size, **loader, **ids)
 
     @torch.no_grad()
@@ -300,17 +315,19 @@ class Trainer(Checkpoints):
         self.net.eval()
         logits, labels = [], []
         t0 = time.perf_counter()
-        for batch in self.batches(split, max(self.config.batch_size, 4096)):
-            on = self._on_device(self.ranks.share(batch, pad=True))  # every rank runs the same shapes
+        N = self.ranks.world
+        size = -(-max(self.config.batch_size, 4096) // N) * N  # a multiple of N: each rank reads a share
+        pad = {"pad": True} if N > 1 else {}  # every rank runs the same shapes
+        for batch in self.batches(split, size, **pad):
+            on = self._on_device(batch)
             logits.append(self.net(on.dense, on.sparse))
             labels.append(batch.labels)
         if not logits:
             raise ValueError(f"{self.config.data}: split {split!r} is empty")
         # the metrics run on the host (this waits for the device), over every rank's rows
-        z = self.ranks.gather(logits, [y.numel() for y in labels])
+        z, y = self.ranks.gather(logits, labels)
         seconds = time.perf_counter() - t0
         self.net.train()
-        y = torch.cat(labels)
         return {"auc": auc(z, y), "logloss": logloss(z, y), "rows": int(y.numel()), "samples_per_s": y.numel() / seconds}
 
     def _evaluate_all(self) -> None:
@@ -359,22 +376,6 @@ class Trainer(Checkpoints):
             splits = read_json(truth_file).get("splits", {})
             out["bayes"] = {k: {"auc": v["bayes_auc"], "logloss": v["bayes_logloss"]} for k, v in splits.items()}
         return out
-
-
-def _sharded(model: nn.Module, config: TrainConfig, ranks: Ranks, device: torch.device) -> nn.Module:
-    """`model` sharded over the ranks by torchrec (`et.shard`); only the torchrec store's tables can be."""
-    if config.backend != "torchrec":
-        raise ValueError(f"training on {ranks.world} processes shards the tables with torchrec: use --backend "
-                         f"torchrec (backend {config.backend!r} keeps every table whole on each process)")
-    if config.batch_size % ranks.world:
-        raise ValueError(f"--batch-size {config.batch_size} must be a multiple of --nproc {ranks.world}: each "
-                         "process trains on an equal share of every batch")
-    norms = sorted({type(m).__name__ for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)})
-    if norms:  # on each rank they would see only its share, and keep running statistics of their own
-        raise ValueError(f"training on {ranks.world} processes: the model normalises with batch statistics "
-                         f"({', '.join(norms)}; DIN's Dice activation), which would be each process's share's, "
-                         "not the batch's; use -m activation=prelu")
-    return et.shard(model, device)
 
 
 def _scores(e: dict[str, float]) -> dict[str, float]:
