@@ -4,19 +4,23 @@
 The layout is the one `KeyedJaggedTensor` and FBGEMM's table-batched kernels share: features are major, bags
 minor. For F features and batch B, `offsets` has F*B + 1 entries and bag (f, b) holds
 `values[offsets[f*B + b] : offsets[f*B + b + 1]]`. The per-feature id counts are Python ints (they split the
-ids), read from the device once per batch; everything derived from them on the host stays there.
+ids), read from the device once per batch; everything derived from them on the host stays there. Under
+`torch.export` they are symbols of the exported program (`embtables.inputs`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, reduce
 from typing import Sequence
 
 import torch
 from torch import Tensor
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from embtables import kernels
+
+_INT64 = torch.iinfo(torch.int64)
 
 
 @dataclass
@@ -30,7 +34,8 @@ class Bags:
         ids_per_feature: F Python ints, the ids of each feature (sum N).
         batch_size: B.
         longest: a bound on the bag lengths known on the host (the longest bag of the batch these bags come
-            from), or None: `max_length` then reads it from the device.
+            from; under torch.export the number of ids, which needs no read), or None: `max_length` then reads
+            it from the device.
         checked: `(bounds, outside)` when `outside(bounds)` was answered while the batch was read
             (`embtables.inputs`), in the batch's one copy to the host; None otherwise.
     """
@@ -81,6 +86,12 @@ class Bags:
         """
         if self.checked is not None and self.checked[0] == tuple(upper):
             return self.checked[1]  # answered while the batch was read
+        if torch.compiler.is_exporting():
+            # a bool read from the ids cannot be in an exported graph: the check becomes an assert of the program,
+            # which raises when it runs on a bad id (with this message, not check_ids_in_range's naming the id)
+            bad = ids_outside(self.values, self.lengths().sum(1), upper)
+            torch._assert_async(~bad[0], "an id is outside [0, num_embeddings) of its table")
+            return False
         ops = kernels.ops_for(self.values)
         if ops is not None:  # one pass in C++
             bounds = torch.tensor([-1 if u is None else u for u in upper], dtype=torch.long)
@@ -90,6 +101,14 @@ class Bags:
             return False
         bounds = torch.stack([b for p, _ in parts for b in torch.aminmax(p)]).tolist()  # min, max, min, max, ...
         return any(lo < 0 or hi >= u for lo, hi, (_, u) in zip(bounds[::2], bounds[1::2], parts))
+
+    def most_ids(self) -> int:
+        """The most ids of a feature, at least 1: the batch of `singletons` that fits every feature's ids. Under
+        torch.export the counts are unbacked symbols, which `max` cannot compare: `torch.sym_max` keeps the maximum
+        a symbol (eager keeps the builtin: `sym_max` costs about 0.7 us a call on Python ints)."""
+        if torch.compiler.is_exporting():
+            return reduce(torch.sym_max, self.ids_per_feature, 1)
+        return max(max(self.ids_per_feature, default=0), 1)
 
     def per_id(self, per_feature: Tensor) -> Tensor:
         """Expand a (F,) per-feature tensor to (N,) per-id values."""
@@ -196,7 +215,8 @@ class Bags:
         # member i of group s is feature members[s, i]; feature F is an all-empty stand-in for the padding
         members = upload([[*g, *[F] * (size - len(g))] for g in groups], dev)  # (G, size)
         # one id per bag (Criteo's): a transposition of the ids (N = F B ids and no bag longer than one)
-        if N == F * B and self.max_length == 1:
+        # (under torch.export N and B are symbols: unless N = F B is provable, the general path, right for any batch)
+        if statically_known_true(N == F * B) and self.max_length == 1:
             index = ((members * B)[:, None, :] + torch.arange(B, device=dev)[:, None]).reshape(-1)  # (G B size,)
             bag_lengths = (members < F)[:, None, :].expand(-1, B, -1).reshape(-1).long()
             if N < index.numel():  # padded groups: their bags are empty; N is known, so no mask reads the device
@@ -231,6 +251,19 @@ def concat(parts: Sequence[Bags]) -> Bags:
     weights = torch.cat([p.per_sample_weights for p in parts]) if all(has_w) else None  # type: ignore[misc]
     longest = None if any(p.longest is None for p in parts) else max(p.longest for p in parts)  # type: ignore[type-var]
     return Bags(values, offsets, weights, [c for p in parts for c in p.ids_per_feature], B, longest)
+
+
+def ids_outside(values: Tensor, per_feature: Tensor, bounds: Sequence[int | None]) -> Tensor:
+    """(1,) whether an id of feature f lies outside [0, bounds[f]) (None: any id), on the device, without atomics
+    nor a read to the host (`embtables.inputs` copies it with the batch's other host values; under torch.export it
+    is asserted). Each id's feature is found by a search in the features' ends (`per_feature`: (F,) id counts),
+    which stays in bounds whatever the (not yet validated) counts."""
+    F, N = per_feature.numel(), values.numel()
+    feature = torch.searchsorted(per_feature.cumsum(0), torch.arange(N, device=values.device), right=True)
+    feature = feature.clamp_(max=F - 1)
+    lo, hi = upload([[_INT64.min if b is None else 0 for b in bounds],
+                     [_INT64.max if b is None else b - 1 for b in bounds]], values.device)
+    return ((values < lo[feature]) | (values > hi[feature])).any().view(1)
 
 
 def rows_by_slot(rows: Tensor, position: Tensor, slot: Tensor, num_ids: int, num_slots: int, fill: float) -> Tensor:

@@ -14,6 +14,9 @@ torchrec's `KeyedJaggedTensor.offsets()`, `length_per_key()`, `permute()` and `t
 compute offsets with FBGEMM operators, which FBGEMM's CPU build (fbgemm-gpu-cpu) lacks for CUDA tensors, and read
 lengths on the host once more. Offsets come from the lengths' cumulative sum, and features are selected by slices
 at host offsets.
+
+Under `torch.export` (`torch.compiler.is_exporting()`) the host values are symbols of the exported program: the
+checks become its runtime asserts (`_exported_bags`, `Bags.outside`), and the one-id-per-bag paths are not traced.
 """
 
 from __future__ import annotations
@@ -24,9 +27,7 @@ import torch
 from torch import Tensor
 from torchrec import KeyedJaggedTensor
 
-from embtables.bags import Bags, reads_are_free, upload
-
-_INT64 = torch.iinfo(torch.int64)
+from embtables.bags import Bags, ids_outside, reads_are_free
 
 
 def _to_host(parts: Sequence[Tensor]) -> list[list[int]]:
@@ -43,17 +44,6 @@ def _checks_ranges(values: Tensor, upper: Sequence[int | None] | None) -> bool:
     """Whether the range check goes into the batch's one copy: where reads are not free and some feature has a
     bound."""
     return upper is not None and any(u is not None for u in upper) and not reads_are_free(values)
-
-
-def _outside_keys(values: Tensor, per_key: Tensor, bounds: Sequence[int | None]) -> Tensor:
-    """(1,) whether an id of key k lies outside [0, bounds[k]) (None: any id), on the device, without atomics.
-    Each id's key is found by a search in the keys' ends, which stays in bounds whatever the (not yet validated)
-    lengths."""
-    K, N = per_key.numel(), values.numel()
-    key = torch.searchsorted(per_key.cumsum(0), torch.arange(N, device=values.device), right=True).clamp_(max=K - 1)
-    lo, hi = upload([[_INT64.min if b is None else 0 for b in bounds],
-                     [_INT64.max if b is None else b - 1 for b in bounds]], values.device)
-    return ((values < lo[key]) | (values > hi[key])).any().view(1)
 
 
 def _runs(index: Sequence[int]) -> list[tuple[int, int]]:
@@ -117,13 +107,15 @@ def bags_from_kjt(
     per_key = grid.sum(1)
     shortest, longest = grid.aminmax(dim=1) if B else (per_key, per_key)  # (K,) each; zeros when B = 0
     given = kjt.offsets_or_none()
+    pick = [keys.index(f) for f in feature_names]
+    if torch.compiler.is_exporting():
+        return _exported_bags(values, weights, lengths, given, per_key, shortest, pick, B)
     parts = [per_key, shortest, longest] + ([given[:1], given[-1:]] if given is not None else [])
     check = _checks_ranges(values, upper)
-    pick = [keys.index(f) for f in feature_names]
     if check:
         assert upper is not None
         bound = dict(zip(pick, upper))
-        parts.append(_outside_keys(values, per_key, [bound.get(k) for k in range(K)]))
+        parts.append(ids_outside(values, per_key, [bound.get(k) for k in range(K)]))
     host = _to_host(parts)
     sizes, low, high = host[:3]
     first, last = host[3] + host[4] if given is not None else [0, sum(sizes)]
@@ -136,9 +128,25 @@ def bags_from_kjt(
         raise ValueError(f"{where}: offsets must start at 0 and end at the number of ids {N}, got {first}..{last}")
     checked = (tuple(upper or ()), bool(host[-1][0])) if check else None
     longest_bag = max((high[k] for k in pick), default=0)
+    return _picked(values, weights, lengths, given, sizes, pick, B, longest_bag, checked)
+
+
+def _picked(
+    values: Tensor,
+    weights: Tensor | None,
+    lengths: Tensor,
+    given: Tensor | None,
+    sizes: list[int],
+    pick: list[int],
+    B: int,
+    longest: int,
+    checked: tuple[tuple[int | None, ...], bool] | None,
+) -> Bags:
+    """The Bags of the keys `pick` (in that order) of a validated batch, from its per-key id counts `sizes`."""
+    K = len(sizes)
     if pick == list(range(K)):
         offsets = given.long() if given is not None else torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).long()
-        return Bags(values, offsets, weights, sizes, B, longest_bag, checked)
+        return Bags(values, offsets, weights, sizes, B, longest, checked)
     starts = [0]
     for n in sizes:
         starts.append(starts[-1] + n)
@@ -146,7 +154,38 @@ def bags_from_kjt(
     picked = _slices(lengths, [k * B for k in range(K + 1)], runs).long()  # (F B,) lengths in feature order
     offsets = torch.cat([picked.new_zeros(1), picked.cumsum(0)])
     w = None if weights is None else _slices(weights, starts, runs)
-    return Bags(_slices(values, starts, runs), offsets, w, [sizes[k] for k in pick], B, longest_bag, checked)
+    return Bags(_slices(values, starts, runs), offsets, w, [sizes[k] for k in pick], B, longest, checked)
+
+
+def _exported_bags(
+    values: Tensor,
+    weights: Tensor | None,
+    lengths: Tensor,
+    given: Tensor | None,
+    per_key: Tensor,
+    shortest: Tensor,
+    pick: list[int],
+    B: int,
+) -> Bags:
+    """`bags_from_kjt` under `torch.export`. The values read to the host are unbacked symbols there, and a Python
+    branch on one cannot be traced: each check is a `torch._check` instead, which export keeps as an assert of the
+    program (it raises RuntimeError on a bad batch, naming the failed expression rather than the feature). The
+    range check is left to the method's remap, as on the CPU: `Bags.outside` asserts it in the graph."""
+    N = values.numel()
+    parts = [per_key, shortest] + ([given[:1], given[-1:]] if given is not None else [])
+    host = _to_host(parts)
+    sizes, low = host[:2]
+    for k in pick:
+        torch._check(low[k] >= 0, lambda: "bags_from_kjt: a bag length is negative (offsets decrease)")
+    for n in sizes:  # counts are sizes (the lengths imply it, export cannot see it): without, unified fails to trace
+        torch._check(n >= 0)
+    torch._check(sum(sizes) == N, lambda: "bags_from_kjt: the lengths do not sum to the number of ids")
+    if given is not None:
+        torch._check(host[2][0] == 0, lambda: "bags_from_kjt: offsets must start at 0")
+        torch._check(host[3][0] == N, lambda: "bags_from_kjt: offsets must end at the number of ids")
+    # a bound on the bag lengths known without a read, as `Bags.longest` needs: the number of ids. Only a batch of
+    # at most one id (a static N <= 1) takes a method's one-id-per-bag path; the general path holds for any batch
+    return _picked(values, weights, lengths, given, sizes, pick, B, N, None)
 
 
 def bags_from_tensors(
@@ -165,7 +204,7 @@ def bags_from_tensors(
     check = _checks_ranges(input, upper)
 
     def ranges(v: Tensor) -> list[Tensor]:  # the range check, in the same copy
-        return [_outside_keys(v, v.new_full((1,), v.numel()), upper or ())] if check else []
+        return [ids_outside(v, v.new_full((1,), v.numel()), upper or ())] if check else []
 
     if input.dim() == 2:
         if offsets is not None:

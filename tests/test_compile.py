@@ -11,18 +11,14 @@ method and store. The graphs break where the forward reads the host: `_to_host`'
 qr's `digits_remap` (a data-dependent output size). The quantized store runs its FBGEMM modules eagerly between graphs
 (`torch.compiler.disable`): dynamo cannot trace FBGEMM's forward.
 
-What exports and what cannot (each asserted below with its error):
+What exports and what cannot (each asserted in tests/test_export.py with its error):
 
-  - `Collection.forward` (a KeyedJaggedTensor) cannot: `bags_from_kjt` reads the batch's per-feature id counts and
-    shortest / longest bags to the host as Python ints (`_to_host`, one copy per batch), and then branches on them
-    (`if low[k] < 0`, embtables/inputs.py): under export they are unbacked symbols, and a Python `if` on one raises
-    GuardOnDataDependentSymNode. This is before any method or store code, so it holds for every method and store.
-  - The range check `Bags.outside` returns a Python bool read from the ids (the C++ op `outside`, whose fake raises
-    DataDependentOutputException): torch.compile runs it between two graphs; torch.export refuses it.
-  - What does export, on the torch and fused stores, for every method: `Collection.lookup` on bags whose host facts
-    the caller gives (one id per bag, ids (F, B), the range check answered by the caller through `Bags.checked`, as
-    `bags_from_kjt` does off the CPU): the remap, the lookups (the fused kernels included) and the combine.
-    qr's `digits_remap` has a data-dependent output size; export keeps it as an unbacked size.
+  - `Collection.forward` (a KeyedJaggedTensor), with a dynamic batch size and number of ids, on the torch and fused
+    stores, for every method: the batch's host values are unbacked symbols, `bags_from_kjt`'s checks and the range
+    check (`Bags.outside`) asserts of the program. Not yet: hash on a KJT whose keys are not the features in order,
+    and unpooled tables on the fused store (a Python branch on a symbol in hashing.py, stores/flat.py).
+  - `Collection.lookup` on bags whose host facts the caller gives (one id per bag, ids (F, B)), likewise; qr's
+    `digits_remap` has a data-dependent output size, which export keeps as an unbacked size.
   - The quantized store cannot: FBGEMM's `IntNBitTableBatchedEmbeddingBagsCodegen` holds TorchScript objects
     (`fbgemm::AtomicCounter`, `fbgemm::TensorQueue`) that FBGEMM registers no fake class for, and its forward calls
     their methods (`lxu_cache_locations_list.pop()`).
@@ -35,15 +31,14 @@ import os
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
-from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode, ShapeEnv
+from torch.fx.experimental.symbolic_shapes import ShapeEnv
+from torchrec import KeyedJaggedTensor
 
 import embtables as et
-from embtables.bags import Bags
 from embtables.kernels import cpu, fake
-from embtables.models.dlrm import DLRMHead
 from tests.conftest import method_options, random_kjt
 
 METHODS = et.list_methods()
@@ -125,7 +120,6 @@ def test_compiled_collection_equals_eager(method: str, store: str):
     assert counter.frame_count >= 1 and counter.op_count > 0  # something was compiled, not all run eagerly
 
 
-@pytest.mark.usefixtures("fakes")
 @pytest.mark.usefixtures("fakes")
 def test_inductor_compiles_qr_on_the_fused_store():
     """The default backend, through the fused kernels (`fused_forward` and its undefined x in the graph)."""
@@ -229,98 +223,11 @@ def test_outside_has_no_fake_value(op_calls):
             op(*(mode.from_tensor(a) if isinstance(a, Tensor) else a for a in args))
 
 
-# ---- torch.export ----
-
-
-def _ids(c: et.Collection, batch: int, seed: int) -> Tensor:
-    """(F, B) in-range ids, one per bag."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.stack([torch.randint(0, c.tables[t].num_embeddings, (batch,), generator=g)
-                        for t in c.method.feature_table])
-
-
-class KnownLayout(nn.Module):
-    """`Collection.lookup` on one id per bag, ids (F, B) -> (B, sum D): the host facts `bags_from_kjt` reads from a
-    batch (ids per feature, longest bag) follow from the input's shape, and the caller vouches that every id is in
-    range (`Bags.checked`, as `bags_from_kjt` answers it off the CPU); `checked=False` runs the range check."""
-
-    def __init__(self, c: et.Collection, checked: bool = True) -> None:
-        super().__init__()
-        self.c, self.checked = c, checked
-
-    def forward(self, ids: Tensor) -> Tensor:
-        F, B = ids.shape
-        upper = self.c.id_upper
-        answered = (tuple(upper), False) if self.checked and upper is not None else None
-        bags = Bags(ids.reshape(-1), torch.arange(F * B + 1), None, [B] * F, B, longest=1, checked=answered)
-        return self.c.lookup(bags)
-
-
-@pytest.mark.parametrize("store", ["torch", "fused"])
-@pytest.mark.parametrize("method", METHODS)
-def test_the_collection_forward_cannot_export(method: str, store: str):
-    """The first host read of a batch stops it, in `bags_from_kjt`, whatever the method and store (the quantized
-    store stops before, `test_the_quantized_store_cannot_export`)."""
-    c = collection(method, store)
-    with torch.no_grad(), pytest.raises(GuardOnDataDependentSymNode, match=r"inputs\.py:\d+ in bags_from_kjt"):
-        torch.export.export(c, (random_kjt(TABLES, batch_size=6, seed=1),))
-
-
-@pytest.mark.usefixtures("fakes")
-@pytest.mark.parametrize("store", ["torch", "fused"])
-@pytest.mark.parametrize("method", METHODS)
-def test_lookup_on_a_known_layout_exports(method: str, store: str):
-    """With a dynamic batch size: the ops take it as a SymInt."""
-    c = collection(method, store)
-    model = KnownLayout(c)
-    ids = _ids(c, 6, seed=1)
-    with torch.no_grad():
-        model(ids)  # first eagerly: the fused store caches each program's spec tensors at the first call, and a
-        # first call under export would cache FakeTensors, which every later eager call would then read
-        ep = torch.export.export(model, (ids,), dynamic_shapes={"ids": {1: torch.export.Dim("batch", min=2, max=4096)}})
-        targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
-        if store == "fused":
-            assert "embtables.fused_forward.default" in targets
-        if method == "qr":
-            assert "embtables.digits_remap.default" in targets
-        other = _ids(c, 11, seed=2)
-        torch.testing.assert_close(ep.module()(other), model(other), rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.usefixtures("fakes")
-def test_the_range_check_cannot_export():
-    """`outside`'s Python bool has no fake value: export stops at it (`KnownLayout(checked=False)`)."""
-    c = collection("full", "torch")
-    with torch.no_grad(), pytest.raises(DataDependentOutputException) as e:
-        torch.export.export(KnownLayout(c, checked=False), (_ids(c, 6, seed=1),))
-    assert e.value.func is torch.ops.embtables.outside.default
-
-
-@pytest.mark.usefixtures("fakes")
-def test_the_quantized_store_cannot_export():
-    c = collection("hash", "quantized")
-    with torch.no_grad(), pytest.raises(RuntimeError, match=r"fbgemm\.AtomicCounter haven't registered a fake class"):
-        torch.export.export(KnownLayout(c), (_ids(c, 6, seed=1),))
-
-
-@pytest.mark.parametrize("method", ["full", "multihash"])  # widths D, and widths that DLRM projects to D
-def test_dlrm_head_exports(method: str):
-    c = collection(method, "torch")
-    head = DLRMHead(list(c.output_dims.values()), dense_in=13, bottom=(32, 8), top=(16,)).eval()
-    with torch.no_grad():
-        pooled = c(random_kjt(TABLES, batch_size=6, seed=1)).values()
-        dense = torch.randn(6, 13)
-        ep = torch.export.export(head, (dense, pooled))
-        torch.testing.assert_close(ep.module()(dense, pooled), head(dense, pooled))
-
-
 # ---- opt-in timing: benchmarks/results/compile_export.md ----
 
 
 def _zipf_batches(tables: list[et.TableConfig], batch: int, count: int) -> list:
     """One id per feature and sample, P(rank k) ~ 1 / (k + 1), ranks scattered (benchmarks/inference_latency.py)."""
-    from torchrec import KeyedJaggedTensor
-
     g = torch.Generator().manual_seed(batch)
     out = []
     for _ in range(count):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import embtables as et
+from embtables.collection import assemble_quantized
 from embtables.stores.quantized_store import row_bytes
 from tests.conftest import method_options, random_kjt
 
@@ -126,3 +127,44 @@ def test_misuse_is_refused() -> None:
     with pytest.raises(ValueError, match="int4 quantization: table 'odd' has dim 6.*multiples of 4"):
         _trained("full", odd).quantize("int4")
     assert _trained("full", odd).quantize("int8").memory_bytes() == 128 * -(-100 * 10 // 128)
+
+
+@pytest.mark.parametrize("method", ["full", "qr"])
+def test_quantize_draws_no_rows_it_then_overwrites(monkeypatch, method: str) -> None:
+    """Building the quantized store neither draws random rows (`reset_parameters`) nor quantizes any: each table is
+    quantized once, from the collection's weights, and the store holds exactly those rows."""
+    from embtables.stores.quantized_store import QuantizedStore
+
+    c = _trained(method)
+    quantized: list[int] = []
+    load_table = QuantizedStore._load_table
+
+    def spy(store: QuantizedStore, i: int, w: torch.Tensor) -> None:
+        quantized.append(i)
+        load_table(store, i, w)
+
+    def refuse(*args, **kwargs) -> None:
+        raise AssertionError("quantize() drew random rows that it then overwrote")
+
+    monkeypatch.setattr(QuantizedStore, "_load_table", spy)
+    monkeypatch.setattr(QuantizedStore, "reset_parameters", refuse)
+    q = c.quantize("int8")
+    assert sorted(quantized) == list(range(len(q.plan.physical_tables)))  # each table once, none twice
+    for w, rows in zip(c.store.weights(), q.store.quantized_rows()):  # every row is the collection's, quantized
+        assert torch.equal(rows, torch.ops.fbgemm.FloatOrHalfToFusedNBitRowwiseQuantizedSBHalf(w.detach(), 8))
+    kjt = random_kjt(TABLES, batch_size=6, max_len=4, seed=1)
+    with torch.no_grad():
+        got, want, exact = q(kjt).values(), _dequantized_copy(c, q)(kjt).values(), c(kjt).values()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (got - exact).abs().max() < 0.2
+
+
+def test_a_quantized_store_starts_at_zero_until_loaded() -> None:
+    """What `init_on_build = False` leaves before the load: FBGEMM's zeroed rows, not a random draw; the other
+    FBGEMM-based store still draws its tables at build."""
+    c = _trained("full")
+    store = assemble_quantized(c.plan, "int8", "cpu").store
+    assert all(not r.any() for r in store.quantized_rows())
+    fbgemm = et.build_collection(TABLES, "full", backend="fbgemm")
+    for t, w in zip(fbgemm.store.tables, fbgemm.store.weights()):
+        assert w.std() > 0 and w.min() >= t.init_low and w.max() <= t.init_high

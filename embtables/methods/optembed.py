@@ -224,7 +224,7 @@ class OptEmbed(Method):
         phys = Bags(torch.cat(values) if values else bags.values, bags.offsets, weights, bags.ids_per_feature,
                     bags.batch_size, bags.longest)
         if not self.pooled:
-            phys = phys.singletons(max(max(bags.ids_per_feature, default=0), 1))
+            phys = phys.singletons(bags.most_ids())
         return Remapped(bags, phys, context=hit)
 
     def combine(self, pooled: Tensor | None, rows: Tensor | None, batch: Remapped) -> Tensor:

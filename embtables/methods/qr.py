@@ -306,7 +306,7 @@ class QR(Method):
         check_ids_in_range(bags, self._n, self, "qr")  # digits are unique only in [0, n)
         phys = self._lookups(bags)
         if self._per_id and bags.max_length > 1:
-            phys = phys.singletons(max(max(phys.ids_per_feature, default=0), 1))
+            phys = phys.singletons(phys.most_ids())
         return Remapped(bags, phys)
 
     def _lookups(self, bags: Bags) -> Bags:

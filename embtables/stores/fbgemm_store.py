@@ -16,7 +16,7 @@ before it allocates anything; so it does on any other device.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
@@ -44,6 +44,9 @@ _OPTIMIZERS = {
 class FbgemmStore(Store):
     name = "fbgemm"
     dim_multiple = 4
+    # whether building the store draws its tables (`reset_parameters`): a subclass whose rows are always loaded
+    # straight after it is built (the quantized store) skips the draw, which would be overwritten unread
+    init_on_build: ClassVar[bool] = True
 
     def __init__(
         self, tables: Sequence[PhysicalTable], lookups: Sequence[Lookup], optimizer: SparseOptimizer, device: torch.device
@@ -59,7 +62,8 @@ class FbgemmStore(Store):
         self._rows_order = _table_order(rows)
         self.pooled_tbe = self._make(tables, _apply(pooled, self._pooled_order), PoolingMode.SUM, "pooled", device)
         self.rows_tbe = self._make(tables, _apply(rows, self._rows_order), PoolingMode.SUM, "rows", device)
-        self.reset_parameters()
+        if self.init_on_build:
+            self.reset_parameters()
 
     def _make(
         self, tables: Sequence[PhysicalTable], lookups: list[Lookup], mode: PoolingMode, group: str, device: torch.device

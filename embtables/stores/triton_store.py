@@ -8,6 +8,11 @@ one Triton launch per direction and group, with the optimizer applied inside bac
               and applies row-wise Adagrad, Adagrad or SGD to it (`kernels/triton/update.py`): no gradient of table
               size exists, and each row is updated once.
 
+Each forward launch is the operator `torch.ops.embtables_triton.pool` (a `torch.library.custom_op` with a fake
+kernel): under torch.compile and torch.export it is one opaque node of the graph, on CUDA and in the interpreter alike
+(tests/test_compile_triton.py). Under `torch.no_grad()` (inference) the store calls it alone; with gradients on,
+through the autograd function whose backward updates the rows.
+
 Per-id (unpooled) lookups run the same kernels with every id in a bag of its own. Dims need not be multiples of
 4. The backward reads the ids and offsets saved in forward (in-place changes raise autograd's error).
 
@@ -82,19 +87,29 @@ class TritonStore(FlatStore):
         psw = bags.per_sample_weights
         if psw is not None and psw.dtype != torch.float32:
             raise TypeError(f"the triton backend takes fp32 per-sample weights, got {psw.dtype}")
-        return _TritonLookup.apply(self._placeholder, psw, self, self._groups[per_id], bags)
+        group = self._groups[per_id]
+        if torch.is_grad_enabled():  # training: the autograd function, whose backward applies the optimizer
+            return _TritonLookup.apply(self._placeholder, psw, self, group, bags)
+        # inference (no_grad, inference_mode): nothing can call backward, so the launch alone, as the opaque operator
+        # that torch.compile and torch.export keep whole (`kernels/triton/lookup.py`'s `pool_op`)
+        return _launch(self, group, bags.values.contiguous(), bags.offsets.contiguous(),
+                       None if psw is None else psw.detach().contiguous(), bags.batch_size)
+
+
+def _launch(store: TritonStore, group: _Group, values: Tensor, offsets: Tensor, psw: Tensor | None,
+            batch_size: int) -> Tensor:
+    """The group's pooled lookups, (B, group.width): one launch of `torch.ops.embtables_triton.pool`."""
+    return torch.ops.embtables_triton.pool(store.weight, store._offset, store._dim, group.table, group.col, values,
+                                           offsets, psw, batch_size, group.width, store._block_d)
 
 
 class _TritonLookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, placeholder: Tensor, psw: Tensor | None, store: TritonStore, group: _Group,
                 bags: Bags) -> Tensor:
-        from embtables.kernels.triton.lookup import pool
-
         values, offsets = bags.values.contiguous(), bags.offsets.contiguous()
         p = None if psw is None else psw.detach().contiguous()
-        out = pool(store.weight, store._offset, store._dim, group.table, group.col, values, offsets, p,
-                   bags.batch_size, group.width, store._block_d)
+        out = _launch(store, group, values, offsets, p, bags.batch_size)
         ctx.args = (store, group, bags.batch_size)
         ctx.save_for_backward(values, offsets, p)  # autograd refuses ids changed in place before backward
         return out

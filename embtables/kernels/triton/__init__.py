@@ -2,6 +2,7 @@
 PyTorch reference:
 
     lookup.py    forward: every physical lookup of a group pooled in one launch, per-sample weights, ragged bags
+                 (and the launch as the operator `torch.ops.embtables_triton.pool`, for torch.compile / export)
     update.py    backward: ids sorted by row, each touched row's gradient summed once and the optimizer applied
 
 They compile for CUDA GPUs; with TRITON_INTERPRET=1 in the environment (before Triton is imported) Triton's

@@ -70,6 +70,27 @@ def pool(weight: Tensor, table_offset: Tensor, table_dim: Tensor, lookup_table: 
     return out
 
 
+@torch.library.custom_op("embtables_triton::pool", mutates_args=())
+def pool_op(weight: Tensor, table_offset: Tensor, table_dim: Tensor, lookup_table: Tensor, lookup_col: Tensor,
+            values: Tensor, offsets: Tensor, psw: Tensor | None, batch_size: int, width: int, block_d: int) -> Tensor:
+    """`pool` as an opaque operator, `torch.ops.embtables_triton.pool` (arguments as `pool`'s; batch_size a SymInt).
+
+    torch.compile and torch.export cannot trace into a Triton launch on every path: the launcher reads data pointers
+    (FakeTensors have none) and Triton's interpreter runs NumPy on them. As an operator the launch is one node of
+    their graphs whose output shape `_pool_fake` gives, on CUDA and in the interpreter alike."""
+    return pool(weight, table_offset, table_dim, lookup_table, lookup_col, values, offsets, psw, batch_size, width,
+                block_d)
+
+
+@pool_op.register_fake
+def _pool_fake(weight: Tensor, table_offset: Tensor, table_dim: Tensor, lookup_table: Tensor, lookup_col: Tensor,
+               values: Tensor, offsets: Tensor, psw: Tensor | None, batch_size: int, width: int,
+               block_d: int) -> Tensor:
+    # offsets hold L * B + 1 bag boundaries: checked on the traced shapes (a guard while tracing), not by the launch
+    torch._check(offsets.numel() == lookup_table.numel() * batch_size + 1)
+    return weight.new_empty(batch_size, width)
+
+
 def pool_reference(tables: list[Tensor], lookup_table: list[int], lookup_col: list[int], values: Tensor,
                    offsets: Tensor, psw: Tensor | None, batch_size: int, width: int) -> Tensor:
     """`pool` in PyTorch ops, one `embedding_bag` per lookup (tables as a list of (rows, dim) tensors)."""
