@@ -151,7 +151,8 @@ def part_batches(data: RankStreams, split: str, batch_size: int, part: Part, shu
     if batch_size % part.world:
         raise ValueError(f"batch_size {batch_size} must be a multiple of the {part.world} processes: each reads an "
                          "equal share of every batch")
-    streams, rows = data.rank_streams(split, batch_size // part.world, part.world, [part.rank], shuffle, seed, **options)
+    share = batch_size // part.world
+    streams, rows = data.rank_streams(split, share, part.world, [part.rank], shuffle, seed, **options)
 
     def swap(mine: list[Batch | None]) -> list[Batch | None]:
         return part.exchange(mine[0]) if part.exchange is not None else mine

@@ -328,7 +328,9 @@ def build_collection(
             `"fused"` (embtables' C++ CPU kernels: lookups, combine and optimizer in one kernel per direction).
         optimizer: embedding optimizer; default row-wise Adagrad with lr 0.01.
         counts: per-feature id counts, for frequency-based options.
-        device: where to allocate; default CPU.
+        device: where to allocate; default CPU. `"meta"` with backend="torchrec": the tables are not allocated
+            until `et.shard` draws each rank's shards (the method's state is built on the CPU); other backends
+            allocate everything on meta or refuse it.
         raw_ids: take raw int64 ids everywhere (see `plan`).
         **options: the method's options; unknown names raise TypeError.
 
@@ -357,6 +359,8 @@ def assemble(
     device = torch.device(device or "cpu")
     m = cls.from_plan(plan, counts)  # on the CPU: the store below refuses a device it cannot use first
     store = store_class(backend)(plan.physical_tables, plan.lookups, optimizer, device)
+    if device.type == "meta" and backend == "torchrec":  # only the tables wait (for et.shard): the state is real
+        return Collection(m, store)
     return Collection(m, store).to(device)
 
 

@@ -14,10 +14,13 @@ the mean of g^2 over that shard's columns: a different optimizer from the one a 
 the whole row). Replicating a table (`data_parallel`) is left out because DMP moves a replicated table to a dense
 kernel that drops the in-backward optimizer, leaving it to the dense one: the table would train with Adam.
 
-DMP builds its shards with new weights, so `shard` copies each rank's shards out of the tables as they were
-before sharding: every rank must build the model alike (the same seed), and then training on N ranks with
-global batch B (B / N per rank, the loss a mean over each rank's rows) equals one process with batch B, as
-torchrec divides the embedding gradients by N. Each rank holds the whole physical tables until then.
+DMP builds its shards with new weights. A collection built on the meta device (`build_collection(...,
+backend="torchrec", device="meta")`) holds no table before: each rank draws only its own shards, the rows and
+columns of the one-process draw with the same seed (`stores/row_init.py`), so no rank ever holds a whole table.
+Otherwise `shard` copies each rank's shards out of the tables as they were (trained or loaded ones too), and
+each rank holds the whole tables until then. Either way every rank must build the model alike (the same seed),
+and training on N ranks with global batch B (B / N per rank, the loss a mean over each rank's rows) equals one
+process with batch B, as torchrec divides the embedding gradients by N.
 
 Example:
     >>> import torch.distributed as dist, embtables as et  # doctest: +SKIP
@@ -44,6 +47,7 @@ from torchrec.distributed.types import ShardingEnv
 from embtables.collection import Collection
 from embtables.config import PhysicalTable
 from embtables.stores.torchrec_store import TorchrecStore, sharding_types, torchrec_name
+
 RESERVED = 0.15  # of each device's memory, for what is not an embedding table (torchrec's default share)
 SHARDERS = [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]  # torchrec's stock ones
 
@@ -80,14 +84,19 @@ def shard(
         raise ValueError(f"et.shard: collections {others} are not on the torchrec store; build them with "
                          "backend='torchrec' so that torchrec can shard their tables")
     stores = [c.store for c in collections]
-    before = [(s.full_weights(), s.full_optimizer_state()) for s in stores]
+    # a store built on the meta device draws its shards after DMP; the others' tables are copied into the shards
+    before = [None if s.deferred else (s.full_weights(), s.full_optimizer_state()) for s in stores]
     world = dist.get_world_size(group)
     topology = Topology(world_size=world, compute_device=device.type, local_world_size=world)
     plan = planner([(s.tables, s.optimizer.name) for s in stores], topology, types).collective_plan(
         model, SHARDERS, group)
     dmp = DistributedModelParallel(model, env=ShardingEnv.from_process_group(group), device=device, plan=plan,
                                    sharders=SHARDERS)
-    for s, (weights, state) in zip(stores, before):
+    for s, kept in zip(stores, before):
+        if kept is None:
+            s.init_shards()
+            continue
+        weights, state = kept
         s.load_weights(weights)
         if s.optimizer.name != "sgd":
             s.load_optimizer_state(state)

@@ -28,11 +28,12 @@ B, STEPS, WORLD = 16, 3, 2
 OPTIMIZERS = {None: et.SparseOptimizer("rowwise_adagrad", lr=0.1), "column_wise": et.SparseOptimizer("sgd", lr=0.5)}
 
 
-def _model(method: str, types: str | None = None) -> DLRM:
+def _model(method: str, types: str | None = None, device: str = "cpu") -> DLRM:
+    """On `device` "meta" the tables wait for et.shard, which draws each rank's shards."""
     torch.manual_seed(0)
     counts = {f: torch.arange(t.num_embeddings, 0, -1) for t in TABLES for f in t.feature_names}  # frequency-ranked
     collection = et.build_collection(TABLES, method, METHODS[method], backend="torchrec", optimizer=OPTIMIZERS[types],
-                                     counts=counts)
+                                     counts=counts, device=device)
     return DLRM(collection, dense_in=2, bottom=(8, 8), top=(8,))
 
 
@@ -73,9 +74,13 @@ def _worker(rank: int, port: int, out: str) -> None:
     rows = slice(rank * B // WORLD, (rank + 1) * B // WORLD)
     result = {}
     for method, types in [(m, None) for m in METHODS] + [(m, "column_wise") for m in METHODS]:
-        model = _model(method, types)
-        dmp = et.shard(model, types=None if types is None else [types])
+        # the planner's pass builds the tables on meta (each rank draws its shards), the column-wise pass whole
+        # (each rank copies its shards out of them): both must start as one process does
+        model = _model(method, types, "meta" if types is None else "cpu")
         collection = model.embeddings
+        unallocated = all(p.is_meta for p in collection.store.parameters())
+        dmp = et.shard(model, types=None if types is None else [types])
+        held = sum(v.numel() for table in collection.store._local_shards("weights") for _, v in table)
         store_params = {id(p) for p in collection.store.parameters()}
         losses = _train(model, dmp, store_params, rows)
         with torch.no_grad():
@@ -85,7 +90,8 @@ def _worker(rank: int, port: int, out: str) -> None:
         key = method if types is None else f"{method}/{types}"
         path = Path(out, f"{key.replace('/', '_')}.pt")
         et.save_collection(collection, path)  # a collective: rank 0 writes
-        result[key] = {"losses": losses, "logits": logits, "pooled": pooled, "sharding": et.sharding_table(dmp)}
+        result[key] = {"losses": losses, "logits": logits, "pooled": pooled, "sharding": et.sharding_table(dmp),
+                       "unallocated": unallocated, "held": held}
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 
@@ -125,6 +131,10 @@ def test_two_ranks_train_as_one_process(two_ranks, method: str, types: str | Non
     if types is not None:
         assert kinds == {types}
     assert ranks[0][key]["sharding"] == ranks[1][key]["sharding"]
+    # on meta no rank held a table before et.shard, and after it each holds its shards only
+    assert [r[key]["unallocated"] for r in ranks] == [types is None] * WORLD
+    total = sum(t.num_embeddings * t.embedding_dim for t in model.embeddings.plan.physical_tables)
+    assert sum(r[key]["held"] for r in ranks) == total
 
 
 @pytest.mark.parametrize("method", [*METHODS, *(f"{m}/column_wise" for m in METHODS)])

@@ -1,6 +1,7 @@
 """Training on several processes: `embtables train --nproc N` (or the same command under `torchrun`).
 
-Every rank builds the same model (same seed), `et.shard` places the physical tables with torchrec's planner,
+Every rank builds the same model (same seed; the tables on the meta device, so that each rank allocates and draws
+only its own shards), `et.shard` places the physical tables with torchrec's planner,
 and each rank reads only its own row groups of the data, in shares of B / N rows: global batch k is the ranks'
 k-th shares side by side (`datasets/shares.py`). The run equals one process fed those global batches with batch
 B (the loss of each rank is the mean over its share; torchrec divides the tables' gradients by N and DDP averages

@@ -116,8 +116,10 @@ def open_data(path: str | Path) -> Any:
     return CriteoData(path)  # raises a clear error for anything that is not a Criteo folder
 
 
-def build_model(config: TrainConfig, data: Any) -> nn.Module:
-    """The model of `config` over collections built by `config.method` for `data`'s tables.
+def build_model(config: TrainConfig, data: Any, tables_later: bool = False) -> nn.Module:
+    """The model of `config` over collections built by `config.method` for `data`'s tables; with `tables_later`
+    (the torchrec store on several processes) the tables are built on the meta device, for `et.shard` to draw each
+    rank's shards.
 
     DLRM gets one pooled collection of every table. DIN gets one unpooled collection of the tables read per
     history position (each with a (history, target) feature pair: the item first, then side information such
@@ -131,7 +133,8 @@ def build_model(config: TrainConfig, data: Any) -> nn.Module:
 
     def collection(ts: list[et.TableConfig]) -> et.Collection:
         return et.build_collection(ts, config.method, config.budget, backend=config.backend, optimizer=optimizer,
-                                   counts=counts, device=config.device, raw_ids=config.raw_ids, **config.options)
+                                   counts=counts, device="meta" if tables_later else config.device,
+                                   raw_ids=config.raw_ids, **config.options)
 
     if config.model == "dlrm":
         if any(t.pooling == "none" for t in tables):
@@ -175,7 +178,8 @@ class Trainer(Checkpoints):
             if split not in self.data.splits:
                 raise ValueError(f"{config.data}: training needs a {split!r} split; the folder has {list(self.data.splits)}")
         torch.manual_seed(config.seed)
-        self.model = build_model(config, self.data)
+        # on several processes each rank allocates only its shards of the tables (et.shard draws them)
+        self.model = build_model(config, self.data, tables_later=self.ranks.world > 1 and config.backend == "torchrec")
         # what runs a batch: the model, or on several processes its torchrec DMP (tables sharded, the rest DDP)
         self.net = self.model if self.ranks.world == 1 else sharded_for_training(self.model, config.backend,
                                                                                   config.batch_size, self.ranks, self.device)

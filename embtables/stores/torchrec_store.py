@@ -20,7 +20,12 @@ a method's, e.g. OptEmbed's pruned ids) reach it; bags without weights get ones.
 Once sharded, no rank holds a whole table: `weights()` refuses, and checkpoints go through `full_weights()` and
 `load_weights()`, collectives that gather to rank 0 and copy each rank's shards out of whole tensors.
 
-Devices: CPU; CUDA with FBGEMM's CUDA build (the fbgemm store's check).
+Tables are drawn in seeded blocks of rows (`row_init.py`), so any shard can be drawn alone. Built on the meta
+device (`et.build_collection(..., backend="torchrec", device="meta")`) the store allocates no table: `et.shard`
+then has each rank draw only its own shards (`init_shards`), equal to those rows of the one-process draw with the
+same seed, so tables larger than one process's memory can be sharded. Until then it refuses lookups and weights.
+
+Devices: CPU; CUDA with FBGEMM's CUDA build (the fbgemm store's check); meta, until sharded.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from embtables.bags import Bags
 from embtables.config import Lookup, PhysicalTable, SparseOptimizer
 from embtables.stores.base import Store
 from embtables.stores.fbgemm_store import _refuse
+from embtables.stores.row_init import fill_rows
 
 
 ALWAYS = ("table_wise", "row_wise", "table_row_wise")
@@ -68,7 +74,9 @@ class TorchrecStore(Store):
         self, tables: Sequence[PhysicalTable], lookups: Sequence[Lookup], optimizer: SparseOptimizer, device: torch.device
     ) -> None:
         super().__init__(tables, lookups, optimizer, device)
-        _refuse(torch.device(device))
+        self.deferred = torch.device(device).type == "meta"  # no table allocated until et.shard draws the shards
+        if not self.deferred:
+            _refuse(torch.device(device))
         names = [torchrec_name(t.name) for t in tables]
         if len(set(names)) != len(names):
             raise ValueError(f"torchrec backend: physical table names {[t.name for t in tables]} collide once '/' "
@@ -84,22 +92,27 @@ class TorchrecStore(Store):
             return [torchrec_name(lk.name) for lk in group if lk.table == table]
 
         used = lambda group: sorted({lk.table for lk in group})  # noqa: E731
-        self.ebc = EmbeddingBagCollection(
-            tables=[EmbeddingBagConfig(num_embeddings=tables[t].num_embeddings, embedding_dim=tables[t].embedding_dim,
-                                       name=names[t], feature_names=features(pooled, t), pooling=PoolingType.SUM)
-                    for t in used(pooled)],
-            is_weighted=True, device=torch.device(device),
-        ) if pooled else None
-        self.ec = EmbeddingCollection(
-            tables=[EmbeddingConfig(num_embeddings=tables[t].num_embeddings, embedding_dim=tables[t].embedding_dim,
-                                    name=names[t], feature_names=features(rows, t)) for t in used(rows)],
-            device=torch.device(device),
-        ) if rows else None
+        # torchrec draws its own initial tables from torch's generator: kept out of it, so that the model around the
+        # store draws the same whatever the device (meta allocates and draws nothing); the tables are drawn below
+        self._init_seed = _seed(None)
+        with torch.random.fork_rng(devices=[]):
+            self.ebc = EmbeddingBagCollection(
+                tables=[EmbeddingBagConfig(num_embeddings=tables[t].num_embeddings,
+                                           embedding_dim=tables[t].embedding_dim, name=names[t],
+                                           feature_names=features(pooled, t), pooling=PoolingType.SUM)
+                        for t in used(pooled)],
+                is_weighted=True, device=torch.device(device),
+            ) if pooled else None
+            self.ec = EmbeddingCollection(
+                tables=[EmbeddingConfig(num_embeddings=tables[t].num_embeddings, embedding_dim=tables[t].embedding_dim,
+                                        name=names[t], feature_names=features(rows, t)) for t in used(rows)],
+                device=torch.device(device),
+            ) if rows else None
         self._problem: str | None = None  # `sharding_problem`, found once
         cls, kwargs = _optimizer(optimizer)
         _apply_optimizer_in_backward(cls, [p for m in (self.ebc, self.ec) if m is not None for p in m.parameters()],
                                      kwargs)
-        self.reset_parameters()
+        self._draw()
 
     @property
     def sharded(self) -> bool:
@@ -122,7 +135,24 @@ class TorchrecStore(Store):
                 "gives torchrec's planner only those")
         return self._problem or None
 
+    def _check_allocated(self) -> None:
+        if self.deferred and not self.sharded:
+            raise RuntimeError("torchrec backend: the tables were built on the meta device and are not allocated "
+                               "yet; et.shard(model) allocates and draws each rank's shards")
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module's signature
+        if not (self.deferred and not self.sharded):
+            return super()._apply(fn, recurse)
+        # moving the model (e.g. .to("cpu")) leaves the meta tables alone: et.shard allocates them
+        held = {n: self._modules[n] for n in ("ebc", "ec") if self._modules.get(n) is not None}
+        self._modules.update(dict.fromkeys(held))
+        try:
+            return super()._apply(fn, recurse)
+        finally:
+            self._modules.update(held)
+
     def pooled(self, bags: Bags) -> Tensor:
+        self._check_allocated()
         weights = bags.per_sample_weights
         if weights is None:
             weights = torch.ones(bags.values.numel(), device=bags.values.device)
@@ -132,6 +162,7 @@ class TorchrecStore(Store):
         return torch.cat([by_key[k] for k in self._pooled_keys], dim=1)  # (B, sum D) in lookup order
 
     def rows(self, bags: Bags) -> Tensor:
+        self._check_allocated()
         kjt = KeyedJaggedTensor(keys=self._row_keys, values=bags.values, offsets=bags.offsets, stride=bags.batch_size)
         by_key = self.ec(kjt)
         return torch.cat([by_key[k].values() for k in self._row_keys])  # (N_rows, D) in lookup order
@@ -146,6 +177,7 @@ class TorchrecStore(Store):
         return [states[g][f"{member[g]}.{n}.weight"] for g, n in self._where]
 
     def weights(self) -> list[Tensor]:
+        self._check_allocated()
         if self.sharded:
             raise RuntimeError("torchrec backend: the tables are sharded over ranks, so no rank holds them whole; "
                                "use full_weights() (a collective) or the checkpoint functions")
@@ -216,11 +248,34 @@ class TorchrecStore(Store):
             _scatter(self._local_shards("state"), states, self._state_shapes(), self.tables)
 
     @torch.no_grad()
+    @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Draw every table in seeded row blocks (`row_init.py`) from one seed taken from `generator` (default
+        torch's), the same on every rank that seeded alike; a store on the meta device only keeps the seed."""
         if self.sharded:
             raise RuntimeError("torchrec backend: reset the tables before sharding (DMP) or load them with "
                                "load_weights()")
-        super().reset_parameters(generator)
+        self._init_seed = _seed(generator)
+        self._draw()
+
+    def _draw(self) -> None:
+        if not self.deferred:
+            for i, (t, w) in enumerate(zip(self.tables, self._params())):
+                fill_rows(w, self._init_seed, i, t)
+
+    @torch.no_grad()
+    def init_shards(self) -> None:
+        """Draw this rank's shards of every table: the rows and columns of the one-process draw they hold."""
+        if not self.sharded:
+            raise RuntimeError("torchrec backend: init_shards() draws the shards of a sharded store; et.shard first")
+        for i, (t, shards) in enumerate(zip(self.tables, self._local_shards("weights"))):
+            for offsets, view in shards:
+                fill_rows(view, self._init_seed, i, t, *offsets)
+
+
+def _seed(generator: torch.Generator | None) -> int:
+    """The tables' init seed: one draw from `generator` (default torch's), alike on ranks seeded alike."""
+    return int(torch.randint(0, 1 << 62, (1,), generator=generator))
 
 
 def _optimizer(o: SparseOptimizer) -> tuple[type[torch.optim.Optimizer], dict[str, float]]:
