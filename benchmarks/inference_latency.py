@@ -2,6 +2,7 @@
 
     python benchmarks/inference_latency.py --out benchmarks/results/inference_latency.md
     python benchmarks/inference_latency.py --scale 0.01 --repeats 20      # quick look
+    python benchmarks/inference_latency.py --configs embtables:full:int8,embtables-torch:full:int8 --out ...
 
 One call = the collection's forward on a batch of B samples, one id per feature (Criteo's layout), under
 `torch.no_grad()` in eval mode, remap and combine included. Ids are drawn Zipf(1)-like, as in
@@ -15,7 +16,8 @@ quantized `EmbeddingBagCollection` (`torchrec.quant`) of the full tables in fp32
 inference kernels behind torchrec's module: the reference for what our remap, combine and checks cost on top.
 torchrec aligns each quantized row to 16 bytes (32 bytes an int8 row of dim 16, 16 an int4 one), embtables packs
 them (20 and 12 bytes): the bytes column counts what each allocated.
-`optembed` uses its stand-in plan (`stand_in_options`), not a learned one.
+`optembed` uses its stand-in plan (`stand_in_options`), not a learned one. `embtables-torch` (only with
+`--configs`) is `Collection.quantize(dtype, backend="torch")`: the same rows looked up by PyTorch operations.
 """
 
 from __future__ import annotations
@@ -62,14 +64,14 @@ def _zipf_batches(tables: list[et.TableConfig], batch_size: int, count: int) -> 
     return out
 
 
-def _ours(tables: list[et.TableConfig], method: str, dtype: str) -> tuple[torch.nn.Module, int]:
+def _ours(tables: list[et.TableConfig], method: str, dtype: str, kernel: str = "fbgemm") -> tuple[torch.nn.Module, int]:
     from embtables.methods.optembed import stand_in_options
 
     budget = None if method == "full" else BUDGET
     options = stand_in_options(tables, BUDGET * et.full_bytes(tables)) if et.get_method(method).learned else {}
     c = et.build_collection(tables, method, budget, backend="fbgemm", **options).eval()
     if dtype != "fp32":
-        c = c.quantize(dtype)
+        c = c.quantize(dtype, backend=kernel)
     return c, c.memory_bytes()
 
 
@@ -90,7 +92,8 @@ def _torchrecs(tables: list[et.TableConfig], dtype: str) -> tuple[torch.nn.Modul
 def measure(what: str, method: str, dtype: str, scale: float, warmup: int, repeats: int) -> dict:
     """One config's p50/p99 microseconds per batch size, in this process."""
     tables = criteo_kaggle_tables(16, scale)
-    module, size = _torchrecs(tables, dtype) if what == "torchrec" else _ours(tables, method, dtype)
+    kernel = "torch" if what == "embtables-torch" else "fbgemm"
+    module, size = _torchrecs(tables, dtype) if what == "torchrec" else _ours(tables, method, dtype, kernel)
     result = {"what": what, "method": method, "dtype": dtype, "bytes": size, "full_bytes": et.full_bytes(tables)}
     with torch.no_grad():
         for B in BATCHES:
@@ -115,6 +118,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=200)
     p.add_argument("--out", default=None)
+    p.add_argument("--configs", default=None, help="what:method:dtype,... (what: embtables, embtables-torch, "
+                   "torchrec); default the full table's configs")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # what,method,dtype: measure it here
     args = p.parse_args()
     if args.one:
@@ -122,7 +127,8 @@ def main() -> None:
         print(json.dumps(measure(what, method, dtype, args.scale, args.warmup, args.repeats)))
         return
     rows = []
-    for what, method, dtype in configs():  # one fresh process each, one after another
+    chosen = configs() if args.configs is None else [tuple(c.split(":")) for c in args.configs.split(",")]
+    for what, method, dtype in chosen:  # one fresh process each, one after another
         cmd = [sys.executable, __file__, "--one", f"{what},{method},{dtype}", "--scale", str(args.scale),
                "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
         run = subprocess.run(cmd, capture_output=True, text=True)
@@ -133,14 +139,16 @@ def main() -> None:
         print(f"{what} {method} {dtype}: " + ", ".join(f"B={B} {r[str(B)]['p50']:.0f}/{r[str(B)]['p99']:.0f} us"
                                                        for B in BATCHES), flush=True)
     command = "python benchmarks/inference_latency.py" + (f" --scale {args.scale:g}" if args.scale != 1 else "") + (
-        f" --repeats {args.repeats}" if args.repeats != 200 else "") + (f" --out {args.out}" if args.out else "")
+        f" --repeats {args.repeats}" if args.repeats != 200 else "") + (
+        f" --configs {args.configs}" if args.configs else "") + (f" --out {args.out}" if args.out else "")
     lines = ["# Serving latency of one lookup call, 26 Criteo Kaggle tables", "",
              f"Command: `{command}`", "",
              f"Machine: {machine()}; torch {torch.__version__}, fbgemm-gpu-cpu {versions().get('fbgemm-gpu-cpu')}, torchrec "
              f"{versions().get('torchrec')}. Dim 16, {sum(t.num_embeddings for t in criteo_kaggle_tables(16, args.scale)):,} "
              f"rows; one id per feature per sample; p50 / p99 microseconds over {args.repeats} calls after "
              f"{args.warmup} warm-up calls, each config in its own process. embtables fp32 runs on the fbgemm store; "
-             "int8/int4 on FBGEMM's inference kernels (`Collection.quantize`); methods at budget 0.01.", "",
+             "int8/int4 on FBGEMM's inference kernels (`Collection.quantize`), `embtables-torch` on PyTorch operations "
+             "(`quantize(dtype, backend=\"torch\")`, which exports); methods at budget 0.01.", "",
              "| module | method | dtype | bytes | of full | " + " | ".join(f"B={B} p50 / p99 us" for B in BATCHES) + " |",
              "|---|---|---|---|---|" + "---|" * len(BATCHES)]
     for r in rows:

@@ -48,6 +48,7 @@ from embtables.config import Lookup, PhysicalTable, SparseOptimizer, TableConfig
 from embtables.files import as_json, atomic_write
 from embtables.plan import Plan
 from embtables.stores.quantized_store import FP32, QuantizedStore
+from embtables.stores.quantized_torch import QuantizedTorchStore
 from embtables.registry import get_method
 
 FORMAT = "embtables.collection"
@@ -106,7 +107,7 @@ def collection_state(collection: Collection, optimizer_state: bool = True) -> di
     """
     names = [t.name for t in collection.plan.physical_tables]
     store = collection.store
-    if isinstance(store, QuantizedStore):  # the rows as stored, bit for bit; nothing of an optimizer
+    if isinstance(store, (QuantizedStore, QuantizedTorchStore)):  # the rows as stored, bit for bit; no optimizer
         weights, states, dtype = store.quantized_rows(), [], store.dtype
     else:  # whole tables even when sharded over processes (a collective there; rank 0 gets them)
         weights, dtype = store.full_weights(), FP32
@@ -198,7 +199,8 @@ def load_collection(
     Args:
         path: a file written by `save_collection`.
         backend: the store to build, whatever store saved it (default `"torch"`, which serves on any device); a
-            quantized collection always loads on the quantized store, and takes no backend.
+            quantized collection loads on FBGEMM's inference kernels (`"fbgemm"`, its default) or on PyTorch
+            operations (`"torch"`, which export), whichever saved it.
         device: where to allocate; default CPU.
         optimizer: the tables' optimizer from now on; default the saved one. Its state is restored when it is
             the saved optimizer (any lr or eps), and starts fresh for another.
@@ -230,10 +232,11 @@ def collection_from_state(
         raise ValueError(f"{where}: its plan or optimizer does not describe a collection ({e})") from None
     dtype = state.get("dtype", FP32)
     if dtype != FP32:
-        if backend is not None or optimizer is not None:
-            raise ValueError(f"{where}: a {dtype}-quantized collection serves on FBGEMM's inference kernels and "
-                             "trains with nothing: backend= and optimizer= do not apply")
-        collection = assemble_quantized(plan, dtype, device)
+        if backend not in (None, "fbgemm", "torch") or optimizer is not None:
+            raise ValueError(f"{where}: a {dtype}-quantized collection serves on backend 'fbgemm' (FBGEMM's "
+                             f"inference kernels) or 'torch', not {backend!r}, and trains with nothing: optimizer= "
+                             "does not apply")
+        collection = assemble_quantized(plan, dtype, device, backend or "fbgemm")
         collection.method.load_state_dict(state["method"])
         try:
             collection.store.load_quantized_rows([state["tables"][t.name] for t in collection.plan.physical_tables])

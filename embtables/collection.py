@@ -19,6 +19,7 @@ from embtables.raw_ids import RawIds, reserve, with_ids
 from embtables.registry import get_method
 from embtables.stores import Store, store_class
 from embtables.stores.quantized_store import QuantizedStore
+from embtables.stores.quantized_torch import QuantizedTorchStore
 
 
 class Collection(nn.Module):
@@ -140,14 +141,17 @@ class Collection(nn.Module):
         }
 
     @torch.no_grad()
-    def quantize(self, dtype: str) -> "Collection":
+    def quantize(self, dtype: str, backend: str = "fbgemm") -> "Collection":
         """An inference-only copy with the physical tables in `"fp16"`, `"int8"` or `"int4"` (row-wise fp16 scale
-        and bias, as FBGEMM's IntNBit tables store them; `embtables/stores/quantized_store.py`), served by FBGEMM's
-        inference kernels, the method's remap and combine state kept in fp32. Its `memory_bytes()` counts the
-        quantized rows; each output is within the rows' quantization error of this collection's.
+        and bias, as FBGEMM's IntNBit tables store them; `embtables/stores/quantized_store.py`), the method's remap
+        and combine state kept in fp32. Its `memory_bytes()` counts the quantized rows; each output is within the
+        rows' quantization error of this collection's.
 
         Args:
             dtype: `"fp16"`, `"int8"` (even dims) or `"int4"` (dims in multiples of 4).
+            backend: what looks the rows up: `"fbgemm"`, FBGEMM's inference kernels (the fastest on the CPU), or
+                `"torch"`, the same rows dequantized by PyTorch operations (`stores/quantized_torch.py`), which
+                `torch.export` exports and `torch.compile` compiles.
 
         Raises:
             RuntimeError: in training mode (quantize a trained collection: call `.eval()` first), or sharded.
@@ -166,7 +170,7 @@ class Collection(nn.Module):
         if self.store.sharded:
             raise RuntimeError("quantize() needs the whole tables: save the sharded collection (et.save_collection) "
                                "and quantize it after loading it in one process")
-        quantized = assemble_quantized(self.plan, dtype, self.device)
+        quantized = assemble_quantized(self.plan, dtype, self.device, backend)
         quantized.method.load_state_dict(self.method.state_dict())
         quantized.store.load_weights(self.store.weights())
         return quantized
@@ -364,11 +368,16 @@ def assemble(
     return Collection(m, store).to(device)
 
 
-def assemble_quantized(plan: Plan, dtype: str, device: torch.device | str | None) -> Collection:
-    """An inference-only collection of a solved plan on the quantized store (FBGEMM's IntNBit TBE), its tables and
-    method state still to be loaded (`Collection.quantize`, `et.load_collection`)."""
+def assemble_quantized(plan: Plan, dtype: str, device: torch.device | str | None, backend: str = "fbgemm") -> Collection:
+    """An inference-only collection of a solved plan on a quantized store (`backend` "fbgemm": FBGEMM's IntNBit TBE,
+    "torch": PyTorch operations), its tables and method state still to be loaded (`Collection.quantize`,
+    `et.load_collection`)."""
+    stores = {"fbgemm": QuantizedStore, "torch": QuantizedTorchStore}
+    if backend not in stores:
+        raise ValueError(f"quantized tables are looked up by backend 'fbgemm' or 'torch', not {backend!r}")
     cls = get_method(plan.method)
-    plan = cls.relayout(plan, Target(backend=QuantizedStore.name, dim_multiple=1))
+    plan = cls.relayout(plan, Target(backend=stores[backend].name, dim_multiple=1))
     device = torch.device(device or "cpu")
-    collection = Collection(cls.from_plan(plan, None), QuantizedStore(plan.physical_tables, plan.lookups, dtype, device))
+    store = stores[backend](plan.physical_tables, plan.lookups, dtype, device)
+    collection = Collection(cls.from_plan(plan, None), store)
     return collection.to(device).eval()

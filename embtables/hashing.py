@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from embtables import kernels
 
@@ -76,7 +77,8 @@ def hash_to_range(x: Tensor, key: Tensor | int, n: Tensor | int) -> Tensor:
         k, m = (torch.tensor(v) if isinstance(v, int) else v for v in (key, n))
         if k.dtype == m.dtype == torch.int64 and k.device == m.device == x.device:
             shape = torch.broadcast_shapes(x.shape, k.shape, m.shape)
-            k, m = (t if t.numel() == 1 else t.expand(shape).contiguous() for t in (k, m))
+            # a count torch.export cannot know (a symbol) takes the expand, right for one element too
+            k, m = (t if statically_known_true(t.numel() == 1) else t.expand(shape).contiguous() for t in (k, m))
             return ops.hash_to_range(x.expand(shape).contiguous().view(-1), k.reshape(-1), m.reshape(-1)).view(shape)
     return _shr(hash64(x, key), 1) % n
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import Tensor, nn
-from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 from torchrec import KeyedJaggedTensor
 
 import embtables as et
@@ -92,24 +91,29 @@ def test_the_collection_forward_exports(method: str, store: str):
 @pytest.mark.parametrize("method", ["full", "qr", "hash"])
 def test_the_exported_forward_picks_the_features(method: str):
     """A KJT with a key the collection does not read and its keys in another order: the features' ids are sliced at
-    symbolic offsets. Not for hash: hash_to_range branches on whether its per-id tensors have one element, which the
-    sliced ids' count (a sum of symbols) cannot say (embtables/hashing.py, `t.numel() == 1`)."""
+    symbolic offsets (for hash, `hash_to_range` then expands its per-id key and range whatever their count)."""
     c, tables = collection(method, "fused"), [et.TableConfig("other", 50, 8)] + TABLES[::-1]
     with torch.no_grad():
-        if method == "hash":
-            with pytest.raises(GuardOnDataDependentSymNode, match=r"hashing\.py:\d+ in"):
-                _export_forward(c, tables)
-            return
         other = random_kjt(tables, batch_size=11, seed=2)
         torch.testing.assert_close(_export_forward(c, tables).module()(other).values(), c(other).values())
 
 
 @pytest.mark.usefixtures("fakes")
-def test_unpooled_rows_on_the_fused_store_cannot_export():
-    """`FlatStore.rows` branches on the most ids of a lookup (`if n == 0`), a symbol under export."""
+@pytest.mark.parametrize("store", ["torch", "fused"])
+@pytest.mark.parametrize("method", METHODS)
+def test_unpooled_rows_export(method: str, store: str):
+    """Per-id rows (DIN's history): `FlatStore.rows` sizes its singleton bags by the most ids of a lookup, a
+    symbol under export (`Bags.most_ids`); checked at another batch, and on a batch without ids."""
     unpooled = [et.TableConfig("seq", 3000, 8, feature_names=("h", "t"), pooling="none")]
-    with torch.no_grad(), pytest.raises(GuardOnDataDependentSymNode, match=r"flat\.py:\d+ in rows"):
-        _export_forward(collection("full", "fused", unpooled), unpooled)
+    c = collection(method, store, unpooled)
+    with torch.no_grad():
+        program = _export_forward(c, unpooled).module()
+        other = random_kjt(unpooled, batch_size=11, seed=2)
+        for f in ("h", "t"):
+            torch.testing.assert_close(program(other)[f].values(), c(other)[f].values())
+    empty = KeyedJaggedTensor(["h", "t"], torch.zeros(0, dtype=torch.long), lengths=torch.zeros(4, dtype=torch.long))
+    with torch.no_grad():
+        assert c(empty)["h"].values().shape == (0, 8)
 
 
 @pytest.mark.usefixtures("fakes")

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 OPS = ("fused_forward", "fused_backward", "digits_remap", "outside", "hash_to_range")
 
@@ -83,8 +84,9 @@ def _outside(values: Tensor, starts: Tensor, upper: Tensor) -> bool:
 
 def _hash_to_range(x: Tensor, key: Tensor, n: Tensor) -> Tensor:
     N = x.numel()
-    torch._check(key.numel() == 1 or key.numel() == N, lambda: "hash_to_range: key must hold 1 or N values")
-    torch._check(n.numel() == 1 or n.numel() == N, lambda: "hash_to_range: n must hold 1 or N values")
+    for name, t in (("key", key), ("n", n)):  # a count that is not known to be 1 (a symbol) must be N
+        if not statically_known_true(t.numel() == 1):
+            torch._check(t.numel() == N, lambda: f"hash_to_range: {name} must hold 1 or N values")
     return torch.empty_like(x)
 
 

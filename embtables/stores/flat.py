@@ -52,10 +52,9 @@ class FlatStore(Store):
         return self._pool(bags, per_id=False)  # (B, sum D)
 
     def rows(self, bags: Bags) -> Tensor:
-        L, n = bags.num_features, max(bags.ids_per_feature)
+        # the most ids of a lookup, at least 1 (a batch without ids looks up empty bags); a symbol under export
+        L, n = bags.num_features, bags.most_ids()
         D = self.tables[self.lookups[self.num_pooled].table].embedding_dim
-        if n == 0:
-            return self.weight.new_zeros(0, D)
         # every id in a bag of its own; rows unweighted, as every store returns them: a method that weighs per-id
         # rows does so in its combine
         single = dataclasses.replace(bags.singletons(n), per_sample_weights=None)

@@ -18,7 +18,7 @@ Devices: CPU, and CUDA with FBGEMM's CUDA build (the fbgemm store's check).
 
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from typing import ClassVar, Iterator, Sequence
 
 import torch
 from fbgemm_gpu.split_embedding_configs import SparseType
@@ -49,6 +49,40 @@ def row_bytes(dim: int, dtype: str) -> int:
     return dim * bits // 8 + (SCALE_BIAS_BYTES if bits < 16 else 0)
 
 
+def check_dims(tables: Sequence[PhysicalTable], dtype: str) -> None:
+    """Refuse, naming the table, a dim whose `dtype` rows FBGEMM's layout cannot hold."""
+    check_dtype(dtype)
+    multiple = DTYPES[dtype][2]
+    for t in tables:
+        if t.embedding_dim % multiple:
+            raise ValueError(f"{dtype} quantization: table {t.name!r} has dim {t.embedding_dim}, and FBGEMM's "
+                             f"{dtype} rows need dims in multiples of {multiple} (values packed into whole bytes, "
+                             "the fp16 scale and bias aligned); quantize to fp16, or plan the tables with "
+                             f"that dim multiple")
+
+
+def quantize_rows(w: Tensor, t: PhysicalTable, dtype: str) -> Tensor:
+    """fp32 (rows, dim) weights of table `t` -> its (rows, row_bytes) uint8 rows: values, then scale and bias."""
+    if tuple(w.shape) != (t.num_embeddings, t.embedding_dim):
+        raise ValueError(f"table {t.name!r} has shape {tuple(w.shape)}, the plan {(t.num_embeddings, t.embedding_dim)}")
+    w, bits = w.detach().float().cpu().contiguous(), DTYPES[dtype][1]
+    return w.half().view(torch.uint8) if bits == 16 else torch.ops.fbgemm.FloatOrHalfToFusedNBitRowwiseQuantizedSBHalf(w, bits)
+
+
+def check_rows(r: Tensor, t: PhysicalTable, dtype: str) -> None:
+    """Refuse, naming the table, uint8 rows that are not (rows, row_bytes)."""
+    width = row_bytes(t.embedding_dim, dtype)
+    if r.dtype != torch.uint8 or tuple(r.shape) != (t.num_embeddings, width):
+        raise ValueError(f"table {t.name!r}: {dtype} rows of shape {tuple(r.shape)} ({r.dtype}) do not fit "
+                         f"{(t.num_embeddings, width)} uint8")
+
+
+def random_tables(tables: Sequence[PhysicalTable], generator: torch.Generator | None) -> Iterator[Tensor]:
+    """Each table drawn uniformly in its init range in fp32, one table at a time (to be quantized)."""
+    for t in tables:
+        yield torch.empty(t.num_embeddings, t.embedding_dim).uniform_(t.init_low, t.init_high, generator=generator)
+
+
 class QuantizedStore(FbgemmStore):
     """Physical tables held quantized in FBGEMM's inference TBE; built by `Collection.quantize`.
 
@@ -68,15 +102,8 @@ class QuantizedStore(FbgemmStore):
 
     def __init__(self, tables: Sequence[PhysicalTable], lookups: Sequence[Lookup], dtype: str,
                  device: torch.device) -> None:
-        check_dtype(dtype)
+        check_dims(tables, dtype)
         self.dtype = dtype
-        multiple = DTYPES[dtype][2]
-        for t in tables:
-            if t.embedding_dim % multiple:
-                raise ValueError(f"{dtype} quantization: table {t.name!r} has dim {t.embedding_dim}, and FBGEMM's "
-                                 f"{dtype} rows need dims in multiples of {multiple} (values packed into whole bytes, "
-                                 "the fp16 scale and bias aligned); quantize to fp16, or plan the tables with "
-                                 f"that dim multiple")
         super().__init__(tables, lookups, SparseOptimizer("sgd"), device)  # the optimizer is never used
 
     def _tbe(self, tables: list[PhysicalTable], feature_table_map: list[int], mode: PoolingMode,
@@ -133,13 +160,7 @@ class QuantizedStore(FbgemmStore):
             self._load_table(i, w)
 
     def _load_table(self, i: int, w: Tensor) -> None:
-        t = self.tables[i]
-        if tuple(w.shape) != (t.num_embeddings, t.embedding_dim):
-            raise ValueError(f"table {t.name!r} has shape {tuple(w.shape)}, the plan {(t.num_embeddings, t.embedding_dim)}")
-        w, bits = w.detach().float().cpu().contiguous(), DTYPES[self.dtype][1]
-        fused = w.half().view(torch.uint8) if bits == 16 else \
-            torch.ops.fbgemm.FloatOrHalfToFusedNBitRowwiseQuantizedSBHalf(w, bits)
-        self._copy_rows(i, fused)
+        self._copy_rows(i, quantize_rows(w, self.tables[i], self.dtype))
 
     @torch.no_grad()
     def load_quantized_rows(self, rows: Sequence[Tensor]) -> None:
@@ -150,11 +171,8 @@ class QuantizedStore(FbgemmStore):
             self._copy_rows(i, r)
 
     def _copy_rows(self, i: int, r: Tensor) -> None:
-        t, (values, scale_bias) = self.tables[i], self._rows()[i]
-        width = values.shape[1] + (0 if scale_bias is None else scale_bias.shape[1])
-        if r.dtype != torch.uint8 or tuple(r.shape) != (t.num_embeddings, width):
-            raise ValueError(f"table {t.name!r}: {self.dtype} rows of shape {tuple(r.shape)} ({r.dtype}) do not fit "
-                             f"{(t.num_embeddings, width)} uint8")
+        check_rows(r, self.tables[i], self.dtype)
+        values, scale_bias = self._rows()[i]
         values.copy_(r[:, : values.shape[1]])
         if scale_bias is not None:
             scale_bias.copy_(r[:, values.shape[1] :])
@@ -165,6 +183,5 @@ class QuantizedStore(FbgemmStore):
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Each table drawn uniformly in its init range in fp32, one table at a time, then quantized."""
-        for i, t in enumerate(self.tables):
-            self._load_table(i, torch.empty(t.num_embeddings, t.embedding_dim).uniform_(
-                t.init_low, t.init_high, generator=generator))
+        for i, w in enumerate(random_tables(self.tables, generator)):
+            self._load_table(i, w)
