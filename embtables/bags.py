@@ -57,6 +57,16 @@ class Bags:
         return Bags(values, self.offsets, self.per_sample_weights, self.ids_per_feature, self.batch_size,
                     self.longest)
 
+    def uploaded(self, device: torch.device, checked: tuple[tuple[int | None, ...], bool] | None) -> "Bags":
+        """The bags on `device`, copied without waiting for it (through pinned memory on CUDA), their host facts
+        kept and `checked` the range check answered where they were read."""
+        def move(t: Tensor) -> Tensor:
+            return (t.pin_memory() if device.type == "cuda" else t).to(device, non_blocking=True)
+
+        weights = None if self.per_sample_weights is None else move(self.per_sample_weights)
+        return Bags(move(self.values), move(self.offsets), weights, self.ids_per_feature, self.batch_size,
+                    self.longest, checked)
+
     def lengths(self) -> Tensor:
         """(F, B) bag lengths."""
         return (self.offsets[1:] - self.offsets[:-1]).view(self.num_features, self.batch_size)

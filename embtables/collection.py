@@ -13,7 +13,7 @@ from torchrec.modules.embedding_configs import PoolingType
 from embtables.bags import Bags
 from embtables.config import SparseOptimizer, TableConfig
 from embtables.inputs import bags_from_kjt
-from embtables.method import Method
+from embtables.method import Method, check_ids_in_range
 from embtables.plan import Plan, Target
 from embtables.raw_ids import RawIds, reserve, with_ids
 from embtables.registry import get_method
@@ -131,6 +131,8 @@ class Collection(nn.Module):
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor | dict[str, JaggedTensor]:
         bags = bags_from_kjt(features, self.feature_names, type(self).__name__, self._id_upper)
+        if bags.values.device != self.device:
+            bags = self._from_host(bags)
         out = self.lookup(bags)
         if self.pooled:
             return KeyedTensor(keys=self.feature_names, length_per_key=self._dims, values=out)
@@ -174,6 +176,18 @@ class Collection(nn.Module):
         quantized.method.load_state_dict(self.method.state_dict())
         quantized.store.load_weights(self.store.weights())
         return quantized
+
+    def _from_host(self, bags: Bags) -> Bags:
+        """A batch given on the CPU to a collection on an accelerator (as a server builds its requests): read and
+        range-checked on the host, where reads are free, then uploaded without the host waiting for the device, so
+        that the lookups read nothing back."""
+        where = type(self).__name__
+        if bags.values.device.type != "cpu":
+            raise ValueError(f"{where}: the batch is on {bags.values.device} and the collection on {self.device}: "
+                             f"give the batch on {self.device}, or on the CPU (checked there, then uploaded)")
+        if self._id_upper is not None:
+            check_ids_in_range(bags, self._id_upper, self.method, where)
+        return bags.uploaded(self.device, None if self._id_upper is None else (tuple(self._id_upper), False))
 
     def lookup(self, bags: Bags) -> Tensor:
         """Validated logical bags -> (B, sum D_out) pooled, or (N, D) rows when unpooled."""

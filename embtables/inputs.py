@@ -8,7 +8,8 @@ every read of a device value makes the host wait until the device has run all th
 are computed on the device into one small tensor and copied to the host together: one synchronisation per batch
 (`_to_host`). More is read only when something is wrong, to name the bad value. On the CPU nothing waits
 (`reads_are_free`), and the range check is cheapest one feature at a time (`Bags.outside`, in C++ or PyTorch), so
-there it is left to the method's remap.
+there it is left to the method's remap. A batch given on the CPU to a collection on an accelerator is read on the
+CPU and uploaded after (`Collection._from_host`): then the host does not wait at all.
 
 torchrec's `KeyedJaggedTensor.offsets()`, `length_per_key()`, `permute()` and `to_dict()` are not called: they
 compute offsets with FBGEMM operators, which FBGEMM's CPU build (fbgemm-gpu-cpu) lacks for CUDA tensors, and read

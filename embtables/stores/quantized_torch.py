@@ -35,7 +35,7 @@ def dequantize(q: Tensor, dim: int, dtype: str) -> Tensor:
 
     Example:
         >>> w = torch.tensor([[0.0, 0.5, 1.0, -1.0]])
-        >>> dequantize(quantize_rows(w, PhysicalTable("t", 1, 4), "int8"), 4, "int8").round(decimals=2)
+        >>> dequantize(quantize_rows(w, PhysicalTable("t", 1, 4, -1.0, 1.0), "int8"), 4, "int8").round(decimals=2)
         tensor([[ 0.0000,  0.5000,  1.0000, -1.0000]])
     """
     N, bits = q.shape[0], DTYPES[dtype][1]
