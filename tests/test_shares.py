@@ -167,3 +167,15 @@ def test_refusals(criteo: CriteoData) -> None:
     got = sorted(rows_of(cat_batches([b for r in ranks for b in r if b.batch_size])))
     assert got == sorted(rows_of(cat_batches(list(criteo.batches("val", 128)))))
     assert np.unique([len(r) for r in ranks]).size == 1
+
+
+def test_loader_workers_inside_each_rank(criteo: CriteoData) -> None:
+    """Worker w of rank r reads units r, r + N, ... split again by worker, with its own shuffle seed; the shares
+    still make `global_batches`' batches with the same workers."""
+    loader = dict(shuffle=True, seed=5, workers=2, buffer_rows=100)
+    ranks = on_ranks(criteo, "train", 48, 2, **loader)
+    reference = list(global_batches(criteo, "train", 48, 2, **loader))
+    assert len(reference) == criteo.num_batches("train", 48) and all(len(r) == len(reference) for r in ranks)
+    for k, whole in enumerate(reference):
+        assert_same(cat_batches([r[k] for r in ranks if r[k].batch_size]), whole)
+    assert sorted(rows_of(cat_batches(reference))) == sorted(rows_of(cat_batches(list(criteo.batches("train", 48)))))
