@@ -147,8 +147,9 @@ def save_tensor_file(path: str | os.PathLike, obj: Any) -> None:
 
 
 def load_tensor_file(path: str | os.PathLike, what: str) -> Any:
-    """A file written by `torch.save`, read with `torch.load(weights_only=True)`: only tensors, strings, numbers and
-    containers of them are built, so no code in the file runs. ValueError naming the file and `what` it should be
+    """A file written by `torch.save`, read with `torch.load(weights_only=True, mmap=True)`: only tensors, strings,
+    numbers and containers of them are built, so no code in the file runs, and the tensors are mapped from the file
+    (read as they are used; writing to them changes a private copy, never the file). ValueError naming the file and `what` it should be
     when it is empty, truncated, not a torch file, or holds anything else (e.g. a pickled object or function).
 
     Example:
@@ -164,7 +165,8 @@ def load_tensor_file(path: str | os.PathLike, what: str) -> Any:
     if size == 0:
         raise ValueError(f"{path}: not a readable {what}: the file is empty (0 bytes)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # mapped, not read: a rank resuming a sharded run copies only its shards' rows out of the whole tables
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
         refused = re.search(r"GLOBAL ([\w.]+)", str(e))  # what the restricted unpickler would not build
         if refused:

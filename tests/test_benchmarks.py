@@ -91,18 +91,19 @@ def test_inference_latency_measures_ours_and_torchrecs_with_their_bytes():
         assert all(0 < r[str(B)]["p50"] <= r[str(B)]["p99"] for B in bench.BATCHES)
 
 
-def test_shard_memory_table_holds_every_table_once_in_both_ways(tmp_path):
-    """Both ways (whole tables copied into the shards, tables drawn per shard) hold the same shards: the two ranks'
-    shards are the tables' bytes exactly."""
+def test_shard_memory_table_holds_every_table_once_in_every_way(tmp_path):
+    """Every way (whole tables copied into the shards, tables drawn per shard, resumed from a file read or mapped)
+    holds the same shards: the two ranks' shards are the tables' bytes exactly."""
     from embtables.tablesets import criteo_kaggle_tables
 
     out = tmp_path / "shard_memory.md"
     run = subprocess.run([sys.executable, "benchmarks/shard_memory.py", "--scale", "0.002", "--out", str(out)], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    rows = [line.split("|") for line in out.read_text().splitlines() if line.startswith("| built")]
-    assert len(rows) == 4
+    rows = [line.split("|") for line in out.read_text().splitlines() if line.startswith(("| built", "| resumed"))]
+    assert len(rows) == 10
     total_mb = sum(t.num_embeddings * t.embedding_dim * 4 for t in criteo_kaggle_tables(16, 0.002)) / (1 << 20)
-    for how in ("built whole", "built on meta"):
+    for how in ("built whole", "built on meta, shards", "built on meta, then", "resumed: file read",
+                "resumed: file mapped"):
         held = sum(float(r[3].replace(",", "")) for r in rows if r[1].strip().startswith(how))
         assert abs(held - total_mb) <= 2  # each rank's MB rounded

@@ -30,6 +30,7 @@ Devices: CPU; CUDA with FBGEMM's CUDA build (the fbgemm store's check); meta, un
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -287,22 +288,37 @@ def _optimizer(o: SparseOptimizer) -> tuple[type[torch.optim.Optimizer], dict[st
     return torch.optim.SGD, {"lr": o.lr}
 
 
-def _where(offsets: tuple[int, ...], tensor: Tensor) -> tuple[slice, ...]:
-    return tuple(slice(o, o + n) for o, n in zip(offsets, tensor.shape))
+def _where(offsets: tuple[int, ...], shape: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice(o, o + n) for o, n in zip(offsets, shape))
 
 
 def _gather(shards: list[list[tuple[tuple[int, ...], Tensor]]], shapes: list[tuple[int, ...]]) -> list[Tensor] | None:
-    """Whole tensors from every rank's shards: a collective; rank 0 gets them, the other ranks None."""
-    mine = [[(o, t.detach().cpu()) for o, t in table] for table in shards]
-    everyone: list | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-    dist.gather_object(mine, everyone, dst=0)
-    if everyone is None:
-        return None
-    whole = [torch.zeros(shape) for shape in shapes]
-    for theirs in everyone:
-        for w, table in zip(whole, theirs):
-            for offsets, t in table:
-                w[_where(offsets, t)] = t
+    """Whole tensors from every rank's shards: a collective; rank 0 gets them, the other ranks None.
+
+    One table at a time, as flat tensors (`dist.gather`), so that rank 0 holds the whole tables and one table's
+    pieces from every rank, never every rank's pieces of every table at once (which gathering pickled objects
+    did: 2.5 GB on rank 0 for 515 MB of tables, `benchmarks/shard_memory.py`)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    layouts: list = [None] * world  # every rank's (offsets, shape) pieces per table: small
+    dist.all_gather_object(layouts, [[(o, tuple(t.shape)) for o, t in table] for table in shards])
+    whole = [torch.zeros(shape) for shape in shapes] if rank == 0 else None
+    for i in range(len(shapes)):
+        sizes = [sum(math.prod(shape) for _, shape in layout[i]) for layout in layouts]
+        n = max(sizes)
+        if n == 0:
+            continue
+        mine = torch.zeros(n)
+        if sizes[rank]:
+            mine[: sizes[rank]] = torch.cat([t.detach().reshape(-1).cpu() for _, t in shards[i]])
+        pieces = [torch.empty(n) for _ in range(world)] if rank == 0 else None
+        dist.gather(mine, pieces, dst=0)
+        if whole is not None and pieces is not None:
+            for layout, flat in zip(layouts, pieces):
+                at = 0
+                for offsets, shape in layout[i]:
+                    size = math.prod(shape)
+                    whole[i][_where(offsets, shape)] = flat[at : at + size].view(shape)
+                    at += size
     return whole
 
 
@@ -316,4 +332,4 @@ def _scatter(shards: list[list[tuple[tuple[int, ...], Tensor]]], whole: Sequence
             raise ValueError(f"table {t.name!r}: a tensor of shape {None if w is None else tuple(w.shape)} does not "
                              f"fit {shape}")
         for offsets, view in table:
-            view.copy_(w[_where(offsets, view)])
+            view.copy_(w[_where(offsets, view.shape)])
