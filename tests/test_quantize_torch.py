@@ -1,7 +1,8 @@
 """`Collection.quantize(dtype, backend="torch")`: the quantized rows looked up by PyTorch operations
 (`embtables/stores/quantized_torch.py`). For every method and dtype: the same rows bit for bit as FBGEMM's store and
-its outputs (the quantized reference) to float rounding; `memory_bytes()` the formula; it exports with
-`torch.export` and the exported program equals the FBGEMM reference at another batch size; it compiles; a file of
+its outputs (the quantized reference) to float rounding; `memory_bytes()` the formula. It exports with
+`torch.export`, and the exported program equals the FBGEMM reference at another batch size (every method in int8,
+every dtype on full and qr); it compiles; a file of
 either store loads on the other; misuse is refused."""
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def test_per_id_rows_equal_fbgemms(method: str) -> None:
             torch.testing.assert_close(ours(kjt)[f].values(), fbgemm(kjt)[f].values(), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("method", METHODS)
+# every method in int8, every dtype on full and qr (the dequantization differs by dtype, not by method)
+@pytest.mark.parametrize("method,dtype", [(m, "int8") for m in METHODS] + [(m, d) for m in ("full", "qr")
+                                                                            for d in ("fp16", "int4")])
 def test_exported_outputs_equal_the_quantized_reference(method: str, dtype: str) -> None:
     """Exported from a batch of 6 with a dynamic batch and number of ids; checked at a batch of 11 against
     FBGEMM's quantized collection (which itself cannot export: benchmarks/results/compile_export.md)."""
@@ -63,7 +65,7 @@ def test_exported_outputs_equal_the_quantized_reference(method: str, dtype: str)
     assert "fbgemm" not in str(program.graph)  # PyTorch operations only
 
 
-@pytest.mark.parametrize("method", ["qr", "unified"])
+@pytest.mark.parametrize("method", ["unified"])  # qr compiles too (checked by hand): 13 s more
 def test_it_compiles(method: str) -> None:
     torch._dynamo.reset()
     _, ours = _pair(method, "int8")
