@@ -43,12 +43,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from embtables.collection import Collection, assemble, assemble_quantized
+from embtables.collection import QUANTIZED_STORES, Collection, assemble, assemble_quantized
 from embtables.config import Lookup, PhysicalTable, SparseOptimizer, TableConfig
 from embtables.files import as_json, atomic_write
 from embtables.plan import Plan
-from embtables.stores.quantized_store import FP32, QuantizedStore
-from embtables.stores.quantized_torch import QuantizedTorchStore
+from embtables.stores.quantized_store import FP32, QuantizedRows
 from embtables.registry import get_method
 
 FORMAT = "embtables.collection"
@@ -107,7 +106,7 @@ def collection_state(collection: Collection, optimizer_state: bool = True) -> di
     """
     names = [t.name for t in collection.plan.physical_tables]
     store = collection.store
-    if isinstance(store, (QuantizedStore, QuantizedTorchStore)):  # the rows as stored, bit for bit; no optimizer
+    if isinstance(store, QuantizedRows):  # the rows as stored, bit for bit; nothing of an optimizer
         weights, states, dtype = store.quantized_rows(), [], store.dtype
     else:  # whole tables even when sharded over processes (a collective there; rank 0 gets them)
         weights, dtype = store.full_weights(), FP32
@@ -234,7 +233,7 @@ def collection_from_state(
         raise ValueError(f"{where}: its plan or optimizer does not describe a collection ({e})") from None
     dtype = state.get("dtype", FP32)
     if dtype != FP32:
-        if backend not in (None, "fbgemm", "torch") or optimizer is not None:
+        if (backend is not None and backend not in QUANTIZED_STORES) or optimizer is not None:
             raise ValueError(f"{where}: a {dtype}-quantized collection serves on backend 'fbgemm' (FBGEMM's "
                              f"inference kernels) or 'torch', not {backend!r}, and trains with nothing: optimizer= "
                              "does not apply")

@@ -382,16 +382,19 @@ def assemble(
     return Collection(m, store).to(device)
 
 
+# what looks a quantized collection's rows up: FBGEMM's inference kernels, or PyTorch operations (which export)
+QUANTIZED_STORES: dict[str, type[Store]] = {"fbgemm": QuantizedStore, "torch": QuantizedTorchStore}
+
+
 def assemble_quantized(plan: Plan, dtype: str, device: torch.device | str | None, backend: str = "fbgemm") -> Collection:
     """An inference-only collection of a solved plan on a quantized store (`backend` "fbgemm": FBGEMM's IntNBit TBE,
     "torch": PyTorch operations), its tables and method state still to be loaded (`Collection.quantize`,
     `et.load_collection`)."""
-    stores = {"fbgemm": QuantizedStore, "torch": QuantizedTorchStore}
-    if backend not in stores:
+    if backend not in QUANTIZED_STORES:
         raise ValueError(f"quantized tables are looked up by backend 'fbgemm' or 'torch', not {backend!r}")
     cls = get_method(plan.method)
-    plan = cls.relayout(plan, Target(backend=stores[backend].name, dim_multiple=1))
+    plan = cls.relayout(plan, Target(backend=QUANTIZED_STORES[backend].name, dim_multiple=1))
     device = torch.device(device or "cpu")
-    store = stores[backend](plan.physical_tables, plan.lookups, dtype, device)
+    store = QUANTIZED_STORES[backend](plan.physical_tables, plan.lookups, dtype, device)
     collection = Collection(cls.from_plan(plan, None), store)
     return collection.to(device).eval()

@@ -137,16 +137,16 @@ def test_quantize_draws_no_rows_it_then_overwrites(monkeypatch, method: str) -> 
 
     c = _trained(method)
     quantized: list[int] = []
-    load_table = QuantizedStore._load_table
+    put = QuantizedStore._put
 
-    def spy(store: QuantizedStore, i: int, w: torch.Tensor) -> None:
+    def spy(store: QuantizedStore, i: int, rows: torch.Tensor) -> None:
         quantized.append(i)
-        load_table(store, i, w)
+        put(store, i, rows)
 
     def refuse(*args, **kwargs) -> None:
         raise AssertionError("quantize() drew random rows that it then overwrote")
 
-    monkeypatch.setattr(QuantizedStore, "_load_table", spy)
+    monkeypatch.setattr(QuantizedStore, "_put", spy)
     monkeypatch.setattr(QuantizedStore, "reset_parameters", refuse)
     q = c.quantize("int8")
     assert sorted(quantized) == list(range(len(q.plan.physical_tables)))  # each table once, none twice

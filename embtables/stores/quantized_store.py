@@ -83,7 +83,47 @@ def random_tables(tables: Sequence[PhysicalTable], generator: torch.Generator | 
         yield torch.empty(t.num_embeddings, t.embedding_dim).uniform_(t.init_low, t.init_high, generator=generator)
 
 
-class QuantizedStore(FbgemmStore):
+class QuantizedRows:
+    """What both quantized stores (this one and `quantized_torch.py`) do alike: fp32 tables quantized in, stored rows
+    copied in, nothing to train. A store provides `tables`, `dtype` and `_put(i, rows)`, which writes table i's
+    checked (rows, row bytes) uint8 rows where it keeps them."""
+
+    tables: tuple[PhysicalTable, ...]
+    dtype: str
+
+    def _put(self, i: int, rows: Tensor) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def load_weights(self, weights: Sequence[Tensor]) -> None:
+        """Quantize fp32 (rows, dim) tables into the store."""
+        self._check_count(weights)
+        for i, w in enumerate(weights):
+            self._put(i, quantize_rows(w, self.tables[i], self.dtype))
+
+    @torch.no_grad()
+    def load_quantized_rows(self, rows: Sequence[Tensor]) -> None:
+        """Copy `quantized_rows()`-shaped uint8 tensors (e.g. from a checkpoint) into the store, bit for bit."""
+        self._check_count(rows)
+        for i, r in enumerate(rows):
+            check_rows(r, self.tables[i], self.dtype)
+            self._put(i, r)
+
+    def _check_count(self, tables: Sequence[Tensor]) -> None:
+        if len(tables) != len(self.tables):
+            raise ValueError(f"{len(tables)} tables for {len(self.tables)} physical tables")
+
+    def optimizer_state(self) -> list[Tensor | None]:
+        return [None] * len(self.tables)  # nothing trains
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Each table drawn uniformly in its init range in fp32, one table at a time, then quantized."""
+        for i, w in enumerate(random_tables(self.tables, generator)):
+            self._put(i, quantize_rows(w, self.tables[i], self.dtype))
+
+
+class QuantizedStore(QuantizedRows, FbgemmStore):
     """Physical tables held quantized in FBGEMM's inference TBE; built by `Collection.quantize`.
 
     Its rows are zeros until `load_weights` or `load_quantized_rows` fills them (no random draw at build).
@@ -151,37 +191,8 @@ class QuantizedStore(FbgemmStore):
         return sum(tbe.weights_host.numel() + tbe.weights_dev.numel()
                    for tbe in (self.pooled_tbe, self.rows_tbe) if tbe is not None)
 
-    @torch.no_grad()
-    def load_weights(self, weights: Sequence[Tensor]) -> None:
-        """Quantize fp32 (rows, dim) tables into the store."""
-        if len(weights) != len(self.tables):
-            raise ValueError(f"{len(weights)} tables for {len(self.tables)} physical tables")
-        for i, w in enumerate(weights):
-            self._load_table(i, w)
-
-    def _load_table(self, i: int, w: Tensor) -> None:
-        self._copy_rows(i, quantize_rows(w, self.tables[i], self.dtype))
-
-    @torch.no_grad()
-    def load_quantized_rows(self, rows: Sequence[Tensor]) -> None:
-        """Copy `quantized_rows()`-shaped uint8 tensors (e.g. from a checkpoint) into the store, bit for bit."""
-        if len(rows) != len(self.tables):
-            raise ValueError(f"{len(rows)} tables for {len(self.tables)} physical tables")
-        for i, r in enumerate(rows):
-            self._copy_rows(i, r)
-
-    def _copy_rows(self, i: int, r: Tensor) -> None:
-        check_rows(r, self.tables[i], self.dtype)
+    def _put(self, i: int, r: Tensor) -> None:
         values, scale_bias = self._rows()[i]
         values.copy_(r[:, : values.shape[1]])
         if scale_bias is not None:
             scale_bias.copy_(r[:, values.shape[1] :])
-
-    def optimizer_state(self) -> list[Tensor | None]:
-        return [None] * len(self.tables)  # nothing trains
-
-    @torch.no_grad()
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Each table drawn uniformly in its init range in fp32, one table at a time, then quantized."""
-        for i, w in enumerate(random_tables(self.tables, generator)):
-            self._load_table(i, w)

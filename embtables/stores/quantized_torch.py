@@ -26,14 +26,14 @@ from torch import Tensor
 from embtables.bags import Bags
 from embtables.config import Lookup, PhysicalTable, SparseOptimizer
 from embtables.stores.base import Store
-from embtables.stores.quantized_store import (DTYPES, check_dims, check_rows, quantize_rows, random_tables,
-                                              row_bytes)
+from embtables.stores.quantized_store import DTYPES, QuantizedRows, check_dims, row_bytes
 
 
 def dequantize(q: Tensor, dim: int, dtype: str) -> Tensor:
     """(N, row_bytes) uint8 quantized rows -> (N, dim) fp32.
 
     Example:
+        >>> from embtables.stores.quantized_store import quantize_rows
         >>> w = torch.tensor([[0.0, 0.5, 1.0, -1.0]])
         >>> dequantize(quantize_rows(w, PhysicalTable("t", 1, 4, -1.0, 1.0), "int8"), 4, "int8").round(decimals=2)
         tensor([[ 0.0000,  0.5000,  1.0000, -1.0000]])
@@ -49,7 +49,7 @@ def dequantize(q: Tensor, dim: int, dtype: str) -> Tensor:
     return values.float() * scale_bias[:, :1] + scale_bias[:, 1:]
 
 
-class QuantizedTorchStore(Store):
+class QuantizedTorchStore(QuantizedRows, Store):
     """Physical tables held quantized in one uint8 buffer, looked up with PyTorch operations; built by
     `Collection.quantize(dtype, backend="torch")`.
 
@@ -109,28 +109,5 @@ class QuantizedTorchStore(Store):
     def weight_bytes(self) -> int:
         return self.data.numel()
 
-    @torch.no_grad()
-    def load_weights(self, weights: Sequence[Tensor]) -> None:
-        """Quantize fp32 (rows, dim) tables into the store (FBGEMM's quantizer, as the quantized store)."""
-        if len(weights) != len(self.tables):
-            raise ValueError(f"{len(weights)} tables for {len(self.tables)} physical tables")
-        for i, w in enumerate(weights):
-            self._table(i).copy_(quantize_rows(w, self.tables[i], self.dtype))
-
-    @torch.no_grad()
-    def load_quantized_rows(self, rows: Sequence[Tensor]) -> None:
-        """Copy `quantized_rows()`-shaped uint8 tensors (e.g. from a checkpoint) into the store, bit for bit."""
-        if len(rows) != len(self.tables):
-            raise ValueError(f"{len(rows)} tables for {len(self.tables)} physical tables")
-        for i, (t, r) in enumerate(zip(self.tables, rows)):
-            check_rows(r, t, self.dtype)
-            self._table(i).copy_(r)
-
-    def optimizer_state(self) -> list[Tensor | None]:
-        return [None] * len(self.tables)  # nothing trains
-
-    @torch.no_grad()
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Each table drawn uniformly in its init range in fp32, one table at a time, then quantized."""
-        for i, w in enumerate(random_tables(self.tables, generator)):
-            self._table(i).copy_(quantize_rows(w, self.tables[i], self.dtype))
+    def _put(self, i: int, rows: Tensor) -> None:
+        self._table(i).copy_(rows)
