@@ -102,6 +102,7 @@ class SequenceData:
         self._raw: dict[tuple[str, int, int], dict[str, np.ndarray]] = {}
         self._indexed: dict[tuple[str, int, int, int], dict[str, np.ndarray]] = {}
         self._part_ends: dict[tuple[str, int, int], tuple[list[Path], np.ndarray]] = {}  # their parts, end rows
+        self._unit_lists: dict[str, list[tuple[Path, int, int]]] = {}  # split -> `_units`
 
     def vocabulary(self, name: str, min_count: int = 1) -> Vocabulary:
         """The frequency-ranked vocabulary of `item`, `user` or `cat`, cached per (name, min_count)."""
@@ -154,13 +155,16 @@ class SequenceData:
 
     def _units(self, split: str) -> list[tuple[Path, int, int]]:
         """(part, row group, rows) of each unit of the split, in file order, after checking each part's footer for
-        the columns loading needs."""
+        the columns loading needs; read once per split, as the rows are."""
+        if split in self._unit_lists:
+            return self._unit_lists[split]
         needs = (f"a sequence data folder{' with categories' if self.has_categories else ''} has parts with "
                  f"columns {', '.join(self._columns)}, as written by {_WRITERS}")
         units = []
         for p in self.parts(split):
             meta = layout.open_part(p, self._columns, needs).metadata
             units += [(p, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+        self._unit_lists[split] = units
         return units
 
     @property

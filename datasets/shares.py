@@ -145,14 +145,19 @@ def shares(streams: Sequence[Iterator[Batch]], ranks: Sequence[int], rows: Seque
         yield [share_of(whole, r, world, pad) for r in ranks]
 
 
+def _rank_streams(data: RankStreams, split: str, batch_size: int, world: int, ranks: Sequence[int], shuffle: bool,
+                  seed: int, options: dict[str, Any]) -> tuple[list[Iterator[Batch]], list[int]]:
+    """`data.rank_streams` for global batches of `batch_size`, refused unless the `world` processes share it."""
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} must be a multiple of the {world} processes: each reads an "
+                         "equal share of every batch")
+    return data.rank_streams(split, batch_size // world, world, ranks, shuffle, seed, **options)
+
+
 def part_batches(data: RankStreams, split: str, batch_size: int, part: Part, shuffle: bool, seed: int,
                  drop_last: bool, pad: bool, **options: Any) -> Iterator[Batch]:
     """This process's shares of `split`'s global batches (what `data.batches(..., part=part)` returns)."""
-    if batch_size % part.world:
-        raise ValueError(f"batch_size {batch_size} must be a multiple of the {part.world} processes: each reads an "
-                         "equal share of every batch")
-    share = batch_size // part.world
-    streams, rows = data.rank_streams(split, share, part.world, [part.rank], shuffle, seed, **options)
+    streams, rows = _rank_streams(data, split, batch_size, part.world, [part.rank], shuffle, seed, options)
 
     def swap(mine: list[Batch | None]) -> list[Batch | None]:
         return part.exchange(mine[0]) if part.exchange is not None else mine
@@ -173,8 +178,6 @@ def global_batches(data: RankStreams, split: str, batch_size: int, world: int, s
         >>> [b.batch_size for b in global_batches(CriteoData(d), "val", 40, world=2)]
         [40, 40, 20]
     """
-    if batch_size % world:
-        raise ValueError(f"batch_size {batch_size} must be a multiple of world {world}")
-    streams, rows = data.rank_streams(split, batch_size // world, world, range(world), shuffle, seed, **options)
+    streams, rows = _rank_streams(data, split, batch_size, world, range(world), shuffle, seed, options)
     for per_rank in shares(streams, range(world), rows, world, lambda left: left, batch_size, drop_last, False):
         yield cat_batches([b for b in per_rank if b.batch_size])
